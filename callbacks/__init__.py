@@ -1,0 +1,8 @@
+"""Lightning callbacks of lit_attn, installed as ``lit_attn.callbacks``.
+
+Callbacks import the core (``lit_attn``); the core never imports callbacks.
+"""
+
+from lit_attn.callbacks.export import ExportPolicy
+
+__all__ = ["ExportPolicy"]

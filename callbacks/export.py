@@ -1,0 +1,62 @@
+"""ExportPolicy: write the trained policy with ``save_pretrained`` when fitting ends.
+
+Contract with the LightningModule: it has ``model`` (a transformers ``PreTrainedModel``) and
+``tokenizer`` attributes (names configurable). The export is written to a temporary folder
+beside the target and moved into place, so a failure never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+
+
+class ExportPolicy(Callback):
+    """Save ``model`` and ``tokenizer`` in Hugging Face format at the end of ``fit``.
+
+    Args:
+        dirpath: target directory; None = ``<run log dir>/policy``. An existing directory is
+            replaced.
+        model_attr: the module attribute holding the model.
+        tokenizer_attr: the module attribute holding the tokenizer.
+    """
+
+    def __init__(self, dirpath: str | None = None, model_attr: str = "model", tokenizer_attr: str = "tokenizer") -> None:
+        self.dirpath = dirpath
+        self.model_attr = model_attr
+        self.tokenizer_attr = tokenizer_attr
+        self.last_export: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for attr in (self.model_attr, self.tokenizer_attr):
+            if not hasattr(pl_module, attr):
+                raise AttributeError(
+                    f"ExportPolicy needs the LightningModule to have a `{attr}` attribute; "
+                    f"{type(pl_module).__name__} has none — set model_attr / tokenizer_attr"
+                )
+
+    def target(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "policy"
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        target = self.target(trainer)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        try:
+            getattr(pl_module, self.model_attr).save_pretrained(staging, safe_serialization=True)
+            getattr(pl_module, self.tokenizer_attr).save_pretrained(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        self.last_export = target
+        print(f"policy exported to {target}")

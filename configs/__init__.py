@@ -1,0 +1,1 @@
+"""Shipped YAML configs, installed as ``lit_attn.configs`` (read with importlib.resources)."""

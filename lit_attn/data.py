@@ -1,0 +1,121 @@
+"""PromptDataModule: prompts for RL, from the built-in task or the user's JSONL / Parquet files.
+
+Batches are lists of records (dicts): ``prompt``, ``answer`` and every other column, which
+reward functions receive as keyword arguments. With no files given, the built-in
+"facts + arithmetic chain" task (lit_attn/task.py) supplies seeded train / held-out splits.
+"""
+
+from __future__ import annotations
+
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_attn.errors import UserError
+from lit_attn.records import load_records
+from lit_attn.task import FactChainTask, make_splits
+
+
+def collate_records(batch: list[dict]) -> list[dict]:
+    """Keep records as a list of dicts (prompts are tokenised by the module, per model)."""
+    return list(batch)
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompt datasets for training, validation, test and prediction.
+
+    Args:
+        train_path: JSONL or Parquet with ``prompt`` and ``answer`` columns (optional
+            ``contexts``; other columns go to reward functions). None = the built-in task.
+        val_path: held-out file; None = the built-in task's held-out split (or, with
+            ``train_path`` set, the last ``val_size`` rows of the training file).
+        test_path: test file; None = the validation set.
+        predict_path: prompts for ``predict``; None = the validation set.
+        prompts_per_step: prompts per training batch (linked from ``model.prompts_per_step``).
+        val_batch_size: prompts per validation / test / predict batch.
+        train_size: built-in task: number of training prompts.
+        val_size: built-in task: held-out prompts (or rows split off ``train_path``).
+        num_ops: built-in task: arithmetic steps per question.
+        num_distractors: built-in task: facts the question does not need.
+        modulus: built-in task: arithmetic modulus.
+        seed: built-in task: seed of the splits.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        prompts_per_step: int = 16,
+        val_batch_size: int = 64,
+        train_size: int = 20000,
+        val_size: int = 200,
+        num_ops: int = 3,
+        num_distractors: int = 3,
+        modulus: int = 10,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if prompts_per_step < 1 or val_batch_size < 1:
+            raise UserError("data.prompts_per_step and data.val_batch_size must be >= 1")
+        try:
+            self.task = FactChainTask(num_ops=num_ops, num_distractors=num_distractors, modulus=modulus)
+        except ValueError as err:
+            raise UserError(f"data: {err}") from err
+        self._splits: dict[str, list[dict]] | None = None
+
+    def _load(self) -> dict[str, list[dict]]:
+        if self._splits is not None:
+            return self._splits
+        hp = self.hparams
+        if hp.train_path is None:
+            train, val = make_splits(self.task, hp.train_size, hp.val_size, seed=hp.seed)
+        else:
+            train = load_records(hp.train_path)
+            if hp.val_path is None:
+                if len(train) <= hp.val_size:
+                    raise UserError(
+                        f"{hp.train_path} has {len(train)} rows, too few to hold out data.val_size={hp.val_size}; "
+                        "pass data.val_path or lower data.val_size"
+                    )
+                train, val = train[: -hp.val_size], train[-hp.val_size :]
+        if hp.val_path is not None:
+            val = load_records(hp.val_path)
+        test = load_records(hp.test_path) if hp.test_path else val
+        predict = load_records(hp.predict_path) if hp.predict_path else val
+        self._splits = {"train": train, "val": val, "test": test, "predict": predict}
+        return self._splits
+
+    def records(self, stage: str) -> dict[str, list[dict]]:
+        """The splits a Trainer stage uses, by name (for checks such as prompt length)."""
+        splits = self._load()
+        names = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        return {name: splits[name] for name in names.get(stage, ())}
+
+    def val_records(self) -> list[dict]:
+        """The held-out records."""
+        return self._load()["val"]
+
+    def setup(self, stage: str) -> None:
+        self._load()
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self._load()[split], batch_size=batch_size, shuffle=shuffle, collate_fn=collate_records,
+            num_workers=self.hparams.num_workers, drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.prompts_per_step, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.val_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.hparams.val_batch_size, shuffle=False)

@@ -1,0 +1,186 @@
+"""Per-token log-probabilities (and entropies) of a sequence under a causal LM, memory-lean.
+
+A causal LM's logits are a (B, T, V) tensor; with a 150k-token vocabulary that is the
+biggest tensor of an RL step by far, and the loss only needs one number per position
+(the log-prob of the token that actually follows) plus, optionally, the entropy.
+
+:func:`token_logprobs` therefore runs only the transformer body (``model.base_model``) to
+get the (B, T, H) hidden states, then applies the LM head, the temperature and a
+log-softmax to ``chunk_size`` positions at a time, keeping just the gathered log-prob (and
+entropy) of each chunk. When gradients are needed, each chunk runs under activation
+checkpointing, so the backward pass re-creates that chunk's logits instead of keeping all
+of them alive: at no point, forward or backward, do the full logits exist. The values and
+gradients are those of the plain ``log_softmax(model(...).logits / temperature)``
+computation (half-precision logits are upcast to float32 per chunk, which only makes
+such models more exact).
+
+Left padding is supported: position ids are derived from the attention mask, so a padded
+sequence gets the same numbers as the unpadded one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_SIZE = 256
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits, -1)`` gathered at ``index`` (shape ``logits.shape[:-1]``)."""
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only attended tokens, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body (returns hidden states) and the LM head of a HF causal LM."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise TypeError(f"{type(model).__name__} has no output embeddings (LM head); pass a causal LM")
+    base = getattr(model, "base_model", model)
+    if base is model and hasattr(model, "get_decoder"):
+        base = model.get_decoder()
+    if base is None or base is model:
+        raise TypeError(f"cannot find the transformer body of {type(model).__name__} (model.base_model)")
+    return base, head
+
+
+def _logit_transform(model: nn.Module) -> tuple[float | None, float | None]:
+    """(multiplier, soft-cap) that some architectures apply to the LM head's output.
+
+    Known: Gemma-style ``final_logit_softcapping`` (``tanh(x / cap) * cap``), Cohere's
+    ``logit_scale`` (multiply), Granite's ``logits_scaling`` (divide) and HyperCLOVA X's
+    ``logits_scaling`` (multiply). Any other non-trivial scaling attribute is refused rather
+    than silently ignored.
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None, None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    model_type = str(getattr(config, "model_type", "") or "")
+    softcap = getattr(config, "final_logit_softcapping", None)
+    softcap = float(softcap) if softcap else None
+    multiplier: float | None = None
+    logit_scale = getattr(config, "logit_scale", None)
+    logits_scaling = getattr(config, "logits_scaling", None)
+    if model_type.startswith("cohere") and logit_scale is not None:
+        multiplier = float(logit_scale)
+    elif model_type.startswith("granite") and logits_scaling is not None:
+        multiplier = 1.0 / float(logits_scaling)
+    elif model_type.startswith("hyperclovax") and logits_scaling is not None:
+        multiplier = float(logits_scaling)
+    elif logit_scale not in (None, 1, 1.0) or logits_scaling not in (None, 1, 1.0):
+        raise NotImplementedError(
+            f"{type(model).__name__} ({model_type}) scales its logits (logit_scale={logit_scale!r}, "
+            f"logits_scaling={logits_scaling!r}) in a way lit_attn.logprobs does not know"
+        )
+    if multiplier == 1.0:
+        multiplier = None
+    return multiplier, softcap
+
+
+def _chunk_stats(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module,
+    temperature: float,
+    scale: float | None,
+    softcap: float | None,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``targets`` (and entropies; empty tensor if not wanted) for one chunk."""
+    logits = head(hidden)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if scale is not None:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:
+        logits = logits / temperature
+    if not with_entropy:
+        return selective_log_softmax(logits, targets), logits.new_empty(0)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+    return picked, entropy
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``input_ids[:, 1:]`` given their prefixes, computed chunk by chunk.
+
+    Args:
+        model: a Hugging Face causal LM (``...ForCausalLM`` / ``...LMHeadModel``).
+        input_ids: (B, T) token ids, left-padded.
+        attention_mask: (B, T), 1 for real tokens, 0 for padding.
+        chunk_size: number of positions whose logits are materialised at once.
+        temperature: logits are divided by it (use the sampling temperature).
+        with_entropy: also return the entropy of each full next-token distribution.
+
+    Returns:
+        ``(logprobs, entropy)``, both (B, T-1), float32 for half-precision models and the
+        model's dtype otherwise; ``entropy`` is ``None`` unless
+        ``with_entropy``. Entry ``t`` scores token ``t + 1``. Entries whose target is padding
+        hold whatever the model computes there: mask them out. Gradients flow to the model
+        when autograd is enabled.
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+        )
+    if input_ids.shape[1] < 2:
+        raise ValueError(f"need at least 2 positions to score a next token, got shape {tuple(input_ids.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+    base, head = _split_model(model)
+    scale, softcap = _logit_transform(model)
+    outputs = base(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+    hidden = hidden[:, :-1]
+    targets = input_ids[:, 1:]
+
+    recompute = torch.is_grad_enabled() and (
+        hidden.requires_grad or any(p.requires_grad for p in head.parameters())
+    )
+    logprob_chunks: list[torch.Tensor] = []
+    entropy_chunks: list[torch.Tensor] = []
+    for start in range(0, hidden.shape[1], chunk_size):
+        args = (
+            hidden[:, start : start + chunk_size],
+            targets[:, start : start + chunk_size],
+            head, temperature, scale, softcap, with_entropy,
+        )
+        if recompute:
+            picked, entropy = checkpoint(_chunk_stats, *args, use_reentrant=False)
+        else:
+            picked, entropy = _chunk_stats(*args)
+        logprob_chunks.append(picked)
+        entropy_chunks.append(entropy)
+
+    logprobs = torch.cat(logprob_chunks, dim=1)
+    return logprobs, (torch.cat(entropy_chunks, dim=1) if with_entropy else None)

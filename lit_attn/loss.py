@@ -1,0 +1,189 @@
+"""The clipped policy-gradient loss used for RL fine-tuning of a language model.
+
+Everything here works on plain tensors, one value per response token, so it can be tested
+by hand and reused by any training loop. The inputs are the current policy's log-probs of
+the sampled tokens, the log-probs recorded when the tokens were sampled ("old"), the
+advantages (one per sequence or one per token) and a 0/1 mask of the tokens that count.
+
+Per token, with ``r = exp(logp - logp_old)`` (the log-ratio clamped to ±20 first):
+
+* **PPO with clip-higher** (DAPO): ``pg = max(-A·r, -A·clip(r, 1-clip_low, 1+clip_high))``.
+  An upper bound wider than the lower one lets unlikely tokens with positive advantage
+  gain probability faster, which keeps exploration (entropy) from collapsing.
+* **Dual clip** (only where ``A < 0``): ``pg = min(pg, -A·dual_clip)``. With a negative
+  advantage the plain PPO objective is unbounded as ``r`` grows; the dual clip caps it.
+* **KL penalty** towards a reference policy (optional), the "k3" estimator
+  ``exp(ref - logp) - (ref - logp) - 1``, which is non-negative and unbiased for
+  KL(policy ‖ ref) when the tokens are sampled from the policy; added as ``kl_coef · kl``.
+
+The per-token losses are reduced in one of three ways:
+
+* ``"token_mean"`` (DAPO): every masked token in the batch has the same weight;
+  sum over masked tokens / number of masked tokens.
+* ``"seq_mean_token_mean"`` (GRPO): mean over each sequence's masked tokens, then mean
+  over the sequences that have at least one masked token. Tokens of long answers weigh less.
+* ``"seq_mean_token_sum_norm"`` (Dr. GRPO): each sequence's token-loss sum divided by the
+  constant ``T`` (the mask's second dimension), then mean over all ``B`` sequences. No
+  length-dependent normaliser, so no bias towards long wrong / short right answers.
+
+Note that every reduction normalises by quantities of the batch it is given: with gradient
+accumulation, "token_mean" of each micro-batch is not the token mean of the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+
+from lit_attn.errors import UserError
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+
+LOG_RATIO_CLAMP = 20.0
+"""Bound on |logp - logp_old| and |ref - logp| before exponentiation (exp(20) ≈ 4.9e8)."""
+
+
+def _check_shapes(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+) -> None:
+    if logprobs.dim() != 2:
+        raise ValueError(f"logprobs must be (B, T), got shape {tuple(logprobs.shape)}")
+    shape = tuple(logprobs.shape)
+    for name, tensor in (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(tensor.shape)} must equal logprobs shape {shape}")
+    if tuple(advantages.shape) not in ((shape[0],), shape):
+        raise ValueError(
+            f"advantages shape {tuple(advantages.shape)} must be (B,) = {(shape[0],)} or (B, T) = {shape}"
+        )
+
+
+def _masked_token_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum of ``values * weights`` over everything / total weight (0 when there is no weight)."""
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation) -> torch.Tensor:
+    """Reduce a (B, T) tensor of per-token losses to a scalar (see the module docstring).
+
+    Returns 0 (still attached to ``per_token``'s graph) when the mask is all zeros.
+    """
+    weights = mask.to(per_token.dtype)
+    if aggregation == "token_mean":
+        return _masked_token_mean(per_token, weights)
+    if aggregation == "seq_mean_token_mean":
+        tokens_per_seq = weights.sum(dim=-1)
+        seq_loss = (per_token * weights).sum(dim=-1) / tokens_per_seq.clamp(min=1.0)
+        has_tokens = (tokens_per_seq > 0).to(per_token.dtype)
+        return (seq_loss * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+    if aggregation == "seq_mean_token_sum_norm":
+        seq_loss = (per_token * weights).sum(dim=-1) / per_token.shape[-1]
+        return seq_loss.mean()
+    raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float | None = 3.0,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    aggregation: Aggregation = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped policy-gradient loss (to minimise) and detached scalar statistics.
+
+    Args:
+        logprobs: (B, T) log-probs of the sampled tokens under the policy being trained
+            (the only input gradients flow into).
+        old_logprobs: (B, T) log-probs recorded at sampling time (treated as constants).
+        advantages: (B,) one per sequence, broadcast over its tokens, or (B, T) per token
+            (treated as constants).
+        mask: (B, T) 1 for response tokens that count, 0 otherwise. Masked-out positions may
+            hold any value, even inf/NaN, without affecting the loss or its gradient.
+        clip_low, clip_high: the ratio is clipped to ``[1 - clip_low, 1 + clip_high]``.
+        dual_clip: cap ``-A·dual_clip`` on the loss of negative-advantage tokens (> 1), or
+            ``None`` to disable.
+        ref_logprobs: (B, T) reference-policy log-probs (constants). Required when
+            ``kl_coef > 0``; if given with ``kl_coef == 0`` the KL is only reported.
+        kl_coef: weight of the k3 KL penalty added to every token's loss.
+        aggregation: "token_mean", "seq_mean_token_mean" or "seq_mean_token_sum_norm".
+
+    Returns:
+        ``(loss, stats)``; ``stats`` holds detached scalars, each a mean over masked tokens:
+        "pg_loss", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
+        "clip_ratio/region_mean", "clip_ratio/dual_mean", "ratio_mean".
+    """
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
+    if not (0.0 <= clip_low < 1.0):
+        raise UserError(f"clip_low must be in [0, 1), got {clip_low}")
+    if clip_high < 0.0:
+        raise UserError(f"clip_high must be >= 0, got {clip_high}")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise UserError(f"dual_clip must be > 1 (or None to disable it), got {dual_clip}")
+    if kl_coef < 0.0:
+        raise UserError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0.0 and ref_logprobs is None:
+        raise UserError(f"kl_coef={kl_coef} > 0 needs ref_logprobs (the reference model's log-probs)")
+    _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs)
+
+    valid = mask != 0
+    weights = mask.to(logprobs.dtype)
+    adv = advantages.detach().to(logprobs.dtype)
+    if adv.dim() == 1:
+        adv = adv.unsqueeze(-1)
+    adv = adv.expand_as(logprobs)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+
+    # Masked-out positions get log-ratio 0 before exp: no inf/NaN can reach the loss or its gradient.
+    log_ratio = torch.where(valid, logprobs - old_logprobs.detach(), zero)
+    log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+
+    lower, upper = 1.0 - clip_low, 1.0 + clip_high
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * ratio.clamp(lower, upper)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    negative = adv < 0
+    if dual_clip is not None:
+        pg = torch.where(negative, torch.minimum(pg, -adv * dual_clip), pg)
+    pg = torch.where(valid, pg, zero)
+
+    per_token = pg
+    kl: torch.Tensor | None = None
+    if ref_logprobs is not None:
+        ref_diff = torch.where(valid, ref_logprobs.detach() - logprobs, zero)
+        ref_diff = ref_diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        kl = torch.exp(ref_diff) - ref_diff - 1.0
+        if kl_coef > 0.0:
+            per_token = pg + kl_coef * kl
+
+    loss = aggregate(per_token, weights, aggregation)
+
+    with torch.no_grad():
+        ratio_d = ratio.detach()
+        low = negative & (ratio_d < lower)
+        high = (adv > 0) & (ratio_d > upper)
+        dual = negative & (ratio_d > dual_clip) if dual_clip is not None else torch.zeros_like(valid)
+        dtype = logprobs.dtype
+        stats = {
+            "pg_loss": _masked_token_mean(pg.detach(), weights),
+            "kl": _masked_token_mean(kl.detach(), weights) if kl is not None else zero.clone(),
+            "clip_ratio/low_mean": _masked_token_mean(low.to(dtype), weights),
+            "clip_ratio/high_mean": _masked_token_mean(high.to(dtype), weights),
+            "clip_ratio/region_mean": _masked_token_mean((low | high).to(dtype), weights),
+            "clip_ratio/dual_mean": _masked_token_mean(dual.to(dtype), weights),
+            "ratio_mean": _masked_token_mean(ratio_d, weights),
+        }
+    return loss, stats

@@ -1,0 +1,130 @@
+"""Loading policies: any local Hugging Face causal LM, or a tiny model built from config.
+
+No hub access, ever: a path that does not exist on local disk is an error, not a download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from lit_attn.errors import UserError
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+"""The shipped warm-started default policy (see ``python -m lit_attn sft``)."""
+
+Architecture = Literal["qwen2", "llama", "gpt2"]
+
+
+def tiny_config(
+    architecture: Architecture = "qwen2",
+    *,
+    vocab_size: int = 100,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 384,
+    max_positions: int = 256,
+    pad_token_id: int = 0,
+    eos_token_id: int = 1,
+):
+    """A small transformers config of a standard architecture (built, never downloaded)."""
+    common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=eos_token_id)
+    if architecture == "qwen2":
+        return Qwen2Config(
+            hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+            max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
+        )
+    if architecture == "llama":
+        return LlamaConfig(
+            hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+            max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
+        )
+    if architecture == "gpt2":
+        return GPT2Config(
+            n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=intermediate_size,
+            n_positions=max_positions, **common,
+        )
+    raise UserError(f"unknown architecture {architecture!r}; use one of 'qwen2', 'llama', 'gpt2'")
+
+
+def build_tiny_model(architecture: Architecture = "qwen2", *, seed: int = 0, **kwargs) -> PreTrainedModel:
+    """A randomly initialised tiny causal LM (seeded)."""
+    torch.manual_seed(seed)
+    config = tiny_config(architecture, **kwargs)
+    config._attn_implementation = "sdpa"
+    return AutoModelForCausalLM.from_config(config)
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """``None`` or ``"default"`` → the shipped model; otherwise an existing local directory."""
+    if name_or_path in (None, "", "default"):
+        path = DEFAULT_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"the shipped default model is missing from {path}; "
+                "reinstall lit_attn or rebuild it with `python -m lit_attn sft --config configs/sft.yaml`"
+            )
+        return path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"model path {str(name_or_path)!r} does not exist; lit_attn never downloads models — "
+            "pass a local directory saved with save_pretrained (model.name_or_path=/path/to/model)"
+        )
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"model path {str(path)!r} has no config.json; pass a directory written by save_pretrained"
+        )
+    return path
+
+
+def load_policy(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | str = "float32",
+    attn_implementation: str = "sdpa",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from local disk (offline)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except ValueError as err:
+        raise UserError(f"cannot read the model config in {str(path)!r}: {str(err).splitlines()[0]}") from err
+    is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or any(
+        a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])
+    )
+    if not is_causal:
+        raise UserError(
+            f"model in {str(path)!r} ({config.model_type}) is not a causal language model; "
+            "pass a decoder-only model such as Qwen2, Llama or GPT-2"
+        )
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype,
+        attn_implementation=attn_implementation,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer

@@ -1,0 +1,361 @@
+"""PolicyModule: the LightningModule that trains a causal LM with group-relative RL.
+
+One training step (manual optimisation)::
+
+    prompts (prompts_per_step) → generate group_size completions each (KV cache)
+    → rewards (reward functions, weighted) → group advantages (r - mean) / std
+    → behaviour log-probs under the current weights (one no-grad forward)
+    → PPO clip-higher updates over minibatches of ``minibatch_size`` completions
+    → metrics under TRL's names.
+
+This is GRPO with the DAPO-style loss of spec/attnrl.md §7-8. Run it::
+
+    python -m lit_attn fit --config configs/grpo.yaml
+
+Batch arithmetic is explicit: a step trains on ``prompts_per_step × group_size`` completions,
+split into minibatches of ``minibatch_size`` completions (one optimiser step each).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_attn.errors import UserError
+from lit_attn.evaluation import columns_of, greedy_pass_at_1, sample_table
+from lit_attn.logprobs import token_logprobs
+from lit_attn.loss import policy_loss
+from lit_attn.models import load_policy
+from lit_attn.records import validate_prompt_lengths
+from lit_attn.rewards import RewardSet
+from lit_attn.rollout import Rollout, generate
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO advantages: ``(r - mean) / std`` within each group of ``group_size`` rows.
+
+    Rows must be grouped by prompt (``[p0, p0, …, p1, p1, …]``). NaN rewards (skipped) are
+    left out of the group statistics and get advantage 0. ``scale=False`` gives Dr. GRPO's
+    unscaled ``r - mean``.
+    """
+    r = rewards.view(-1, group_size)
+    valid = ~torch.isnan(r)
+    count = valid.sum(-1, keepdim=True).clamp(min=1)
+    filled = torch.where(valid, r, torch.zeros_like(r))
+    mean = filled.sum(-1, keepdim=True) / count
+    var = torch.where(valid, (r - mean) ** 2, torch.zeros_like(r)).sum(-1, keepdim=True) / (count - 1).clamp(min=1)
+    adv = r - mean
+    if scale:
+        adv = adv / (var.sqrt() + eps)
+    return torch.where(valid, adv, torch.zeros_like(adv)).view(-1)
+
+
+class PolicyModule(LightningModule):
+    """Group-relative policy optimisation of a Hugging Face causal LM.
+
+    Args:
+        name_or_path: local directory of a Hugging Face causal LM, or ``"default"`` for the
+            shipped tiny model. Never downloaded.
+        trust_remote_code: allow the model directory's own Python code (off by default).
+        dtype: parameter dtype (``float32``, ``bfloat16``).
+        group_size: completions sampled per prompt (G).
+        prompts_per_step: prompts per training step, per device; the data module's batch size.
+        minibatch_size: completions per optimiser step; must divide prompts_per_step × group_size.
+        max_new_tokens: completion length limit during training.
+        temperature: sampling temperature (log-probs are computed at the same temperature).
+        lr: AdamW learning rate (constant).
+        weight_decay: AdamW weight decay.
+        grad_clip: gradient-norm clip per optimiser step (0 disables).
+        clip_low: PPO lower clip ε_low.
+        clip_high: PPO upper clip ε_high (clip-higher, DAPO).
+        dual_clip: dual-clip constant c for negative advantages (None disables).
+        kl_coef: k3 KL penalty to the frozen initial policy; 0 loads no reference model.
+        aggregation: loss aggregation — ``token_mean`` (DAPO), ``seq_mean_token_mean`` (GRPO),
+            ``seq_mean_token_sum_norm`` (Dr. GRPO).
+        scale_rewards: divide group advantages by the group's std (False = Dr. GRPO).
+        rewards: reward functions (import strings ``pkg.mod.fn`` or ``pkg.mod:fn``) with TRL's
+            signature; the first is the verifier that validation pass@1 uses.
+        reward_weights: one weight per reward function (default all 1).
+        logprob_chunk_size: sequence positions per chunk when computing log-probs, so the
+            full batch × length × vocab logits never exist at once.
+        val_max_new_tokens: completion length limit for validation (default: max_new_tokens).
+        val_batch_size: prompts per greedy validation generate call.
+        num_sample_completions: rows of the sample-completions table logged to TensorBoard.
+        validate_at_start: measure held-out pass@1 once before the first training step.
+        disable_dropout: set every dropout probability to 0 so that behaviour and training
+            log-probs agree (as TRL does).
+        seed: seed of the minibatch shuffling.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str = "default",
+        trust_remote_code: bool = False,
+        dtype: str = "float32",
+        group_size: int = 8,
+        prompts_per_step: int = 16,
+        minibatch_size: int = 64,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.28,
+        dual_clip: float | None = 3.0,
+        kl_coef: float = 0.0,
+        aggregation: Aggregation = "token_mean",
+        scale_rewards: bool = True,
+        rewards: list[str] | None = None,
+        reward_weights: list[float] | None = None,
+        logprob_chunk_size: int = 256,
+        val_max_new_tokens: int | None = None,
+        val_batch_size: int = 64,
+        num_sample_completions: int = 8,
+        validate_at_start: bool = True,
+        disable_dropout: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        check_batch_arithmetic(group_size, prompts_per_step, minibatch_size)
+        for name, value in (("max_new_tokens", max_new_tokens), ("logprob_chunk_size", logprob_chunk_size)):
+            if value < 1:
+                raise UserError(f"model.{name} must be >= 1, got {value}")
+        if temperature <= 0:
+            raise UserError(f"model.temperature must be > 0, got {temperature}; use a small value such as 0.7 for sharper sampling")
+        self.automatic_optimization = False
+        self.model, self.tokenizer = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+        self.model.train()
+        if disable_dropout:
+            _disable_dropout(self.model)
+        self.ref_model = None
+        if kl_coef > 0:
+            self.ref_model, _ = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+            self.ref_model.requires_grad_(False).eval()
+        self.reward_set = RewardSet(rewards or ["lit_attn.rewards.task_reward"], reward_weights)
+        self.tokens_generated = 0
+        self._shuffle = torch.Generator().manual_seed(seed)
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def context_length(self) -> int:
+        """The model's maximum sequence length (positions)."""
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if getattr(config, key, None):
+                return int(getattr(config, key))
+        return 1 << 30
+
+    def check_data(self, datamodule: object, stage: str) -> None:
+        """Fail before any output is written if a prompt plus its completion budget exceeds the context."""
+        if datamodule is None or not hasattr(datamodule, "records"):
+            return
+        budget = self.context_length - max(self.hparams.max_new_tokens, self.hparams.val_max_new_tokens or 0)
+        for split, records in datamodule.records(stage).items():
+            validate_prompt_lengths(records, self.tokenizer, budget, path_hint=split)
+
+    def setup(self, stage: str) -> None:
+        self.check_data(getattr(self.trainer, "datamodule", None), stage)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def rollout(self, records: list[dict]) -> tuple[Rollout, torch.Tensor]:
+        """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
+        hp = self.hparams
+        prompts = [r["prompt"] for r in records]
+        rollout = generate(
+            self.model, self.tokenizer, prompts, num_samples=hp.group_size,
+            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
+        )
+        rewards = self.reward_set(
+            [p for p in prompts for _ in range(hp.group_size)], rollout.completions,
+            **columns_of(records, repeat=hp.group_size),
+        ).to(self.device)
+        return rollout, rewards
+
+    def completion_logprobs(
+        self, model: torch.nn.Module, rollout: Rollout, *, with_entropy: bool = False, rows: slice | torch.Tensor = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs (and entropies) of the completion tokens, shape (n, C)."""
+        lp, ent = token_logprobs(
+            model, rollout.input_ids[rows], rollout.attention_mask[rows],
+            chunk_size=self.hparams.logprob_chunk_size, temperature=self.hparams.temperature,
+            with_entropy=with_entropy,
+        )
+        start = rollout.prompt_length - 1
+        return lp[:, start:], (ent[:, start:] if ent is not None else None)
+
+    def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        hp = self.hparams
+        rollout, rewards = self.rollout(batch)
+        advantages = group_advantages(rewards, hp.group_size, scale=hp.scale_rewards)
+        mask = rollout.completion_mask.float()
+        mask = mask * (~torch.isnan(rewards)).float().unsqueeze(-1)  # skipped completions don't train
+        with torch.no_grad():
+            old_lp, _ = self.completion_logprobs(self.model, rollout)
+            ref_lp = self.completion_logprobs(self.ref_model, rollout)[0] if self.ref_model is not None else None
+
+        optimizer = self.optimizers()
+        n = rewards.shape[0]
+        order = torch.randperm(n, generator=self._shuffle).to(self.device)
+        totals: dict[str, float] = {}
+        minibatches = order.split(hp.minibatch_size)
+        for rows in minibatches:
+            lp, ent = self.completion_logprobs(self.model, rollout, with_entropy=True, rows=rows)
+            loss, stats = policy_loss(
+                lp, old_lp[rows], advantages[rows], mask[rows],
+                clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
+                ref_logprobs=ref_lp[rows] if ref_lp is not None else None, kl_coef=hp.kl_coef,
+                aggregation=hp.aggregation,
+            )
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if hp.grad_clip > 0:
+                self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            optimizer.step()
+            m = mask[rows]
+            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / len(minibatches)
+
+        self.log_step_metrics(rollout, rewards, totals)
+
+    def log_step_metrics(self, rollout: Rollout, rewards: torch.Tensor, totals: dict[str, float]) -> None:
+        hp = self.hparams
+        generated = rollout.lengths.sum().to(self.device)
+        generated = self.trainer.strategy.reduce(generated.float(), reduce_op="sum") if self.trainer.world_size > 1 else generated
+        self.tokens_generated += int(generated.item())
+        groups = rewards.view(-1, hp.group_size)
+        valid = rewards[~torch.isnan(rewards)]
+        group_std = torch.tensor([g[~torch.isnan(g)].std().nan_to_num(0.0) for g in groups])
+        metrics = {
+            "reward": valid.mean() if valid.numel() else torch.tensor(0.0),
+            "reward_std": valid.std() if valid.numel() > 1 else torch.tensor(0.0),
+            "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
+            "completions/mean_length": rollout.lengths.float().mean(),
+            "completions/clipped_ratio": rollout.clipped.float().mean(),
+            "loss": totals.pop("loss"),
+            "kl": totals.pop("kl"),
+            "entropy": totals.pop("entropy"),
+            "clip_ratio/low_mean": totals.pop("clip_ratio/low_mean"),
+            "clip_ratio/high_mean": totals.pop("clip_ratio/high_mean"),
+            **totals,
+            **self.reward_set.last_stats,
+        }
+        reward = float(metrics.pop("reward"))
+        self.log("reward", reward, prog_bar=True, batch_size=len(rewards))
+        self.log_dict({k: float(v) for k, v in metrics.items()}, batch_size=len(rewards))
+        self.log("tokens/generated", float(self.tokens_generated), batch_size=len(rewards), reduce_fx="max")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, records: list[dict], prefix: str, *, log_table: bool = True) -> float:
+        hp = self.hparams
+        verifier = self.reward_set.funcs[0]
+        scores, completions = greedy_pass_at_1(
+            self.model, self.tokenizer, records, verifier,
+            max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, batch_size=hp.val_batch_size,
+        )
+        valid = scores[~torch.isnan(scores)]
+        total = torch.tensor([valid.sum().item(), float(valid.numel())], device=self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        accuracy = float(total[0] / total[1].clamp(min=1))
+        if log_table:
+            self._log_text(f"{prefix}/samples", sample_table(records, completions, scores, hp.num_sample_completions))
+        return accuracy
+
+    @rank_zero_only
+    def _log_text(self, tag: str, text: str) -> None:
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text(tag, text, global_step=self.global_step)
+
+    def on_train_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.validate_at_start or datamodule is None or not hasattr(datamodule, "val_records"):
+            return
+        records = shard(datamodule.val_records(), self.trainer.global_rank, self.trainer.world_size)
+        accuracy = self._evaluate(records, "val")
+        for logger in self.trainer.loggers:
+            logger.log_metrics({"val/pass@1": accuracy}, step=self.global_step)
+        self.print(f"held-out pass@1 before training: {accuracy:.3f}")
+
+    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: list[dict], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def _eval_step(self, batch: list[dict], batch_idx: int, prefix: str) -> None:
+        hp = self.hparams
+        scores, completions = greedy_pass_at_1(
+            self.model, self.tokenizer, batch, self.reward_set.funcs[0],
+            max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, batch_size=len(batch),
+        )
+        valid = scores[~torch.isnan(scores)]
+        if valid.numel():
+            self.log(f"{prefix}/pass@1", valid.mean().item(), batch_size=valid.numel(), sync_dist=True, prog_bar=True)
+        if batch_idx == 0:
+            self._log_text(f"{prefix}/samples", sample_table(batch, completions, scores, hp.num_sample_completions))
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        hp = self.hparams
+        prompts = [r["prompt"] for r in batch]
+        rollout = generate(
+            self.model, self.tokenizer, prompts, max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, do_sample=False
+        )
+        return [{"prompt": p, "completion": c} for p, c in zip(prompts, rollout.completions)]
+
+    # ------------------------------------------------------------------ state
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_attn"] = {"tokens_generated": self.tokens_generated, "shuffle_rng": self._shuffle.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lit_attn", {})
+        self.tokens_generated = state.get("tokens_generated", 0)
+        if "shuffle_rng" in state:
+            self._shuffle.set_state(state["shuffle_rng"])
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def shard(records: list, rank: int, world_size: int) -> list:
+    """This rank's share of ``records`` (strided)."""
+    return records[rank::world_size]
+
+
+def check_batch_arithmetic(group_size: int, prompts_per_step: int, minibatch_size: int) -> None:
+    """Fail early, with the fix, when the batch sizes do not fit together."""
+    if group_size < 2:
+        raise UserError(f"model.group_size must be >= 2 (group advantages compare samples), got {group_size}")
+    if prompts_per_step < 1:
+        raise UserError(f"model.prompts_per_step must be >= 1, got {prompts_per_step}")
+    total = prompts_per_step * group_size
+    if minibatch_size < 1 or total % minibatch_size:
+        divisors = [d for d in range(1, total + 1) if total % d == 0]
+        near = sorted(divisors, key=lambda d: abs(d - max(minibatch_size, 1)))[:2]
+        raise UserError(
+            f"model.minibatch_size={minibatch_size} must divide prompts_per_step × group_size = "
+            f"{prompts_per_step} × {group_size} = {total} completions per step; "
+            f"use {' or '.join(map(str, sorted(near)))}"
+        )

@@ -1,0 +1,151 @@
+"""The built-in task: "facts + arithmetic chain".
+
+A context of named facts (one text per fact, e.g. ``k=7``), some of them distractors, and a
+question that chains several facts with ``+`` / ``-`` modulo ``modulus``::
+
+    k=7
+    a=3
+    q=5
+    m=2
+    a+m-k=?
+
+The reference solution writes one step per ``"\\n\\n"``-separated block and ends with a
+final answer line::
+
+    a=3
+
+    a+m=3+2=5
+
+    a+m-k=5-7=8
+
+    answer 8
+
+Each step restates the question up to the fact it adds, so a step can be read on its own:
+which fact it looks up, what it computes.
+
+Every example carries ``relevant``: the indices (into ``contexts``) of the facts the question
+needs — the ground truth for attribution. Examples are a pure function of ``(seed, index)``,
+so splits are reproducible and held-out prompts never appear in the training split.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+STEP = "\n\n"
+_ANSWER_RE = re.compile(r"answer\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class FactChainTask:
+    """Difficulty knobs of the built-in task.
+
+    Args:
+        num_ops: arithmetic steps per question; the question needs ``num_ops + 1`` facts.
+        num_distractors: facts in the context that the question does not need.
+        modulus: values are ``0 .. modulus-1`` and every result is taken modulo it.
+        ops: the operators questions draw from (any of ``"+-"``).
+    """
+
+    num_ops: int = 3
+    num_distractors: int = 3
+    modulus: int = 10
+    ops: str = "+-"
+
+    def __post_init__(self) -> None:
+        if self.num_ops < 1:
+            raise ValueError(f"num_ops must be >= 1, got {self.num_ops}")
+        if self.num_distractors < 0:
+            raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
+        if self.num_ops + 1 + self.num_distractors > 26:
+            raise ValueError(
+                "num_ops + 1 + num_distractors must be <= 26 (one letter per fact); "
+                f"got {self.num_ops + 1 + self.num_distractors}"
+            )
+        if self.modulus < 2:
+            raise ValueError(f"modulus must be >= 2, got {self.modulus}")
+        if not self.ops or set(self.ops) - set("+-"):
+            raise ValueError(f"ops must be a non-empty string of '+' and '-', got {self.ops!r}")
+
+    def example(self, rng: random.Random) -> dict[str, Any]:
+        """Draw one example from ``rng``."""
+        n_needed = self.num_ops + 1
+        names = rng.sample(string.ascii_lowercase, n_needed + self.num_distractors)
+        values = {name: rng.randrange(self.modulus) for name in names}
+        chain = names[:n_needed]
+        ops = [rng.choice(self.ops) for _ in range(self.num_ops)]
+        order = list(names)
+        rng.shuffle(order)
+        contexts = [f"{name}={values[name]}" for name in order]
+        relevant = sorted(order.index(name) for name in chain)
+        question = chain[0] + "".join(op + name for op, name in zip(ops, chain[1:]))
+
+        acc = values[chain[0]]
+        steps = [f"{chain[0]}={acc}"]
+        written = chain[0]
+        for op, name in zip(ops, chain[1:]):
+            val = values[name]
+            new = (acc + val if op == "+" else acc - val) % self.modulus
+            written += op + name
+            steps.append(f"{written}={acc}{op}{val}={new}")
+            acc = new
+        steps.append(f"answer {acc}")
+        return {
+            "prompt": format_prompt(contexts, question),
+            "answer": str(acc),
+            "solution": STEP.join(steps),
+            "contexts": contexts,
+            "question": question,
+            "relevant": relevant,
+        }
+
+
+def format_prompt(contexts: list[str], question: str) -> str:
+    """The built-in prompt: one fact per line, the question, then the step delimiter."""
+    return "\n".join(contexts) + f"\n{question}=?{STEP}"
+
+
+def extract_answer(completion: str) -> str | None:
+    """The number on the last ``answer N`` line of a completion, or None if there is none."""
+    found = _ANSWER_RE.findall(completion)
+    return found[-1] if found else None
+
+
+def verify(completion: str, answer: str) -> float:
+    """1.0 when the completion's final answer equals ``answer``, else 0.0."""
+    got = extract_answer(completion)
+    return 1.0 if got is not None and got == str(answer).strip() else 0.0
+
+
+def make_split(task: FactChainTask, size: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+    """``size`` examples drawn with ``seed``; prompts in ``exclude`` are skipped (held-out guard)."""
+    rng = random.Random(seed)
+    out: list[dict] = []
+    seen: set[str] = set(exclude or ())
+    attempts = 0
+    while len(out) < size:
+        attempts += 1
+        if attempts > 20 * size + 1000:
+            raise ValueError(
+                f"could not draw {size} distinct examples from {task}; lower the split size "
+                "or raise num_distractors / num_ops"
+            )
+        ex = task.example(rng)
+        if ex["prompt"] in seen:
+            continue
+        seen.add(ex["prompt"])
+        out.append(ex)
+    return out
+
+
+def make_splits(
+    task: FactChainTask, train_size: int, val_size: int, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Train and held-out splits; no held-out prompt appears in train."""
+    val = make_split(task, val_size, seed=seed * 1_000_003 + 1)
+    train = make_split(task, train_size, seed=seed * 1_000_003 + 2, exclude={e["prompt"] for e in val})
+    return train, val

@@ -1,0 +1,93 @@
+"""The CLI end to end: a few real RL steps, then the outputs a user looks for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from lit_attn.cli import main
+
+
+def small_fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        f"--model.name_or_path={model_dir}",
+        "--model.prompts_per_step=2",
+        "--model.group_size=4",
+        "--model.minibatch_size=8",  # one optimiser update per RL step: max_steps = RL steps
+        "--model.max_new_tokens=12",
+        "--model.val_batch_size=4",
+        "--model.lr=0.01",
+        "--data.train_size=40",
+        "--data.val_size=4",
+        "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+        *extra,
+    ]
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = sorted(run_dir.rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {run_dir}"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_fit_end_to_end_logs_checkpoints_and_exports(tiny_model_dir, reward_module, tmp_path):
+    run_dir = tmp_path / "runs"
+    rc = main(small_fit_args(tiny_model_dir, run_dir, f"--model.rewards=[{reward_module}]"))
+    assert rc == 0
+
+    tags = scalars(run_dir)
+    for name in (
+        "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+        "completions/clipped_ratio", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
+        "tokens/generated", "val/pass@1",
+    ):
+        assert name in tags, f"metric {name} not logged; got {sorted(tags)}"
+    generated = tags["tokens/generated"]
+    assert len(generated) == 3 and all(b > a for a, b in zip(generated, generated[1:])), generated
+    assert len(tags["val/pass@1"]) == 2  # step 0 (validate_at_start) and after step 3
+
+    version = next((run_dir / "default").iterdir())
+    assert (version / "checkpoints" / "last.ckpt").is_file()
+    exported = AutoModelForCausalLM.from_pretrained(version / "policy")
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = {
+        name: not torch.equal(p, before.state_dict()[name]) for name, p in exported.state_dict().items()
+    }
+    assert all(changed.values()), f"parameters not updated by training: {[n for n, c in changed.items() if not c]}"
+
+
+def test_validate_and_predict_subcommands(tiny_model_dir, tmp_path, capsys):
+    common = [
+        f"--model.name_or_path={tiny_model_dir}", "--model.max_new_tokens=4", "--model.val_batch_size=4",
+        "--data.val_size=4", "--data.train_size=8", f"--trainer.default_root_dir={tmp_path}",
+    ]
+    assert main(["validate", *common]) == 0
+    assert "val/pass@1" in capsys.readouterr().out
+    assert main(["test", *common]) == 0
+    assert main(["predict", *common]) == 0
+
+
+def test_print_config_without_config_is_the_embedded_default(capsys):
+    import yaml
+
+    from lit_attn.cli import packaged_config
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    shipped = yaml.safe_load(packaged_config("default.yaml").read_text())
+    for section in ("model", "data"):
+        for key, value in shipped[section].items():
+            assert printed[section][key] == value, f"{section}.{key}"
+    assert printed["trainer"]["max_steps"] == shipped["trainer"]["max_steps"]
