@@ -103,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run(argv)
-    except (UserError, ArgumentError) as err:
+    except UserError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except ArgumentError as err:
+        sub = argv[0] if argv and argv[0] in (*SUBCOMMANDS, "sft") else "fit"
         message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}; `python -m lit_attn {sub} --help` lists the valid options", file=sys.stderr)
         return 2
     return 0
 
