@@ -5,6 +5,7 @@ No hub access, ever: a path that does not exist on local disk is an error, not a
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ from transformers import (
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
     Qwen2Config,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -96,6 +98,23 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
     return path
 
 
+_GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``path``, as saved.
+
+    A generic ``tokenizers`` tokenizer (such as the shipped character tokenizer) is loaded as
+    is: ``AutoTokenizer`` would pick the class of the model type (e.g. Qwen2Tokenizer) and
+    replace its normaliser and pre-tokenizer.
+    """
+    config_file = path / "tokenizer_config.json"
+    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if saved_class in _GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+
+
 def load_policy(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -123,7 +142,7 @@ def load_policy(
         path, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype,
         attn_implementation=attn_implementation,
     )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

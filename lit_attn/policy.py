@@ -25,6 +25,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric
 
 from lit_attn.errors import UserError
 from lit_attn.evaluation import columns_of, greedy_pass_at_1, sample_table
@@ -142,6 +143,9 @@ class PolicyModule(LightningModule):
             self.ref_model.requires_grad_(False).eval()
         self.reward_set = RewardSet(rewards or ["lit_attn.rewards.task_reward"], reward_weights)
         self.tokens_generated = 0
+        self.pass_at_1 = torch.nn.ModuleDict(
+            {split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")}
+        )
         self._shuffle = torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ setup
@@ -307,11 +311,20 @@ class PolicyModule(LightningModule):
             self.model, self.tokenizer, batch, self.reward_set.funcs[0],
             max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, batch_size=len(batch),
         )
-        valid = scores[~torch.isnan(scores)]
-        if valid.numel():
-            self.log(f"{prefix}/pass@1", valid.mean().item(), batch_size=valid.numel(), sync_dist=True, prog_bar=True)
+        self.pass_at_1[prefix].update(scores.to(self.device))
         if batch_idx == 0:
             self._log_text(f"{prefix}/samples", sample_table(batch, completions, scores, hp.num_sample_completions))
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        metric = self.pass_at_1[prefix]
+        self.log(f"{prefix}/pass@1", metric.compute(), prog_bar=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         hp = self.hparams

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from lightning import LightningModule
+from torchmetrics import MeanMetric
 
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
@@ -40,7 +41,10 @@ class SFTModule(LightningModule):
         max_positions: fresh model's context length.
         batch_size: examples per optimiser step (the data module's batch size).
         lr: peak AdamW learning rate.
-        warmup_steps: linear warm-up steps, then cosine decay to 10% of ``lr`` at max_steps.
+        warmup_steps: linear warm-up steps.
+        schedule: after warm-up, ``constant`` (stopping at step N equals a run with
+            max_steps=N, so any checkpoint of a long run is reproducible) or ``cosine`` decay to
+            10% of ``lr`` at max_steps.
         weight_decay: AdamW weight decay.
         verifier: reward function that decides a correct answer (import string).
         val_max_new_tokens: completion length limit for validation.
@@ -61,6 +65,7 @@ class SFTModule(LightningModule):
         batch_size: int = 64,
         lr: float = 3e-3,
         warmup_steps: int = 100,
+        schedule: Literal["constant", "cosine"] = "constant",
         weight_decay: float = 0.01,
         verifier: str = "lit_attn.rewards.task_reward",
         val_max_new_tokens: int = 64,
@@ -80,6 +85,7 @@ class SFTModule(LightningModule):
         else:
             self.model, self.tokenizer = load_policy(name_or_path)
         self.verifier = RewardSet([verifier]).funcs[0]
+        self.val_pass = MeanMetric(nan_strategy="ignore")
 
     def encode(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded ``prompt + solution + eos`` ids, attention mask, and labels (-100 on prompt/pad)."""
@@ -111,7 +117,13 @@ class SFTModule(LightningModule):
             self.model, self.tokenizer, batch, self.verifier,
             max_new_tokens=self.hparams.val_max_new_tokens, batch_size=self.hparams.val_batch_size,
         )
-        self.log("val/pass@1", scores.nanmean().item(), batch_size=len(batch), prog_bar=True, sync_dist=True)
+        self.val_pass.update(scores.to(self.device))
+
+    def on_validation_epoch_end(self) -> None:
+        accuracy = self.val_pass.compute()
+        self.val_pass.reset()
+        self.log("val/pass@1", accuracy, prog_bar=True)
+        self.print(f"step {self.global_step}: held-out pass@1 {accuracy.item():.3f}")
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -121,6 +133,8 @@ class SFTModule(LightningModule):
         def factor(step: int) -> float:
             if step < hp.warmup_steps:
                 return (step + 1) / hp.warmup_steps
+            if hp.schedule == "constant":
+                return 1.0
             progress = min(1.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps))
             return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 

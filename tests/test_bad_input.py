@@ -79,6 +79,10 @@ def test_prompt_longer_than_the_model_context(tmp_path, capsys):
     assert "longer" in line or "exceeds" in line or "too long" in line
 
 
-@pytest.mark.parametrize("args", [["--model.temperature=0"], ["--model.group_size=1"], ["--data.num_ops=0"]])
-def test_out_of_range_values(args, tmp_path, capsys):
-    run_bad(["fit", *args], tmp_path, capsys)
+@pytest.mark.parametrize(
+    ("arg", "named"),
+    [("--model.temperature=0", "temperature"), ("--model.group_size=1", "group_size"), ("--data.num_ops=0", "num_ops")],
+)
+def test_out_of_range_values(arg, named, tmp_path, capsys, tiny_model_dir):
+    line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", arg], tmp_path, capsys)
+    assert named in line

@@ -1,0 +1,99 @@
+"""PolicyModule pieces: group advantages, batch arithmetic, rollout packing, resume state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_attn.errors import UserError
+from lit_attn.policy import PolicyModule, check_batch_arithmetic, group_advantages
+from lit_attn.rollout import generate, pack
+from lit_attn.tokenizer import build_char_tokenizer
+
+
+def test_group_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, 4)
+    # group 1: mean 0.25, sample std sqrt(((0.75)^2 + 3·(0.25)^2)/3) = 0.5
+    assert torch.allclose(adv[:4], torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5)
+    # group 2: all equal → zero advantage (not NaN)
+    assert torch.equal(adv[4:], torch.zeros(4))
+    unscaled = group_advantages(rewards, 4, scale=False)
+    assert torch.allclose(unscaled[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_group_advantages_skip_nan_rewards():
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    adv = group_advantages(rewards, 4, scale=False)
+    # mean over the three scored samples = 1/3; the skipped one gets 0
+    assert torch.allclose(adv, torch.tensor([2 / 3, 0.0, -1 / 3, -1 / 3]))
+
+
+def test_batch_arithmetic_is_checked_with_the_fix():
+    check_batch_arithmetic(group_size=8, prompts_per_step=16, minibatch_size=32)
+    with pytest.raises(UserError, match=r"16 × 8 = 128 .* use 32 or 64"):
+        check_batch_arithmetic(group_size=8, prompts_per_step=16, minibatch_size=48)
+    with pytest.raises(UserError, match="group_size"):
+        check_batch_arithmetic(group_size=1, prompts_per_step=16, minibatch_size=16)
+
+
+def test_pack_masks_after_the_first_eos_and_flags_clipping():
+    tok = build_char_tokenizer()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    a, b = tok.convert_tokens_to_ids(["a", "b"])
+    prompt_mask = torch.tensor([[0, 1], [1, 1]])
+    sequences = torch.tensor([[pad, a, b, eos, a], [a, a, b, b, b]])
+    rollout = pack(sequences, prompt_mask, [eos], tok, max_new_tokens=3)
+    assert rollout.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert rollout.clipped.tolist() == [False, True]
+    assert rollout.completions == ["b", "bbb"]
+    assert rollout.input_ids[0, 4].item() == pad  # after EOS: padding, not the sampled token
+    assert rollout.lengths.tolist() == [2, 3]
+
+
+def test_generate_groups_rows_by_prompt_and_is_seeded(tiny_model_dir):
+    from lit_attn.models import load_policy
+
+    model, tok = load_policy(tiny_model_dir)
+    first = generate(model, tok, ["a=1\n", "b=22\n"], num_samples=3, max_new_tokens=5, generator_seed=7)
+    second = generate(model, tok, ["a=1\n", "b=22\n"], num_samples=3, max_new_tokens=5, generator_seed=7)
+    assert first.completions == second.completions
+    assert first.input_ids.shape[0] == 6
+    prompts = tok.batch_decode(first.input_ids[:, : first.prompt_length], skip_special_tokens=True)
+    assert prompts == ["a=1\n"] * 3 + ["b=22\n"] * 3
+
+
+def test_checkpoint_state_round_trip(tiny_model_dir):
+    module = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    module.tokens_generated = 1234
+    torch.randperm(10, generator=module._shuffle)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    expected = torch.randperm(10, generator=module._shuffle)
+
+    restored = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.tokens_generated == 1234
+    assert torch.equal(torch.randperm(10, generator=restored._shuffle), expected)
+
+
+def test_kl_reference_model_only_loaded_when_needed(tiny_model_dir):
+    without = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    assert without.ref_model is None
+    with_kl = PolicyModule(
+        name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4, kl_coef=0.01
+    )
+    assert with_kl.ref_model is not None
+    assert not any(p.requires_grad for p in with_kl.ref_model.parameters())
+
+
+def test_saved_char_tokenizer_round_trips_through_load_policy(tiny_model_dir):
+    from lit_attn.models import load_policy
+
+    _, loaded = load_policy(tiny_model_dir)
+    fresh = build_char_tokenizer()
+    for text in ["a=1\n", "k=7\nq+k=?\n\n", "  spaced  \n\nanswer 3"]:
+        assert loaded(text)["input_ids"] == fresh(text)["input_ids"]
+        assert loaded.decode(loaded(text)["input_ids"]) == text

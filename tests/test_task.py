@@ -1,0 +1,66 @@
+"""The built-in task: solutions verify, facts needed are marked, splits are seeded and disjoint."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lit_attn.task import FactChainTask, extract_answer, make_splits, verify
+
+
+def test_reference_solution_is_correct_and_stepwise():
+    task = FactChainTask(num_ops=3, num_distractors=3)
+    for seed in range(50):
+        ex = task.example(random.Random(seed))
+        assert verify(ex["solution"], ex["answer"]) == 1.0
+        steps = ex["solution"].split("\n\n")
+        assert len(steps) == task.num_ops + 2  # first lookup, one per op, answer line
+        assert steps[-1] == f"answer {ex['answer']}"
+        assert len(ex["contexts"]) == task.num_ops + 1 + task.num_distractors
+        assert ex["prompt"].startswith("\n".join(ex["contexts"]))
+
+
+def test_relevant_indices_are_exactly_the_facts_the_question_uses():
+    task = FactChainTask(num_ops=2, num_distractors=4)
+    ex = task.example(random.Random(3))
+    used = set(ex["question"].replace("+", " ").replace("-", " ").split())
+    named = {i for i, fact in enumerate(ex["contexts"]) if fact.split("=")[0] in used}
+    assert named == set(ex["relevant"])
+
+
+def test_answer_recomputed_from_the_facts():
+    task = FactChainTask(num_ops=4, num_distractors=0, modulus=7)
+    ex = task.example(random.Random(11))
+    values = dict(fact.split("=") for fact in ex["contexts"])
+    expr = ex["question"]
+    acc, i = int(values[expr[0]]), 1
+    while i < len(expr):
+        op, name = expr[i], expr[i + 1]
+        acc = (acc + int(values[name]) if op == "+" else acc - int(values[name])) % 7
+        i += 2
+    assert ex["answer"] == str(acc)
+
+
+def test_verifier_reads_the_last_answer_line():
+    assert verify("a=1\n\nanswer 3\n\nanswer 4", "4") == 1.0
+    assert verify("answer 3", "4") == 0.0
+    assert verify("no final line", "4") == 0.0
+    assert extract_answer("answer -2") == "-2"
+
+
+def test_splits_are_seeded_and_disjoint():
+    task = FactChainTask()
+    train, val = make_splits(task, 300, 50, seed=1)
+    again_train, again_val = make_splits(task, 300, 50, seed=1)
+    assert [e["prompt"] for e in val] == [e["prompt"] for e in again_val]
+    assert [e["prompt"] for e in train] == [e["prompt"] for e in again_train]
+    assert not {e["prompt"] for e in train} & {e["prompt"] for e in val}
+    other_train, _ = make_splits(task, 300, 50, seed=2)
+    assert [e["prompt"] for e in other_train] != [e["prompt"] for e in train]
+
+
+@pytest.mark.parametrize("kwargs", [{"num_ops": 0}, {"num_distractors": -1}, {"modulus": 1}, {"ops": "*"}, {"num_ops": 20, "num_distractors": 10}])
+def test_bad_knobs(kwargs):
+    with pytest.raises(ValueError):
+        FactChainTask(**kwargs)
