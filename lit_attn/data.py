@@ -35,6 +35,8 @@ class PromptDataModule(LightningDataModule):
         train_size: built-in task: number of training prompts.
         val_size: built-in task: held-out prompts (or rows split off ``train_path``).
         num_ops: built-in task: arithmetic steps per question.
+        lookup_drill: built-in task: fraction of training examples that are lookup drills
+            (warm-start curriculum, see lit_attn/task.py; the held-out split has none).
         num_distractors: built-in task: facts the question does not need.
         modulus: built-in task: arithmetic modulus.
         seed: built-in task: seed of the splits.
@@ -52,6 +54,7 @@ class PromptDataModule(LightningDataModule):
         train_size: int = 20000,
         val_size: int = 200,
         num_ops: int = 3,
+        lookup_drill: float = 0.0,
         num_distractors: int = 3,
         modulus: int = 10,
         seed: int = 0,
@@ -63,6 +66,9 @@ class PromptDataModule(LightningDataModule):
             raise UserError("data.prompts_per_step and data.val_batch_size must be >= 1")
         try:
             self.task = FactChainTask(num_ops=num_ops, num_distractors=num_distractors, modulus=modulus)
+            self.train_task = FactChainTask(
+                num_ops=num_ops, lookup_drill=lookup_drill, num_distractors=num_distractors, modulus=modulus
+            )
         except ValueError as err:
             raise UserError(f"data: {err}") from err
         self._splits: dict[str, list[dict]] | None = None
@@ -72,7 +78,7 @@ class PromptDataModule(LightningDataModule):
             return self._splits
         hp = self.hparams
         if hp.train_path is None:
-            train, val = make_splits(self.task, hp.train_size, hp.val_size, seed=hp.seed)
+            train, val = make_splits(self.task, hp.train_size, hp.val_size, seed=hp.seed, train_task=self.train_task)
         else:
             train = load_records(hp.train_path)
             if hp.val_path is None:

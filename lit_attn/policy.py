@@ -18,8 +18,7 @@ split into minibatches of ``minibatch_size`` completions (one optimiser step eac
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Literal
+from typing import Any
 
 import torch
 from lightning import LightningModule
@@ -30,13 +29,11 @@ from torchmetrics import MeanMetric
 from lit_attn.errors import UserError
 from lit_attn.evaluation import columns_of, greedy_pass_at_1, sample_table
 from lit_attn.logprobs import token_logprobs
-from lit_attn.loss import policy_loss
+from lit_attn.loss import Aggregation, policy_loss
 from lit_attn.models import load_policy
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
 from lit_attn.rollout import Rollout, generate
-
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:

@@ -1,27 +1,30 @@
 """The built-in task: "facts + arithmetic chain".
 
-A context of named facts (one text per fact, e.g. ``k=7``), some of them distractors, and a
-question that chains several facts with ``+`` / ``-`` modulo ``modulus``::
+A context of named facts (one text per fact, e.g. ``k=7``), some of them distractors, and
+a question that chains several facts with ``+`` / ``-`` modulo ``modulus``::
 
     k=7
     a=3
     q=5
     m=2
-    a+m-k=?
+    a+m-k?
 
 The reference solution writes one step per ``"\\n\\n"``-separated block and ends with a
 final answer line::
 
     a=3
 
-    a+m=3+2=5
+    a+m:3+(m=2)=5
 
-    a+m-k=5-7=8
+    a+m-k:5-(k=7)=8
 
     answer 8
 
-Each step restates the question up to the fact it adds, so a step can be read on its own:
-which fact it looks up, what it computes.
+Each step restates the question up to the fact it adds, then the running value, the operator
+and the fact it uses, copied from the context in parentheses, then the result — so a step can
+be read on its own. The format keeps every ``name=`` pair unique to its fact: a lookup is a
+plain copy of one context text. (When a step also wrote ``name=`` before some other number, a
+tiny model's copy heads split between the two and the lookups were never learned.)
 
 Every example carries ``relevant``: the indices (into ``contexts``) of the facts the question
 needs — the ground truth for attribution. Examples are a pure function of ``(seed, index)``,
@@ -46,12 +49,18 @@ class FactChainTask:
 
     Args:
         num_ops: arithmetic steps per question; the question needs ``num_ops + 1`` facts.
+        lookup_drill: fraction of examples that are lookup drills instead (warm-start data
+            only): the question lists every fact name (``k,a,q,m?``) and the solution copies
+            the facts in that order (``(k=7)(a=3)(q=5)(m=2)``). Without drills a tiny model
+            learns the format and the arithmetic but its lookups stay at chance for thousands
+            of steps; drills give it dense practice of the one skill it lacks.
         num_distractors: facts in the context that the question does not need.
         modulus: values are ``0 .. modulus-1`` and every result is taken modulo it.
         ops: the operators questions draw from (any of ``"+-"``).
     """
 
     num_ops: int = 3
+    lookup_drill: float = 0.0
     num_distractors: int = 3
     modulus: int = 10
     ops: str = "+-"
@@ -59,6 +68,8 @@ class FactChainTask:
     def __post_init__(self) -> None:
         if self.num_ops < 1:
             raise ValueError(f"num_ops must be >= 1, got {self.num_ops}")
+        if not 0.0 <= self.lookup_drill <= 1.0:
+            raise ValueError(f"lookup_drill must be in [0, 1], got {self.lookup_drill}")
         if self.num_distractors < 0:
             raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
         if self.num_ops + 1 + self.num_distractors > 26:
@@ -73,11 +84,12 @@ class FactChainTask:
 
     def example(self, rng: random.Random) -> dict[str, Any]:
         """Draw one example from ``rng``."""
-        n_needed = self.num_ops + 1
+        num_ops = self.num_ops
+        n_needed = num_ops + 1
         names = rng.sample(string.ascii_lowercase, n_needed + self.num_distractors)
         values = {name: rng.randrange(self.modulus) for name in names}
         chain = names[:n_needed]
-        ops = [rng.choice(self.ops) for _ in range(self.num_ops)]
+        ops = [rng.choice(self.ops) for _ in range(num_ops)]
         order = list(names)
         rng.shuffle(order)
         contexts = [f"{name}={values[name]}" for name in order]
@@ -91,9 +103,11 @@ class FactChainTask:
             val = values[name]
             new = (acc + val if op == "+" else acc - val) % self.modulus
             written += op + name
-            steps.append(f"{written}={acc}{op}{val}={new}")
+            steps.append(f"{written}:{acc}{op}({name}={val})={new}")
             acc = new
         steps.append(f"answer {acc}")
+        if self.lookup_drill and rng.random() < self.lookup_drill:
+            return drill(contexts, rng)
         return {
             "prompt": format_prompt(contexts, question),
             "answer": str(acc),
@@ -104,9 +118,25 @@ class FactChainTask:
         }
 
 
+def drill(contexts: list[str], rng: random.Random) -> dict[str, Any]:
+    """A lookup drill over ``contexts``: name every fact in a random order, copy each one."""
+    order = list(range(len(contexts)))
+    rng.shuffle(order)
+    names = ",".join(contexts[i].split("=")[0] for i in order)
+    last = contexts[order[-1]].split("=")[1]
+    return {
+        "prompt": "\n".join(contexts) + f"\n{names}?{STEP}",
+        "answer": last,
+        "solution": "".join(f"({contexts[i]})" for i in order),
+        "contexts": contexts,
+        "question": names,
+        "relevant": sorted(order),
+    }
+
+
 def format_prompt(contexts: list[str], question: str) -> str:
     """The built-in prompt: one fact per line, the question, then the step delimiter."""
-    return "\n".join(contexts) + f"\n{question}=?{STEP}"
+    return "\n".join(contexts) + f"\n{question}?{STEP}"
 
 
 def extract_answer(completion: str) -> str | None:
@@ -143,9 +173,13 @@ def make_split(task: FactChainTask, size: int, seed: int, exclude: set[str] | No
 
 
 def make_splits(
-    task: FactChainTask, train_size: int, val_size: int, seed: int = 0
+    task: FactChainTask, train_size: int, val_size: int, seed: int = 0, *, train_task: FactChainTask | None = None
 ) -> tuple[list[dict], list[dict]]:
-    """Train and held-out splits; no held-out prompt appears in train."""
+    """Train and held-out splits; no held-out prompt appears in train.
+
+    ``train_task`` (default: ``task``) lets the training split differ, e.g. a warm-start
+    curriculum with lookup drills, while the held-out split stays the task being measured.
+    """
     val = make_split(task, val_size, seed=seed * 1_000_003 + 1)
-    train = make_split(task, train_size, seed=seed * 1_000_003 + 2, exclude={e["prompt"] for e in val})
+    train = make_split(train_task or task, train_size, seed=seed * 1_000_003 + 2, exclude={e["prompt"] for e in val})
     return train, val

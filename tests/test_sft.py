@@ -43,5 +43,5 @@ trainer:
     assert "val/pass@1" in acc.Tags()["scalars"]
 
     model, tokenizer = load_policy(export)
-    out = generate(model, tokenizer, ["a=1\nb=2\na+b=?\n\n"], max_new_tokens=6, do_sample=False)
+    out = generate(model, tokenizer, ["a=1\nb=2\na+b?\n\n"], max_new_tokens=6, do_sample=False)
     assert len(out.completions) == 1

@@ -24,7 +24,7 @@ def test_reference_solution_is_correct_and_stepwise():
 def test_relevant_indices_are_exactly_the_facts_the_question_uses():
     task = FactChainTask(num_ops=2, num_distractors=4)
     ex = task.example(random.Random(3))
-    used = set(ex["question"].replace("+", " ").replace("-", " ").split())
+    used = set(ex["question"].lower().replace("+", " ").replace("-", " ").split())
     named = {i for i, fact in enumerate(ex["contexts"]) if fact.split("=")[0] in used}
     assert named == set(ex["relevant"])
 
@@ -34,9 +34,9 @@ def test_answer_recomputed_from_the_facts():
     ex = task.example(random.Random(11))
     values = dict(fact.split("=") for fact in ex["contexts"])
     expr = ex["question"]
-    acc, i = int(values[expr[0]]), 1
+    acc, i = int(values[expr[0].lower()]), 1
     while i < len(expr):
-        op, name = expr[i], expr[i + 1]
+        op, name = expr[i], expr[i + 1].lower()
         acc = (acc + int(values[name]) if op == "+" else acc - int(values[name])) % 7
         i += 2
     assert ex["answer"] == str(acc)
@@ -64,3 +64,16 @@ def test_splits_are_seeded_and_disjoint():
 def test_bad_knobs(kwargs):
     with pytest.raises(ValueError):
         FactChainTask(**kwargs)
+
+
+def test_lookup_drills_copy_every_fact_and_stay_out_of_held_out():
+    task = FactChainTask(num_ops=2, num_distractors=2, lookup_drill=0.5)
+    rng = random.Random(0)
+    examples = [task.example(rng) for _ in range(200)]
+    drills = [e for e in examples if "," in e["question"]]
+    assert 60 < len(drills) < 140
+    for d in drills:
+        assert sorted(d["solution"][1:-1].split(")(")) == sorted(d["contexts"])
+        assert d["prompt"].endswith(f"{d['question']}?\n\n")
+    train, val = make_splits(FactChainTask(num_ops=2), 50, 50, seed=0, train_task=task)
+    assert not any("," in e["question"] for e in val)
