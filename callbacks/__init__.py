@@ -4,5 +4,6 @@ Callbacks import the core (``lit_attn``); the core never imports callbacks.
 """
 
 from lit_attn.callbacks.export import ExportPolicy
+from lit_attn.callbacks.predictions import PredictionWriter
 
-__all__ = ["ExportPolicy"]
+__all__ = ["ExportPolicy", "PredictionWriter"]

@@ -206,19 +206,21 @@ class PolicyModule(LightningModule):
         advantages = group_advantages(rewards, hp.group_size, scale=hp.scale_rewards)
         mask = rollout.completion_mask.float()
         mask = mask * (~torch.isnan(rewards)).float().unsqueeze(-1)  # skipped completions don't train
+        n = rewards.shape[0]
+        order = torch.randperm(n, generator=self._shuffle).to(self.device)
+        minibatches = order.split(hp.minibatch_size)
         with torch.no_grad():
-            old_lp, _ = self.completion_logprobs(self.model, rollout)
+            # Behaviour log-probs. With one minibatch the update is on-policy: the first (and
+            # only) forward with gradients gives the same numbers, so that pass is skipped.
+            old_lp = self.completion_logprobs(self.model, rollout)[0] if len(minibatches) > 1 else None
             ref_lp = self.completion_logprobs(self.ref_model, rollout)[0] if self.ref_model is not None else None
 
         optimizer = self.optimizers()
-        n = rewards.shape[0]
-        order = torch.randperm(n, generator=self._shuffle).to(self.device)
         totals: dict[str, float] = {}
-        minibatches = order.split(hp.minibatch_size)
         for rows in minibatches:
             lp, ent = self.completion_logprobs(self.model, rollout, with_entropy=True, rows=rows)
             loss, stats = policy_loss(
-                lp, old_lp[rows], advantages[rows], mask[rows],
+                lp, old_lp[rows] if old_lp is not None else lp.detach(), advantages[rows], mask[rows],
                 clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
                 ref_logprobs=ref_lp[rows] if ref_lp is not None else None, kl_coef=hp.kl_coef,
                 aggregation=hp.aggregation,

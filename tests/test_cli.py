@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,16 @@ def test_validate_and_predict_subcommands(tiny_model_dir, tmp_path, capsys):
     common = [
         f"--model.name_or_path={tiny_model_dir}", "--model.max_new_tokens=4", "--model.val_batch_size=4",
         "--data.val_size=4", "--data.train_size=8", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
     assert main(["validate", *common]) == 0
     assert "val/pass@1" in capsys.readouterr().out
     assert main(["test", *common]) == 0
     assert main(["predict", *common]) == 0
+    written = sorted(tmp_path.rglob("predictions.jsonl"))
+    assert written, "predict wrote no predictions.jsonl"
+    rows = [json.loads(line) for line in written[-1].read_text().splitlines()]
+    assert len(rows) == 4 and all(set(r) == {"prompt", "completion"} for r in rows)
 
 
 def test_print_config_without_config_is_the_embedded_default(capsys):
