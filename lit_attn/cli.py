@@ -83,6 +83,7 @@ def run(argv: list[str]) -> None:
     torch.set_float32_matmul_precision("high")
     # We always pass args explicitly (main() is also called from tests); Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning internals vs newer torch
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in our output
     if argv and argv[0] == "sft":
         SFTCLI(
