@@ -112,3 +112,32 @@ def test_shipped_default_model_solves_some_held_out_prompts(tmp_path):
     accuracy = scalars(run_dir)["val/pass@1"]
     # The shipped model starts well above chance (1 in 10 answers) on the built-in task.
     assert accuracy[0] >= 0.15, accuracy
+
+
+def test_fit_on_user_jsonl_with_math_reward_and_extra_columns(tiny_model_dir, tmp_path, monkeypatch):
+    """The real-user path: a local model, JSONL data, math-verify reward, a column-aware reward."""
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i), "source": "drill"} for i in range(12)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "colreward.py").write_text(
+        "SEEN = []\n"
+        "def source_reward(prompts, completions, source, **kw):\n"
+        "    SEEN.extend(source)\n"
+        "    return [0.5 if s == 'drill' else None for s in source]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "runs"
+    rc = main([
+        "fit", f"--model.name_or_path={tiny_model_dir}", f"--data.train_path={train}", "--data.val_size=4",
+        "--model.rewards=[lit_attn.rewards.math_reward, colreward.source_reward]", "--model.reward_weights=[1.0, 0.5]",
+        "--model.prompts_per_step=2", "--model.group_size=2", "--model.minibatch_size=4", "--model.max_new_tokens=6",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+        f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+    ])
+    assert rc == 0
+    import colreward
+
+    assert colreward.SEEN and set(colreward.SEEN) == {"drill"}
+    tags = scalars(run_dir)
+    assert "rewards/math_reward/mean" in tags and "rewards/source_reward/mean" in tags
+    assert tags["rewards/source_reward/mean"][0] == 0.5
