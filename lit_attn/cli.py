@@ -84,6 +84,8 @@ def run(argv: list[str]) -> None:
     # We always pass args explicitly (main() is also called from tests); Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning internals vs newer torch
+    # Our checkpoints are meant to hold the weights after each RL step's update.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in our output
     if argv and argv[0] == "sft":
         SFTCLI(

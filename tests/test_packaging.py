@@ -49,6 +49,11 @@ def test_wheel_contents(wheel):
     ):
         assert required in names, f"{required} missing from {wheel.name}"
     assert not any(n.startswith("callbacks/") or n.startswith("tests/") for n in names)
+    # Every module of the core and of callbacks/ is in the wheel (a new subpackage must be listed in pyproject).
+    for source_dir, installed in (("lit_attn", "lit_attn"), ("callbacks", "lit_attn/callbacks")):
+        for module in (ROOT / source_dir).rglob("*.py"):
+            wanted = f"{installed}/{module.relative_to(ROOT / source_dir).as_posix()}"
+            assert wanted in names, f"{wanted} missing from {wheel.name}"
 
 
 def test_installed_wheel_imports_callbacks_and_finds_its_files(wheel, tmp_path):

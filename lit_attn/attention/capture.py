@@ -1,0 +1,344 @@
+"""Stream every layer's post-RoPE queries and keys out of a normal Hugging Face forward pass.
+
+One mechanism for all attention-derived scores of the library (FCI of spec/attnrl.md §2,
+``text_scores`` of spec/attntrace.md §2): nothing ever builds a T×T attention matrix.
+
+How it works: transformers' attention layers call ``ALL_ATTENTION_FUNCTIONS[impl](module, query,
+key, value, attention_mask, scaling=..., dropout=..., **kwargs)`` with ``impl`` read from
+``config._attn_implementation`` at every call. :func:`capture_qk` registers one extra
+implementation, ``"lit_attn_capture"`` (with the sdpa mask builder), switches the model to it
+and, for every layer call, first hands a :class:`CapturedLayer` (layer index, queries, keys,
+scaling, the mask the layer received) to the caller's *consumer*, then computes the layer's
+output with the ordinary sdpa implementation — the forward's outputs are those of sdpa. The
+consumer must use the layer immediately (e.g. :meth:`CapturedLayer.attention_rows` over row
+blocks and accumulate), so extra memory stays O(one layer).
+
+Example — the per-token attention of AttnTrace's rows R (spec/attntrace.md §2) would be a
+consumer summing ``layer.attention_rows(rows_index, heads=chunk).sum(dim=(1, 2))`` over layers
+and head chunks: O(|R|·T) memory per head chunk, never T×T.
+
+The original attention implementation of every config of the model is restored on exit, also
+when the body raises. Capture is meant for full forwards without a KV cache (pass
+``use_cache=False``); query ``i`` is aligned with key ``i + (key_length - query_length)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from lit_attn.errors import UserError
+
+CAPTURE_ATTN_IMPLEMENTATION = "lit_attn_capture"
+"""Name under which the capturing attention function is registered in transformers."""
+
+RowSelection = slice | torch.Tensor
+"""Query rows: a ``slice`` (step 1) or a 1-D tensor of query indices, shared by the batch."""
+
+
+@dataclass
+class CapturedLayer:
+    """One attention layer's inputs, as seen inside the forward pass.
+
+    ``query`` is ``(batch, heads, query_length, head_dim)`` and ``key`` is
+    ``(batch, kv_heads, key_length, head_dim)``, both after rotary embeddings, in the model's
+    dtype. Query head ``h`` uses key head ``h // (heads // kv_heads)`` (grouped KV heads).
+    ``attention_mask`` is the mask the layer received: ``None`` (plain causal), a boolean
+    tensor (``True`` = may attend) or an additive float tensor, broadcastable to
+    ``(batch, heads, query_length, key_length)``.
+    """
+
+    layer_idx: int
+    query: torch.Tensor
+    key: torch.Tensor
+    scaling: float
+    attention_mask: torch.Tensor | None
+    module: nn.Module = field(repr=False)
+    _keys_fp32: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def num_heads(self) -> int:
+        """Number of query heads."""
+        return int(self.query.shape[1])
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Number of key/value heads (``num_heads`` without grouped KV heads)."""
+        return int(self.key.shape[1])
+
+    @property
+    def query_length(self) -> int:
+        """Number of query positions."""
+        return int(self.query.shape[2])
+
+    @property
+    def key_length(self) -> int:
+        """Number of key positions."""
+        return int(self.key.shape[2])
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    def keys_per_query_head(self, heads: slice | None = None) -> torch.Tensor:
+        """Keys expanded to the query heads: ``(batch, len(heads), key_length, head_dim)`` (a copy
+        when KV heads are grouped; :meth:`attention_rows` never needs it)."""
+        heads = heads if heads is not None else slice(None)
+        if self.group_size == 1:
+            return self.key[:, heads]
+        kv_index = torch.arange(self.num_heads, device=self.key.device)[heads] // self.group_size
+        return self.key.index_select(1, kv_index)
+
+    def _float_keys(self) -> torch.Tensor:
+        """fp32 keys ``(batch, kv_heads, key_length, head_dim)``, converted once per layer."""
+        if self._keys_fp32 is None:
+            self._keys_fp32 = self.key.float()
+        return self._keys_fp32
+
+    def attention_rows(
+        self,
+        rows: RowSelection,
+        *,
+        heads: slice | None = None,
+        trim_keys: bool = False,
+    ) -> torch.Tensor:
+        """Exact fp32 causal softmax attention rows of the selected queries.
+
+        Args:
+            rows: query rows, a contiguous ``slice`` or a 1-D index tensor (same for every
+                batch row).
+            heads: a contiguous slice of query heads (default all), to bound memory.
+            trim_keys: return only the keys up to the last selected row's causal limit (later
+                keys would be exactly zero); otherwise all ``key_length`` keys.
+
+        Returns ``(batch, len(heads), len(rows), K')`` in fp32. The causal mask is always
+        applied, together with the layer's own mask (padding, sliding window). Rows with no key
+        allowed (padding queries) are all zero. Grouped KV heads are handled by a grouped
+        matmul (keys are not copied per query head). Memory: O(batch · heads · rows · K').
+        """
+        head_range = range(self.num_heads)[heads if heads is not None else slice(None)]
+        if head_range.step != 1:
+            raise ValueError("attention_rows takes a contiguous slice of heads (step 1)")
+        offset = self.key_length - self.query_length
+        device = self.query.device
+        if isinstance(rows, slice):
+            row_range = range(self.query_length)[rows]
+            if row_range.step != 1:
+                raise ValueError("attention_rows takes a contiguous slice of rows (step 1) or an index tensor")
+            positions = torch.arange(row_range.start, row_range.stop, device=device)
+            num_rows = len(row_range)
+            first, last = row_range.start, row_range.stop - 1  # no device sync for slices
+        else:
+            positions = rows.to(device=device, dtype=torch.long).reshape(-1)
+            num_rows = int(positions.numel())
+            first = int(positions.min()) if num_rows else 0
+            last = int(positions.max()) if num_rows else 0
+        batch = self.query.shape[0]
+        if num_rows == 0 or len(head_range) == 0:
+            width = 0 if trim_keys else self.key_length
+            return torch.zeros(batch, len(head_range), num_rows, width, device=device)
+        key_end = min(self.key_length, last + 1 + offset) if trim_keys else self.key_length
+
+        # Grouped matmul over the KV heads that the selected query heads use.
+        group = self.group_size
+        kv_first, kv_end = head_range.start // group, (head_range.stop - 1) // group + 1
+        query = self.query[:, kv_first * group : kv_end * group]
+        query = query[:, :, rows] if isinstance(rows, slice) else query.index_select(2, positions)
+        query = query.float() * self.scaling
+        query = query.reshape(batch, kv_end - kv_first, group * num_rows, -1)
+        keys = self._float_keys()[:, kv_first:kv_end, :key_end]
+        scores = torch.matmul(query, keys.transpose(-1, -2))
+        scores = scores.view(batch, (kv_end - kv_first) * group, num_rows, key_end)
+        head_offset = head_range.start - kv_first * group
+        scores = scores[:, head_offset : head_offset + len(head_range)]
+
+        # Causal mask: only keys after the earliest row's limit can be in the future of a row.
+        tail_start = max(0, first + offset + 1)
+        if tail_start < key_end:
+            columns = torch.arange(tail_start, key_end, device=device)
+            scores[..., tail_start:].masked_fill_(columns[None, :] > (positions[:, None] + offset), float("-inf"))
+        mask = self.attention_mask
+        if mask is not None:
+            if mask.shape[1] > 1:
+                mask = mask[:, head_range.start : head_range.stop]
+            mask = mask[..., :key_end]
+            mask = mask[:, :, rows] if isinstance(rows, slice) else mask.index_select(2, positions)
+            if mask.dtype == torch.bool:
+                scores.masked_fill_(~mask, float("-inf"))
+            else:
+                scores.add_(mask.float())
+        probs = torch.softmax(scores, dim=-1)
+        if mask is not None or first + offset < 0:
+            probs = torch.nan_to_num_(probs, nan=0.0)  # rows with every key masked
+        return probs
+
+
+LayerConsumer = Callable[[CapturedLayer], None]
+"""Receives each layer as it runs; must not keep the tensors beyond the call."""
+
+
+@dataclass
+class CaptureSession:
+    """What a :func:`capture_qk` block has seen: the layer indices, in call order."""
+
+    model: PreTrainedModel
+    consumer: LayerConsumer
+    layers_seen: list[int] = field(default_factory=list)
+    _calls_this_forward: int = 0
+
+    def next_layer_index(self, module: nn.Module) -> int:
+        """The module's ``layer_idx``, or the call count within the current forward."""
+        index = getattr(module, "layer_idx", None)
+        if index is None:
+            index = self._calls_this_forward
+        self._calls_this_forward += 1
+        return int(index)
+
+    def start_forward(self) -> None:
+        """Reset the per-forward call counter (a forward pre-hook calls it)."""
+        self._calls_this_forward = 0
+
+
+# Attention modules of models under capture → their session. Keyed by module id so that calls
+# from any thread find their session; a model can be under one capture at a time.
+_SESSIONS: dict[int, CaptureSession] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _capturing_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The registered attention function: report q/k to the session, then run sdpa."""
+    session = _SESSIONS.get(id(module))
+    if session is not None:
+        effective_scaling = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
+        layer_idx = session.next_layer_index(module)
+        session.layers_seen.append(layer_idx)
+        session.consumer(
+            CapturedLayer(
+                layer_idx=layer_idx, query=query, key=key, scaling=effective_scaling,
+                attention_mask=attention_mask, module=module,
+            )
+        )
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def _register() -> None:
+    """Make ``"lit_attn_capture"`` a valid attention implementation (idempotent)."""
+    AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _capturing_attention)
+    AttentionMaskInterface.register(CAPTURE_ATTN_IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def architecture_name(model: nn.Module) -> str:
+    """A readable architecture name for error messages (e.g. ``Qwen2ForCausalLM (qwen2)``)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    return f"{type(model).__name__} ({model_type})" if model_type else type(model).__name__
+
+
+def _all_configs(model: PreTrainedModel) -> list[Any]:
+    """Every config object the model's attention implementation lives in (sub-configs included)."""
+    found: dict[int, Any] = {}
+    pending = [model.config] + [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
+    while pending:
+        config = pending.pop()
+        if config is None or id(config) in found:
+            continue
+        found[id(config)] = config
+        for name in getattr(config, "sub_configs", {}) or {}:
+            pending.append(getattr(config, name, None))
+    return list(found.values())
+
+
+def _raw_implementation(config: Any) -> Any:
+    """The config's own attention implementation (not resolved through sub-configs)."""
+    return getattr(config, "_attn_implementation_internal", None)
+
+
+def _restore_implementation(config: Any, value: Any) -> None:
+    """Put the saved value back on this config only (the public setter would cascade)."""
+    setattr(config, "_attn_implementation_internal", value)
+
+
+def _not_supported(model: nn.Module) -> UserError:
+    return UserError(
+        f"{architecture_name(model)} does not route its attention through transformers' AttentionInterface, "
+        "so lit_attn cannot capture its queries and keys; use a model whose attention layers call "
+        "ALL_ATTENTION_FUNCTIONS (Qwen2, Llama, GPT-2, Mistral, ... in transformers >= 4.56)"
+    )
+
+
+def check_all_layers_captured(session: CaptureSession) -> None:
+    """Raise a clear :class:`UserError` when a forward under capture saw no attention call."""
+    if not session.layers_seen:
+        raise _not_supported(session.model)
+
+
+@contextmanager
+def capture_qk(model: PreTrainedModel, consumer: LayerConsumer) -> Iterator[CaptureSession]:
+    """Within the block, every attention layer of ``model`` reports to ``consumer``.
+
+    Run ordinary forwards of ``model`` (or of its base model) inside the block, preferably with
+    ``use_cache=False``; their outputs are the sdpa outputs. On exit — normal or by exception —
+    the attention implementation of every config of the model is put back exactly as it was.
+
+    Raises :class:`UserError` for an architecture whose attention layers do not use the
+    AttentionInterface (also detectable afterwards: no layer in ``session.layers_seen``).
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise UserError(f"capture needs a transformers PreTrainedModel, got {type(model).__name__}")
+    can_set = getattr(type(model), "_can_set_attn_implementation", None)
+    if can_set is not None and not can_set():
+        raise _not_supported(model)
+    _register()
+    session = CaptureSession(model=model, consumer=consumer)
+    saved = [(config, _raw_implementation(config)) for config in _all_configs(model)]
+    module_ids = [id(m) for m in model.modules()]
+    with _SESSIONS_LOCK:
+        if any(i in _SESSIONS for i in module_ids):
+            raise UserError(
+                f"{architecture_name(model)} is already under an attention capture; captures of one model cannot nest"
+            )
+        for i in module_ids:
+            _SESSIONS[i] = session
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        hooks = [
+            m.register_forward_pre_hook(lambda _module, _args: session.start_forward())
+            for m in model.modules()
+            if isinstance(m, PreTrainedModel)
+        ]
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(CAPTURE_ATTN_IMPLEMENTATION)
+        else:  # pragma: no cover - transformers without the public setter
+            model.config._attn_implementation = CAPTURE_ATTN_IMPLEMENTATION
+        if model.config._attn_implementation != CAPTURE_ATTN_IMPLEMENTATION:
+            raise _not_supported(model)
+        yield session
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for config, value in saved:
+            _restore_implementation(config, value)
+        with _SESSIONS_LOCK:
+            for i in module_ids:
+                if _SESSIONS.get(i) is session:
+                    del _SESSIONS[i]
