@@ -27,7 +27,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
 from lit_attn.errors import UserError
-from lit_attn.evaluation import columns_of, greedy_pass_at_1, sample_table
+from lit_attn.evaluation import greedy_pass_at_1, sample_table
+from lit_attn.experience import Experience, rollout_metrics
 from lit_attn.logprobs import token_logprobs
 from lit_attn.loss import Aggregation, policy_loss
 from lit_attn.models import load_policy
@@ -144,6 +145,8 @@ class PolicyModule(LightningModule):
             {split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")}
         )
         self._shuffle = torch.Generator().manual_seed(seed)
+        self.experience_source: Any = None
+        """Set by an exploration callback in its ``setup``; None = GRPO."""
 
     # ------------------------------------------------------------------ setup
 
@@ -174,6 +177,30 @@ class PolicyModule(LightningModule):
 
     # ------------------------------------------------------------------ training
 
+    # The hosting contract of exploration callbacks (lit_attn.callbacks.BranchingCallback):
+    # ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
+    # ``score(records, completions)``, and the ``experience_source`` slot a callback fills.
+
+    @property
+    def group_size(self) -> int:
+        """Initial samples per prompt (G)."""
+        return int(self.hparams.group_size)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Completion length limit during training."""
+        return int(self.hparams.max_new_tokens)
+
+    @property
+    def temperature(self) -> float:
+        """Sampling temperature (log-probs use the same one)."""
+        return float(self.hparams.temperature)
+
+    def score(self, records: list[dict], completions: list[str]) -> torch.Tensor:
+        """Weighted rewards of ``completions[i]`` for the prompt of ``records[i]`` (NaN = skipped)."""
+        columns = {k: [r.get(k) for r in records] for k in (records[0] if records else {}) if k != "prompt"}
+        return self.reward_set([r["prompt"] for r in records], completions, **columns).to(self.device)
+
     def rollout(self, records: list[dict]) -> tuple[Rollout, torch.Tensor]:
         """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
         hp = self.hparams
@@ -182,43 +209,64 @@ class PolicyModule(LightningModule):
             self.model, self.tokenizer, prompts, num_samples=hp.group_size,
             max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
         )
-        rewards = self.reward_set(
-            [p for p in prompts for _ in range(hp.group_size)], rollout.completions,
-            **columns_of(records, repeat=hp.group_size),
-        ).to(self.device)
+        rewards = self.score([r for r in records for _ in range(hp.group_size)], rollout.completions)
         return rollout, rewards
 
+    def grpo_experience(self, records: list[dict]) -> Experience:
+        """GRPO: G samples per prompt, advantages ``(r - mean) / std`` per group."""
+        hp = self.hparams
+        rollout, rewards = self.rollout(records)
+        mask = rollout.completion_mask * (~torch.isnan(rewards)).long().unsqueeze(-1)  # skipped don't train
+        return Experience(
+            input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, prompt_length=rollout.prompt_length,
+            completion_mask=mask, advantages=group_advantages(rewards, hp.group_size, scale=hp.scale_rewards),
+            generated_tokens=int(rollout.lengths.sum()),
+            metrics={
+                **rollout_metrics(rewards, hp.group_size, rollout.lengths, rollout.clipped),
+                **self.reward_set.last_stats,
+            },
+        )
+
     def completion_logprobs(
-        self, model: torch.nn.Module, rollout: Rollout, *, with_entropy: bool = False, rows: slice | torch.Tensor = slice(None)
+        self, model: torch.nn.Module, batch: Rollout | Experience, *, with_entropy: bool = False,
+        rows: slice | torch.Tensor = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs (and entropies) of the completion tokens, shape (n, C)."""
         lp, ent = token_logprobs(
-            model, rollout.input_ids[rows], rollout.attention_mask[rows],
+            model, batch.input_ids[rows], batch.attention_mask[rows],
             chunk_size=self.hparams.logprob_chunk_size, temperature=self.hparams.temperature,
             with_entropy=with_entropy,
         )
-        start = rollout.prompt_length - 1
+        start = batch.prompt_length - 1
         return lp[:, start:], (ent[:, start:] if ent is not None else None)
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        source = self.experience_source
+        experience = source.make_experience(self, batch) if source is not None else self.grpo_experience(batch)
+        totals = self.update(experience) if experience.num_sequences else {}
+        self.log_step_metrics(experience, totals)
+
+    def update(self, experience: Experience) -> dict[str, float]:
+        """PPO clip-higher updates over shuffled minibatches of ``minibatch_size`` sequences."""
         hp = self.hparams
-        rollout, rewards = self.rollout(batch)
-        advantages = group_advantages(rewards, hp.group_size, scale=hp.scale_rewards)
-        mask = rollout.completion_mask.float()
-        mask = mask * (~torch.isnan(rewards)).float().unsqueeze(-1)  # skipped completions don't train
-        n = rewards.shape[0]
+        mask = experience.completion_mask.float()
+        advantages = experience.advantages
+        n = experience.num_sequences
         order = torch.randperm(n, generator=self._shuffle).to(self.device)
         minibatches = order.split(hp.minibatch_size)
+        old_lp = experience.old_logprobs
         with torch.no_grad():
-            # Behaviour log-probs. With one minibatch the update is on-policy: the first (and
-            # only) forward with gradients gives the same numbers, so that pass is skipped.
-            old_lp = self.completion_logprobs(self.model, rollout)[0] if len(minibatches) > 1 else None
-            ref_lp = self.completion_logprobs(self.ref_model, rollout)[0] if self.ref_model is not None else None
+            # Behaviour log-probs of tokens the current weights sampled. With one minibatch the
+            # update is on-policy: the first (and only) forward with gradients gives the same
+            # numbers, so that pass is skipped.
+            if old_lp is None and len(minibatches) > 1:
+                old_lp = self.completion_logprobs(self.model, experience)[0]
+            ref_lp = self.completion_logprobs(self.ref_model, experience)[0] if self.ref_model is not None else None
 
         optimizer = self.optimizers()
         totals: dict[str, float] = {}
         for rows in minibatches:
-            lp, ent = self.completion_logprobs(self.model, rollout, with_entropy=True, rows=rows)
+            lp, ent = self.completion_logprobs(self.model, experience, with_entropy=True, rows=rows)
             loss, stats = policy_loss(
                 lp, old_lp[rows] if old_lp is not None else lp.detach(), advantages[rows], mask[rows],
                 clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
@@ -234,35 +282,19 @@ class PolicyModule(LightningModule):
             stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(minibatches)
+        return totals
 
-        self.log_step_metrics(rollout, rewards, totals)
-
-    def log_step_metrics(self, rollout: Rollout, rewards: torch.Tensor, totals: dict[str, float]) -> None:
-        hp = self.hparams
-        generated = rollout.lengths.sum().to(self.device)
-        generated = self.trainer.strategy.reduce(generated.float(), reduce_op="sum") if self.trainer.world_size > 1 else generated
+    def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
+        generated = torch.tensor(float(experience.generated_tokens), device=self.device)
+        if self.trainer.world_size > 1:
+            generated = self.trainer.strategy.reduce(generated, reduce_op="sum")
         self.tokens_generated += int(generated.item())
-        groups = rewards.view(-1, hp.group_size)
-        valid = rewards[~torch.isnan(rewards)]
-        group_std = torch.tensor([g[~torch.isnan(g)].std().nan_to_num(0.0) for g in groups])
-        metrics = {
-            "reward": valid.mean() if valid.numel() else torch.tensor(0.0),
-            "reward_std": valid.std() if valid.numel() > 1 else torch.tensor(0.0),
-            "frac_reward_zero_std": (group_std < 1e-6).float().mean(),
-            "completions/mean_length": rollout.lengths.float().mean(),
-            "completions/clipped_ratio": rollout.clipped.float().mean(),
-            "loss": totals.pop("loss"),
-            "kl": totals.pop("kl"),
-            "entropy": totals.pop("entropy"),
-            "clip_ratio/low_mean": totals.pop("clip_ratio/low_mean"),
-            "clip_ratio/high_mean": totals.pop("clip_ratio/high_mean"),
-            **totals,
-            **self.reward_set.last_stats,
-        }
-        reward = float(metrics.pop("reward"))
-        self.log("reward", reward, prog_bar=True, batch_size=len(rewards))
-        self.log_dict({k: float(v) for k, v in metrics.items()}, batch_size=len(rewards))
-        self.log("tokens/generated", float(self.tokens_generated), batch_size=len(rewards), reduce_fx="max")
+        metrics = {**experience.metrics, **totals}
+        n = max(experience.num_sequences, 1)
+        if "reward" in metrics:
+            self.log("reward", float(metrics.pop("reward")), prog_bar=True, batch_size=n)
+        self.log_dict({k: float(v) for k, v in metrics.items()}, batch_size=n)
+        self.log("tokens/generated", float(self.tokens_generated), batch_size=n, reduce_fx="max")
 
     # ------------------------------------------------------------------ evaluation
 

@@ -1,0 +1,190 @@
+"""Where to branch and how much to explore: the selection rules of AttnRL, as pure functions.
+
+Everything here is plain Python / torch on small inputs (one response's step scores, one
+prompt's correctness pattern), so each rule of spec/attnrl.md §3-4 is testable by hand:
+
+* :func:`atb_branch_steps` — Attention-based Tree Branching (§3): the earliest steps among the
+  top ``ratio`` of a response's FCI scores, with the optional token-distance rule;
+* :func:`early_branch_steps` — the "early steps" ablation (§8): the first eligible steps;
+* :func:`entropy_branch_offsets` — TreeRL's branching at the highest-entropy tokens (§8);
+* :func:`expansion_count`, :func:`choose_responses` — adaptive sampling (§4): how many and
+  which responses of a prompt get branched;
+* :class:`RunningMean` — the running mean FCI of all-correct prompts (§4's FCI filter);
+* :func:`adaptive_batch_size` — the prompt batch size update with λ (§4).
+
+The Lightning adapter that applies them during training is
+``lit_attn.callbacks.AttentionBranchCallback``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lit_attn.attention.steps import Span
+from lit_attn.errors import UserError
+
+
+def atb_branch_steps(
+    fci: torch.Tensor | Sequence[float],
+    step_spans: Sequence[Span],
+    *,
+    ratio: float = 0.2,
+    num_points: int = 2,
+    min_token_distance: int = 0,
+) -> list[int]:
+    """Step indices to branch at, by Attention-based Tree Branching (spec §3).
+
+    Args:
+        fci: one FCI score per span (span 0 = the prompt), as :func:`~lit_attn.attention.fci_scores`
+            returns them.
+        step_spans: the spans of :func:`~lit_attn.attention.split_steps` (span 0 = the prompt).
+        ratio: the top fraction of the response's step scores that are candidates (0.2 = the
+            steps at or above the 0.8-quantile). A quantile of 0 becomes the smallest positive
+            score, so zero-score steps never qualify.
+        num_points: how many branch points per response (the N earliest candidates).
+        min_token_distance: optional spacing (reference code; 0 = off): a chosen step must start
+            at least this many response tokens in, and chosen steps at least this far apart.
+            When too few candidates qualify, the earliest remaining candidates fill up.
+
+    Returns:
+        Chosen step indices in increasing order (at most ``num_points``; fewer when there are
+        fewer candidates). The first response step (index 1) is never chosen: branching there
+        would regenerate the whole response.
+    """
+    scores = torch.as_tensor(fci, dtype=torch.float64).reshape(-1)
+    if scores.numel() != len(step_spans):
+        raise UserError(f"got {scores.numel()} FCI scores for {len(step_spans)} step spans; pass one score per span")
+    if not 0 < ratio <= 1:
+        raise UserError(f"ratio must be in (0, 1], got {ratio} (the paper's value is 0.2)")
+    if num_points < 1:
+        raise UserError(f"num_points must be >= 1, got {num_points}")
+    if len(step_spans) < 3:
+        return []
+    response = scores[1:]
+    threshold = float(torch.quantile(response, 1.0 - ratio))
+    if threshold <= 0:
+        positive = response[response > 0]
+        if positive.numel() == 0:
+            return []
+        threshold = float(positive.min())
+    candidates = [k for k in range(2, len(step_spans)) if scores[k] >= threshold and scores[k] > 0]
+    return _space_out(candidates, step_spans, num_points, min_token_distance)
+
+
+def early_branch_steps(step_spans: Sequence[Span], *, num_points: int = 2, min_token_distance: int = 0) -> list[int]:
+    """The "early steps" ablation (spec §8): the first ``num_points`` eligible steps (index ≥ 2),
+    FCI ignored, with the same spacing rule as :func:`atb_branch_steps`."""
+    return _space_out(list(range(2, len(step_spans))), step_spans, num_points, min_token_distance)
+
+
+def _space_out(candidates: list[int], step_spans: Sequence[Span], num_points: int, min_distance: int) -> list[int]:
+    if min_distance <= 0:
+        return candidates[:num_points]
+    prompt_end = step_spans[0][1]
+    chosen: list[int] = []
+    for k in candidates:
+        start = step_spans[k][0] - prompt_end
+        if start >= min_distance and all(start - (step_spans[c][0] - prompt_end) >= min_distance for c in chosen):
+            chosen.append(k)
+        if len(chosen) == num_points:
+            return chosen
+    for k in candidates:  # too few are far enough apart: the earliest remaining ones fill up
+        if len(chosen) == num_points:
+            break
+        if k not in chosen:
+            chosen.append(k)
+    return sorted(chosen)
+
+
+def entropy_branch_offsets(entropy: torch.Tensor | Sequence[float], *, num_points: int = 2) -> list[int]:
+    """TreeRL's branch points (spec §8): the ``num_points`` highest-entropy response tokens.
+
+    ``entropy[t]`` is the entropy of the next-token distribution that produced response token
+    ``t``. Offset 0 (the whole response) is never chosen. Returns token offsets into the
+    response, in increasing order; ties go to the earlier token.
+    """
+    values = torch.as_tensor(entropy, dtype=torch.float64).reshape(-1)
+    if values.numel() < 2:
+        return []
+    inside = values[1:]
+    k = min(num_points, inside.numel())
+    order = sorted(range(inside.numel()), key=lambda t: (-float(inside[t]), t))[:k]
+    return sorted(t + 1 for t in order)
+
+
+def expansion_count(num_correct: int, group_size: int) -> int:
+    """Responses to expand for a prompt with ``num_correct`` of ``group_size`` correct:
+    ``round(exp(-z) · G)`` with ``z = num_correct / G`` (spec §4; half rounds up).
+
+    For G = 6 and 0..6 correct: 6, 5, 4, 4, 3, 3, 2. (All-correct prompts go through the FCI
+    filter instead; see :class:`AdaptiveSampling`.)
+    """
+    if not 0 <= num_correct <= group_size:
+        raise UserError(f"num_correct must be in 0..{group_size}, got {num_correct}")
+    z = num_correct / group_size
+    return int(math.floor(math.exp(-z) * group_size + 0.5))
+
+
+def choose_responses(correct: Sequence[bool], count: int, generator: torch.Generator) -> list[int]:
+    """Which responses of a prompt to expand (spec §4), as sorted indices.
+
+    With ``z`` the fraction correct: if ``z ≥ 0.5`` every incorrect response comes first, then
+    random correct ones; if ``z < 0.5`` every correct response first, then random incorrect
+    ones. If the first group alone exceeds ``count``, a random subset of it. ``generator``
+    drives every random choice (the caller's own, so training randomness is untouched).
+    """
+    n = len(correct)
+    count = max(0, min(count, n))
+    z = sum(bool(c) for c in correct) / max(n, 1)
+    incorrect = [i for i, c in enumerate(correct) if not c]
+    right = [i for i, c in enumerate(correct) if c]
+    first, rest = (incorrect, right) if z >= 0.5 else (right, incorrect)
+
+    def sample(pool: list[int], k: int) -> list[int]:
+        if k >= len(pool):
+            return list(pool)
+        picks = torch.randperm(len(pool), generator=generator)[:k].tolist()
+        return [pool[p] for p in picks]
+
+    chosen = sample(first, count)
+    chosen += sample(rest, count - len(chosen))
+    return sorted(chosen)
+
+
+@dataclass
+class RunningMean:
+    """Mean of every value added so far (state: ``total`` and ``count``)."""
+
+    total: float = 0.0
+    count: int = 0
+
+    def update(self, values: Sequence[float]) -> None:
+        self.total += float(sum(values))
+        self.count += len(values)
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+def prompt_mean_fci(fci_per_response: Sequence[torch.Tensor]) -> float:
+    """``(1/G) Σ_i mean_k y_i[k]`` over the response steps (``k ≥ 1``) of a prompt's G responses."""
+    means = [float(y[1:].mean()) if y.numel() > 1 else 0.0 for y in fci_per_response]
+    return sum(means) / max(len(means), 1)
+
+
+def adaptive_batch_size(previous: int, target_sequences: int, sequences_left: int, *, lam: float = 0.9) -> int:
+    """``B_m = round(λ·B_{m-1} + (1-λ)·(B′/B″)·B_{m-1})`` (spec §4).
+
+    ``target_sequences`` is B′, ``sequences_left`` B″ (training sequences after last step's
+    zero-advantage filter; 0 is treated as 1 so an all-filtered step doubles down on prompts
+    instead of dividing by zero). The result is at least 1.
+    """
+    if not 0 <= lam <= 1:
+        raise UserError(f"lambda must be in [0, 1], got {lam} (the paper's value is 0.9)")
+    ratio = target_sequences / max(sequences_left, 1)
+    return max(1, int(math.floor(lam * previous + (1 - lam) * ratio * previous + 0.5)))
