@@ -1,0 +1,290 @@
+"""Sampling continuations of token prefixes, each prefix encoded once (spec/attnrl.md §3, §5).
+
+AttnRL's one generation call per step carries two kinds of work: the initial rollouts of new
+prompts (a prompt is a prefix) and ``T`` continuations at the branch points of earlier
+responses (prompt + the response up to the chosen step). :func:`sample_continuations` does
+both in one batched call:
+
+1. the distinct prefixes (identical token lists are merged) are left-padded and run through
+   the model once — one prefill forward that fills a KV cache and gives the next-token logits
+   of every prefix;
+2. the cache rows are index-selected to the continuations (``Cache.batch_select_indices``),
+   so a prefix with ``k`` continuations is encoded once, not ``k`` times;
+3. a small decoding loop samples one token per step for every unfinished continuation,
+   recording the behaviour log-prob ``log_softmax(logits / temperature)`` of the chosen
+   token in float32; continuations that emit a stop token leave the batch (their cache rows
+   are dropped), so the cost follows the new tokens actually generated.
+
+The cost of a continuation token is one decoding step over a cache that holds the prefix, so
+it grows with new tokens, not with re-encoding the prefix.
+
+Randomness: with ``generator_seed`` the call draws from its own ``torch.Generator`` and leaves
+torch's global RNG untouched; without it the global RNG is used (and advanced).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_attn.errors import UserError
+from lit_attn.rollout import eos_ids
+
+
+@dataclass
+class Continuations:
+    """Continuations sampled from prefixes, right-padded to the longest one.
+
+    Rows are grouped by prefix, in prefix order: all continuations of prefix 0, then of
+    prefix 1, and so on (prefixes with count 0 have none).
+
+    Attributes:
+        prefixes: the prefixes as given (token-id lists), indexed by ``prefix_index``.
+        tokens: ``(N, C)`` new token ids, stop token included, pad id after it.
+        logprobs: ``(N, C)`` float32 behaviour log-prob of each new token,
+            ``log_softmax(logits / temperature)`` at the token; 0 on padding.
+        mask: ``(N, C)`` long, 1 on new tokens up to and including the stop token.
+        prefix_index: ``(N,)`` long, which prefix each continuation extends.
+        clipped: ``(N,)`` bool, True where the continuation hit ``max_new_tokens`` without a
+            stop token.
+        texts: decoded new tokens (special tokens removed).
+    """
+
+    prefixes: list[list[int]]
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    prefix_index: torch.Tensor
+    clipped: torch.Tensor
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``(N,)`` number of new tokens per continuation (stop token included)."""
+        return self.mask.sum(-1)
+
+    def new_tokens(self, i: int) -> list[int]:
+        """The new tokens of continuation ``i`` (stop token included, no padding)."""
+        return self.tokens[i, : int(self.lengths[i])].tolist()
+
+    def sequence(self, i: int) -> list[int]:
+        """Full token ids of continuation ``i``: its prefix followed by its new tokens."""
+        return list(self.prefixes[int(self.prefix_index[i])]) + self.new_tokens(i)
+
+
+def _context_length(model: nn.Module) -> int | None:
+    """Maximum number of positions the model supports, if its config says."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_inputs(
+    model: nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    counts: int | Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+) -> list[int]:
+    """Validate the call; return one count per prefix. Raises :class:`UserError`."""
+    if isinstance(counts, int):
+        counts = [counts] * len(prefixes)
+    counts = [int(c) for c in counts]
+    if len(counts) != len(prefixes):
+        raise UserError(
+            f"got {len(counts)} counts for {len(prefixes)} prefixes; pass one count per prefix or a single int"
+        )
+    for i, count in enumerate(counts):
+        if count < 0:
+            raise UserError(f"count {i} is {count}; the number of continuations per prefix must be >= 0")
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens is {max_new_tokens}; it must be >= 1")
+    if not temperature > 0:
+        raise UserError(f"temperature is {temperature}; it must be > 0 (use do_sample=False for greedy decoding)")
+    limit = _context_length(model)
+    for i, prefix in enumerate(prefixes):
+        if len(prefix) == 0:
+            raise UserError(f"prefix {i} is empty; every prefix needs at least one token (the prompt)")
+        if limit is not None and counts[i] > 0 and len(prefix) + max_new_tokens > limit:
+            raise UserError(
+                f"prefix {i} has {len(prefix)} tokens and max_new_tokens is {max_new_tokens}, beyond the model's "
+                f"{limit} positions; shorten the prefix or lower max_new_tokens to {max(limit - len(prefix), 0)}"
+            )
+    return counts
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the block; every module's own flag is restored after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _cache_keyword(model: nn.Module) -> str:
+    """Name of the forward argument that takes a KV cache (``cache`` from transformers 5.2x)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _next_tokens(
+    logits: torch.Tensor, temperature: float, do_sample: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row from ``(R, V)`` logits; return it and its log-prob at ``temperature``."""
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if do_sample:
+        chosen = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)
+    else:
+        chosen = logits.argmax(dim=-1)
+    return chosen, log_probs.gather(-1, chosen[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prefixes: Sequence[Sequence[int]],
+    counts: int | Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    do_sample: bool = True,
+    generator_seed: int | None = None,
+) -> Continuations:
+    """Sample ``counts[i]`` continuations of each prefix, encoding every distinct prefix once.
+
+    Args:
+        model: a Hugging Face causal LM with a KV cache (runs in eval mode under no_grad;
+            module modes are restored after).
+        tokenizer: its tokenizer (stop tokens via :func:`~lit_attn.rollout.eos_ids`, pad id,
+            decoding).
+        prefixes: unpadded token-id lists; a prompt alone or prompt + part of a response.
+        counts: continuations per prefix, one int for all or one per prefix (0 allowed).
+        max_new_tokens: most new tokens per continuation.
+        temperature: sampling temperature; the returned log-probs are those of
+            ``log_softmax(logits / temperature)`` also when decoding greedily.
+        do_sample: False decodes greedily (every continuation of a prefix is then the same).
+        generator_seed: seed of a private ``torch.Generator`` (reproducible, the global RNG
+            is not touched); ``None`` samples from the global RNG.
+
+    Returns:
+        :class:`Continuations`, rows grouped by prefix in prefix order.
+    """
+    counts = _check_inputs(model, prefixes, counts, max_new_tokens, temperature)
+    prefixes = [[int(t) for t in prefix] for prefix in prefixes]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stop = torch.tensor(eos_ids(model, tokenizer), dtype=torch.long, device=device)
+
+    # Distinct prefixes that get at least one continuation; continuation → distinct row.
+    distinct: dict[tuple[int, ...], int] = {}
+    row_of: list[int] = []
+    prefix_index: list[int] = []
+    for i, (prefix, count) in enumerate(zip(prefixes, counts)):
+        if count == 0:
+            continue
+        row = distinct.setdefault(tuple(prefix), len(distinct))
+        row_of += [row] * count
+        prefix_index += [i] * count
+    total = len(row_of)
+    if total == 0:
+        empty = torch.zeros(0, 0, dtype=torch.long)
+        return Continuations(
+            prefixes=prefixes, tokens=empty, logprobs=empty.float(), mask=empty.clone(),
+            prefix_index=torch.zeros(0, dtype=torch.long), clipped=torch.zeros(0, dtype=torch.bool), texts=[],
+        )
+
+    # 1. One prefill over the left-padded distinct prefixes.
+    rows = list(distinct)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, prefix in enumerate(rows):
+        ids[r, width - len(prefix) :] = torch.tensor(prefix)
+        prefix_mask[r, width - len(prefix) :] = 1
+    ids, prefix_mask = ids.to(device), prefix_mask.to(device)
+    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    cache_kw = _cache_keyword(model)
+    cache = DynamicCache(config=model.config)
+    generator = None
+    if generator_seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(generator_seed))
+
+    new_tokens = torch.full((total, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    new_logprobs = torch.zeros(total, max_new_tokens, dtype=torch.float32, device=device)
+    lengths = torch.zeros(total, dtype=torch.long, device=device)
+    ended = torch.zeros(total, dtype=torch.bool, device=device)
+
+    with _eval_mode(model):
+        out = model(
+            input_ids=ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+            logits_to_keep=1, **{cache_kw: cache},
+        )
+        # 2. Cache rows and next-token logits repeated to the continuations.
+        select = torch.tensor(row_of, dtype=torch.long, device=device)
+        cache.batch_select_indices(select)
+        logits = out.logits[:, -1][select]
+        del out
+        mask = prefix_mask[select]
+        next_position = prefix_mask.sum(-1)[select]
+        active = torch.arange(total, device=device)  # continuation of each batch row
+
+        # 3. Decode; finished continuations leave the batch.
+        for step in range(max_new_tokens):
+            chosen, logprob = _next_tokens(logits, temperature, do_sample, generator)
+            new_tokens[active, step] = chosen
+            new_logprobs[active, step] = logprob
+            lengths[active] = step + 1
+            finished = torch.isin(chosen, stop)
+            ended[active[finished]] = True
+            if step + 1 == max_new_tokens:
+                break
+            if finished.any():
+                keep = (~finished).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                active, chosen, mask, next_position = active[keep], chosen[keep], mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = model(
+                input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                use_cache=True, logits_to_keep=1, **{cache_kw: cache},
+            )
+            logits = out.logits[:, -1]
+            next_position = next_position + 1
+
+    width = int(lengths.max())
+    columns = torch.arange(width, device=device)
+    token_mask = (columns[None, :] < lengths[:, None]).long()
+    tokens = new_tokens[:, :width].masked_fill(token_mask == 0, pad_id)
+    logprobs = new_logprobs[:, :width] * token_mask
+    return Continuations(
+        prefixes=prefixes,
+        tokens=tokens,
+        logprobs=logprobs,
+        mask=token_mask,
+        prefix_index=torch.tensor(prefix_index, dtype=torch.long, device=device),
+        clipped=~ended & (lengths >= max_new_tokens),
+        texts=tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True),
+    )
