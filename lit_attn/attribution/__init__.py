@@ -1,0 +1,39 @@
+"""AttnTrace: which context texts drove an answer, from attention (spec/attntrace.md).
+
+Public names:
+
+* :class:`AttnTrace` — ``AttnTrace(model, tokenizer, ...).attribute(contexts, question, answer=None)``
+  → :class:`AttributionResult` (top-K token averaging + context subsampling);
+* :func:`text_scores`, :func:`text_scores_batch` — the one-pass score of each text (spec §2);
+* :func:`leave_one_out`, :func:`attention_scores` — the baselines, same interface (spec §5);
+* :func:`attribute` — one entry point, ``method="attntrace" | "leave_one_out" | "attention"``;
+* :class:`PromptTemplate`, :func:`split_document` — the prompt and document splitting.
+
+Plain functions over a Hugging Face model and tokenizer: no Lightning needed.
+"""
+
+from lit_attn.attribution.baselines import METHODS, attention_scores, attribute, leave_one_out
+from lit_attn.attribution.prompt import (
+    BUILTIN_TEMPLATE,
+    REFERENCE_TEMPLATE,
+    PromptTemplate,
+    split_document,
+)
+from lit_attn.attribution.result import AttributionResult
+from lit_attn.attribution.scores import text_scores, text_scores_batch
+from lit_attn.attribution.trace import AttnTrace
+
+__all__ = [
+    "BUILTIN_TEMPLATE",
+    "METHODS",
+    "REFERENCE_TEMPLATE",
+    "AttnTrace",
+    "AttributionResult",
+    "PromptTemplate",
+    "attention_scores",
+    "attribute",
+    "leave_one_out",
+    "split_document",
+    "text_scores",
+    "text_scores_batch",
+]

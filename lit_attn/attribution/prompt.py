@@ -1,0 +1,258 @@
+"""The attribution prompt, spec/attntrace.md §1: ``before ‖ text_1 ‖ sep ‖ … ‖ text_n ‖ after``.
+
+Every piece is tokenised on its own and the ids are concatenated, so each text's token span
+is exact and a subset of the texts is one concatenation away (no re-tokenising per round).
+For a subword tokenizer the result can differ slightly from tokenising the joined string
+(merges across piece boundaries do not happen); for the shipped character-level tokenizer and
+the built-in template it is identical to ``tokenizer(format_prompt(contexts, question))``.
+
+Also here: splitting one long document into texts (``segment`` / ``paragraph`` /
+``sentence``), greedy answer generation, and left padding of a batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_attn.errors import UserError
+from lit_attn.rollout import eos_ids
+from lit_attn.task import STEP
+
+SPLIT_MODES = ("segment", "paragraph", "sentence")
+"""Ways to cut one long document into texts."""
+
+SEGMENT_WORDS = 100
+"""Words per text in ``segment`` mode (the reference default)."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Where the texts and the question go: ``before ‖ t_1 ‖ sep ‖ … ‖ t_n ‖ after``.
+
+    Args:
+        before: text before the first context text.
+        sep: text between two context texts.
+        after: text after the last context text; must contain ``{question}``.
+    """
+
+    before: str = ""
+    sep: str = "\n"
+    after: str = "\n{question}?" + STEP
+
+    def __post_init__(self) -> None:
+        if "{question}" not in self.after:
+            raise UserError(
+                f"template 'after' is {self.after!r}; it must contain {{question}} where the question goes"
+            )
+
+    def suffix(self, question: str) -> str:
+        """``after`` with the question filled in (only ``{question}`` is replaced)."""
+        return self.after.replace("{question}", question)
+
+
+BUILTIN_TEMPLATE = PromptTemplate()
+"""The built-in task's format (``lit_attn.task.format_prompt``): one fact per line, ``question?``, step delimiter."""
+
+REFERENCE_TEMPLATE = PromptTemplate(
+    before="Answer the query using the contexts below.\n\nContexts: ",
+    sep="\n",
+    after=" \n\nQuery: {question} \n\nAnswer:",
+)
+"""The shape of the paper's template (``…Contexts: `` before, ``Query: … Answer:`` after)."""
+
+TEMPLATES = {"builtin": BUILTIN_TEMPLATE, "reference": REFERENCE_TEMPLATE}
+
+
+def resolve_template(template: PromptTemplate | str | None) -> PromptTemplate:
+    """``None`` → the built-in template; a name of :data:`TEMPLATES`; or a :class:`PromptTemplate`."""
+    if template is None:
+        return BUILTIN_TEMPLATE
+    if isinstance(template, PromptTemplate):
+        return template
+    if isinstance(template, str) and template in TEMPLATES:
+        return TEMPLATES[template]
+    raise UserError(f"unknown template {template!r}; use one of {sorted(TEMPLATES)} or a PromptTemplate")
+
+
+def split_document(document: str, mode: str = "segment", *, words: int = SEGMENT_WORDS) -> list[str]:
+    """Cut one long document into texts: ``segment`` (``words``-word chunks), ``paragraph``
+    (at blank lines) or ``sentence`` (after ``.``, ``!`` or ``?``)."""
+    if mode == "segment":
+        if words < 1:
+            raise UserError(f"segment length must be >= 1 word, got {words}")
+        tokens = document.split()
+        texts = [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
+    elif mode == "paragraph":
+        texts = [p.strip() for p in re.split(r"\n\s*\n", document)]
+    elif mode == "sentence":
+        texts = [s.strip() for s in re.split(r"(?<=[.!?])\s+", document)]
+    else:
+        raise UserError(f"unknown split mode {mode!r}; use one of {', '.join(SPLIT_MODES)}")
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError("the document is empty after splitting; pass a non-empty document or a list of texts")
+    return texts
+
+
+def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The BOS token the tokenizer puts in front of a text, if it does (e.g. Llama)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return [bos] if ids[:1] == [bos] else []
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+@dataclass
+class SequenceInput:
+    """One ``prompt ‖ answer`` sequence: ids, each included text's span, the answer start."""
+
+    input_ids: list[int]
+    text_spans: list[tuple[int, int]]
+    answer_start: int
+    texts: list[int]
+    """Indices (into the original contexts) of the texts in this sequence, in order."""
+
+
+@dataclass
+class TokenizedPrompt:
+    """The pre-tokenised pieces of one attribution prompt; :meth:`build` assembles any subset."""
+
+    prefix: list[int]
+    texts: list[list[int]]
+    sep: list[int]
+    suffix: list[int]
+    answer: list[int]
+
+    def build(self, keep: Sequence[int] | None = None) -> SequenceInput:
+        """The sequence with only the texts ``keep`` (original order kept; others absent)."""
+        indices = sorted(range(len(self.texts)) if keep is None else {int(i) for i in keep})
+        ids = list(self.prefix)
+        spans: list[tuple[int, int]] = []
+        for j, i in enumerate(indices):
+            if j:
+                ids += self.sep
+            spans.append((len(ids), len(ids) + len(self.texts[i])))
+            ids += self.texts[i]
+        ids += self.suffix
+        answer_start = len(ids)
+        return SequenceInput(input_ids=ids + self.answer, text_spans=spans, answer_start=answer_start, texts=indices)
+
+    @property
+    def full_length(self) -> int:
+        """Tokens of the prompt with every text, plus the answer."""
+        return len(self.build().input_ids)
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    """The model's context length (``max_position_embeddings``), if its config has one."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_contexts(contexts: Sequence[str] | str, split: str = "segment") -> list[str]:
+    """A list of texts as given, or one string cut by :func:`split_document`; never empty."""
+    if isinstance(contexts, str):
+        return split_document(contexts, split)
+    texts = list(contexts)
+    if not texts:
+        raise UserError("the context list is empty; pass at least one context text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"context text {i} is a {type(text).__name__}, not a string; pass texts as strings")
+    return texts
+
+
+def tokenize_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    template: PromptTemplate,
+    contexts: Sequence[str],
+    question: str,
+    answer_ids: Sequence[int] = (),
+) -> TokenizedPrompt:
+    """Tokenise every piece once. A text with no tokens (it would be missing from the prompt)
+    is a :class:`UserError`."""
+    if not isinstance(question, str):
+        raise UserError(f"the question is a {type(question).__name__}, not a string; pass it as a string")
+    texts = [_encode(tokenizer, text) for text in contexts]
+    for i, ids in enumerate(texts):
+        if not ids:
+            raise UserError(
+                f"context text {i} is empty, so it would be missing from the prompt; remove it or give it content"
+            )
+    return TokenizedPrompt(
+        prefix=_special_prefix(tokenizer) + _encode(tokenizer, template.before),
+        texts=texts,
+        sep=_encode(tokenizer, template.sep),
+        suffix=_encode(tokenizer, template.suffix(question)),
+        answer=list(answer_ids),
+    )
+
+
+def check_length(model: PreTrainedModel, prompt_tokens: int, answer_tokens: int) -> None:
+    """:class:`UserError` naming both lengths when prompt + answer exceed the model's context."""
+    limit = max_positions(model)
+    if limit is not None and prompt_tokens + answer_tokens > limit:
+        raise UserError(
+            f"the prompt is {prompt_tokens} tokens plus {answer_tokens} answer tokens = "
+            f"{prompt_tokens + answer_tokens}, longer than the model's context of {limit} tokens; "
+            "pass fewer or shorter texts, split the document, or use a model with a longer context"
+        )
+
+
+@torch.no_grad()
+def generate_answer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int], max_new_tokens: int
+) -> list[int]:
+    """Greedy answer ids (end-of-sequence and padding dropped), capped by the model's context."""
+    limit = max_positions(model)
+    budget = max_new_tokens if limit is None else min(max_new_tokens, limit - len(prompt_ids))
+    check_length(model, len(prompt_ids), 1)
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    stop = eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max(1, budget), do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop or None
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    finally:
+        model.train(was_training)
+    answer: list[int] = []
+    for token in out[0, ids.shape[1] :].tolist():
+        if token in stop:
+            break
+        answer.append(token)
+    return answer
+
+
+def encode_answer(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """Answer ids (no special tokens)."""
+    if not isinstance(answer, str):
+        raise UserError(f"the answer is a {type(answer).__name__}, not a string; pass it as a string")
+    return _encode(tokenizer, answer)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``(input_ids, attention_mask, pad_offsets)`` of a left-padded batch."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    pads = []
+    for row, seq in enumerate(sequences):
+        pad = width - len(seq)
+        ids[row, pad:] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, pad:] = 1
+        pads.append(pad)
+    return ids, mask, pads
