@@ -1,4 +1,4 @@
-"""Command line: ``python -m lit_attn fit | validate | test | predict | sft``.
+"""Command line: ``python -m lit_attn fit | validate | test | predict | sft | attribute``.
 
 ``fit`` and friends are Lightning's own subcommands over :class:`PolicyModule` and
 :class:`PromptDataModule`; with no ``--config`` they run the embedded default
@@ -9,6 +9,7 @@ the shipped model. Examples::
     python -m lit_attn fit --config configs/grpo.yaml    # GRPO recipe
     python -m lit_attn fit --print_config                # the full, commented config
     python -m lit_attn sft --config configs/sft.yaml     # rebuild the shipped model
+    python -m lit_attn attribute --input examples.jsonl  # which context texts drove each answer
 
 Bad input ends with one line ``error: <problem>; <fix>`` on stderr and exit status 2.
 """
@@ -87,6 +88,11 @@ def run(argv: list[str]) -> None:
     # Our checkpoints are meant to hold the weights after each RL step's update.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in our output
+    if argv and argv[0] == "attribute":
+        from lit_attn.attribution.cli import run_attribute
+
+        run_attribute(argv[1:])
+        return
     if argv and argv[0] == "sft":
         SFTCLI(
             SFTModule, PromptDataModule, args=["fit", *argv[1:]],
