@@ -179,3 +179,25 @@ def test_bad_input_is_a_one_line_user_error(prefixes, counts, kwargs, needle) ->
     with pytest.raises(UserError, match=needle) as info:
         sample_continuations(model, TOKENIZER, prefixes, counts, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_reserved_cache_layer_matches_concatenation() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from lit_attn.branching import _ReservedLayer
+
+    gen = torch.Generator().manual_seed(0)
+    reserved, plain = _ReservedLayer(capacity=3), DynamicLayer()
+    for length in (2, 1, 1, 3):  # overflows the capacity twice
+        keys, values = torch.randn(2, 2, length, 4, generator=gen), torch.randn(2, 2, length, 4, generator=gen)
+        got, want = reserved.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert reserved.get_seq_length() == 7 and reserved.capacity >= 7
+    rows = torch.tensor([1, 1, 0])
+    reserved.batch_select_indices(rows)
+    plain.batch_select_indices(rows)
+    assert torch.equal(reserved.keys, plain.keys) and torch.equal(reserved.values, plain.values)
+    reserved.crop(-2)
+    assert torch.equal(reserved.keys, plain.keys[:, :, :5]) and reserved.get_seq_length() == 5
+    keys = torch.randn(3, 2, 1, 4, generator=gen)
+    assert torch.equal(reserved.update(keys, keys)[0][:, :, 5:], keys)
