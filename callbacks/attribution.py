@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -173,8 +174,10 @@ def builtin_examples(
 
     Records keep their ground truth: ``contexts``, ``question``, ``relevant`` (the facts the
     question needs) and ``answer`` (shown as the reference; the attributed answer is the
-    model's own). With ``num_distractors`` set, the examples are drawn afresh from the
-    datamodule's built-in task with that many distractor facts instead (seeded by the
+    model's own). Held-out records without ``contexts`` and ``question`` (a user's own data)
+    are skipped, so the list is empty for data that has none. With ``num_distractors`` set and
+    the built-in task as the data (no ``train_path`` / ``val_path``), the examples are drawn
+    afresh from the datamodule's task with that many distractor facts instead (seeded by the
     datamodule's seed, no prompt of the training split): useful when training uses no
     distractors, where every text is relevant and the scalars would be trivially 1.
     """
@@ -186,26 +189,17 @@ def builtin_examples(
             f"examples={BUILTIN!r} needs lit_attn's PromptDataModule, got {type(datamodule).__name__}; "
             "pass a list of examples or a JSONL path instead"
         )
-    size = num_examples or datamodule.hparams.val_size
-    if num_distractors is not None:
-        if datamodule.hparams.train_path is not None:
-            raise UserError(
-                "num_distractors draws from the built-in task, but data.train_path is set; "
-                "set num_distractors to null to use the held-out records"
-            )
-        task = replace(datamodule.task, num_distractors=num_distractors)
+    hp = datamodule.hparams
+    size = num_examples or hp.val_size
+    if num_distractors is not None and hp.train_path is None and hp.val_path is None:
         train = {r["prompt"] for r in datamodule.records("fit").get("train", [])}
         try:
-            records = make_split(task, size, seed=datamodule.hparams.seed * 1_000_003 + 3, exclude=train)
+            task = replace(datamodule.task, num_distractors=num_distractors)
+            records = make_split(task, size, seed=hp.seed * 1_000_003 + 3, exclude=train)
         except ValueError as err:
-            raise UserError(f"AttributionCallback: {err}") from err
+            raise UserError(f"AttributionCallback num_distractors={num_distractors}: {err}") from err
     else:
         records = [r for r in datamodule.val_records() if r.get("contexts") and r.get("question")][:size]
-    if not records:
-        raise UserError(
-            f"examples={BUILTIN!r}: the held-out records have no 'contexts' and 'question' fields; "
-            "use the built-in task (no data.val_path) or pass the examples explicitly"
-        )
     return [
         AttributionExample(
             contexts=tuple(r["contexts"]), question=str(r["question"]),
@@ -326,11 +320,13 @@ class AttributionCallback(Callback):
             point), optional ``relevant`` (indices of the texts that truly matter: enables the
             scalars) and optional ``reference`` (expected answer, shown in the table). Or
             ``"builtin"``: the held-out records of lit_attn's PromptDataModule (built-in task),
-            with the facts each question needs as ground truth.
+            with the facts each question needs as ground truth (with a user's own data, whose
+            records have no ``contexts`` / ``question``, the callback warns and stays idle).
         num_examples: use at most this many examples (the first ones); None = all.
         num_distractors: ``"builtin"`` only: None = the held-out records as they are; a number
             = draw ``num_examples`` examples of the built-in task with that many distractor
-            facts (for runs that train without distractors, where every fact is relevant).
+            facts (for runs that train without distractors, where every fact is relevant;
+            ignored when the data is not the built-in task).
         every_n_train_steps: attribute whenever ``trainer.global_step`` reaches a multiple of
             this (manual optimisation may advance several steps per batch: a multiple crossed
             counts). None or 0 = never during training.
@@ -458,6 +454,12 @@ class AttributionCallback(Callback):
             self.examples = builtin_examples(
                 getattr(trainer, "datamodule", None), self.num_examples, num_distractors=self.num_distractors
             )
+            if not self.examples:
+                rank_zero_warn(
+                    f"AttributionCallback: examples={BUILTIN!r} but the held-out records have no 'contexts' and "
+                    "'question' (not the built-in task), so nothing will be attributed; pass a JSONL of probes "
+                    "as examples, or remove the callback"
+                )
 
     # ------------------------------------------------------------------ triggers
 

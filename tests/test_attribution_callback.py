@@ -245,3 +245,20 @@ def test_builtin_examples_carry_the_needed_facts():
     assert len(drawn) == 3 and all(len(e.contexts) == 7 and len(e.relevant) == 4 for e in drawn)
     with pytest.raises(UserError, match="needs lit_attn's PromptDataModule"):
         builtin_examples(object(), 4)
+    with pytest.raises(UserError, match="num_distractors=30: num_ops"):
+        builtin_examples(data, 3, num_distractors=30)
+
+
+def test_builtin_examples_with_user_data_warn_and_stay_idle(tmp_path):
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(6)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = PromptDataModule(train_path=str(train), val_size=2)
+    data.setup("fit")
+    assert builtin_examples(data, 4) == [] and builtin_examples(data, 4, num_distractors=3) == []
+    trainer = Trainer(logger=False, enable_progress_bar=False)
+    trainer.datamodule = data  # as fit attaches it
+    callback = AttributionCallback("builtin", model_attr="lm", tokenizer_attr="tok")
+    with pytest.warns(UserWarning, match="nothing will be attributed"):
+        callback.setup(trainer, ForeignLM(), "fit")
+    assert callback.examples == []
