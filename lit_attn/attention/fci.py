@@ -12,9 +12,10 @@ fp32 softmax attention over the whole ``prompt ‖ response`` sequence:
 
 Nothing T×T is built: the queries and keys of each layer are streamed out of a normal sdpa
 forward (:mod:`lit_attn.attention.capture`); per block of ``block_size`` query rows the exact
-softmax rows are computed (softmax is per row), multiplied by the per-key-step averaging matrix
-(T×S) and summed per query step. Extra memory per layer: about
-``4 · batch · heads · block_size · T`` bytes for the score block, plus ``batch · heads · S²``.
+softmax rows are computed (softmax is per row), summed over the keys of each step (a segment
+sum over the contiguous key runs, O(block · T) work, no T × S matrix) and added per query step.
+Extra memory per layer: about ``4 · batch · heads · block_size · T`` bytes for the score block,
+plus ``batch · heads · S²``.
 Only query rows from the first step that can reach a target (step ``2 + min_gap``) are
 processed; a sequence with fewer steps needs no forward at all and scores all zero.
 """
@@ -118,14 +119,34 @@ class FCIAccumulator:
         num_steps = max(self.num_spans)
         device = torch.device(device) if device is not None else torch.device("cpu")
 
-        # W[b, s, t] = 1/|s| for t in step s (padded coordinates); zero for padding and unused s.
-        weights = torch.zeros(batch, num_steps, seq_len, dtype=torch.float32)
+        # Per row: the key positions cut into runs (a step's span, or a stretch outside every
+        # step: padding, gaps), and per query position its step (num_steps = none) and 1/|step|.
+        self._run_ends: list[torch.Tensor] = []
+        self._step_runs: list[torch.Tensor] = []
+        self._inverse_lengths: list[torch.Tensor] = []
+        row_step = torch.full((batch, seq_len), num_steps, dtype=torch.long)
+        row_scale = torch.zeros(batch, seq_len, dtype=torch.float32)
         targets = torch.zeros(batch, num_steps, dtype=torch.bool)
         first_row = seq_len
         first_query_step = FIRST_TARGET_STEP + min_gap
         for b, spans in enumerate(rows):
+            run_ends: list[int] = []
+            step_runs: list[int] = []
+            position = 0
             for s, (start, end) in enumerate(spans):
-                weights[b, s, pads[b] + start : pads[b] + end] = 1.0 / (end - start)
+                start, end = pads[b] + start, pads[b] + end
+                if start > position:
+                    run_ends.append(start)
+                step_runs.append(len(run_ends))
+                run_ends.append(end)
+                position = end
+                row_step[b, start:end] = s
+                row_scale[b, start:end] = 1.0 / (end - start)
+            if position < seq_len:
+                run_ends.append(seq_len)
+            self._run_ends.append(torch.tensor(run_ends, dtype=torch.long))
+            self._step_runs.append(torch.tensor(step_runs, dtype=torch.long))
+            self._inverse_lengths.append(torch.tensor([1.0 / (e - s) for s, e in spans], dtype=torch.float32))
             target_end = len(spans) if ends[b] is None else min(len(spans), int(ends[b]))
             targets[b, FIRST_TARGET_STEP:target_end] = True
             if first_query_step < len(spans) and targets[b].any():
@@ -134,12 +155,28 @@ class FCIAccumulator:
         # gap[j, k]: query step j counts for target k.
         gap = (step[:, None] >= step[None, :] + min_gap).float()
         self.first_row = first_row
-        self._weights = weights.to(device)
-        self._weights_t = self._weights.transpose(1, 2).contiguous()
-        self._gap = gap.to(device)
+        self._row_step = row_step
+        self._row_scale = row_scale
+        self._gap = gap
         self._targets = targets
+        self._device = torch.device("cpu")
+        self._to(device)
         self._best = torch.zeros(batch, num_steps, dtype=torch.float32, device=device)
         self.layers_done: list[int] = []
+
+    def _to(self, device: torch.device) -> None:
+        """Move the per-row step tables to ``device`` (where the captured tensors are)."""
+        if device == self._device:
+            return
+        self._run_ends = [t.to(device) for t in self._run_ends]
+        self._step_runs = [t.to(device) for t in self._step_runs]
+        self._inverse_lengths = [t.to(device) for t in self._inverse_lengths]
+        self._row_step = self._row_step.to(device)
+        self._row_scale = self._row_scale.to(device)
+        self._gap = self._gap.to(device)
+        if hasattr(self, "_best"):
+            self._best = self._best.to(device)
+        self._device = device
 
     @property
     def needs_forward(self) -> bool:
@@ -162,25 +199,29 @@ class FCIAccumulator:
 
     def _accumulate(self, layer: CapturedLayer) -> None:
         batch, heads, length = layer.query.shape[:3]
-        device = layer.query.device
-        if self._weights.device != device:
-            self._weights = self._weights.to(device)
-            self._weights_t = self._weights_t.to(device)
-            self._gap = self._gap.to(device)
-            self._best = self._best.to(device)
-        num_steps = self._weights.shape[1]
-        alpha = torch.zeros(batch, heads, num_steps, num_steps, dtype=torch.float32, device=device)
+        self._to(layer.query.device)
+        num_steps = self._gap.shape[0]
+        # alpha[b, h, j, k] = Σ over query rows t of step j (1/|j|) · Σ over keys of step k (1/|k|) A[t, ·];
+        # query rows outside every step go to the extra row j = num_steps.
+        alpha = torch.zeros(batch, heads, num_steps + 1, num_steps, dtype=torch.float32, device=self._device)
         for start in range(self.first_row, length, self.block_size):
             end = min(start + self.block_size, length)
             probs = layer.attention_rows(slice(start, end), trim_keys=True)  # (B, H, r, K')
             rows, keys = probs.shape[2], probs.shape[3]
-            # Sum of A over the keys of each step, divided by |step|: (B, H, r, S).
-            per_key_step = torch.bmm(probs.reshape(batch, heads * rows, keys), self._weights_t[:, :keys])
-            per_key_step = per_key_step.view(batch, heads, rows, num_steps).transpose(1, 2)
-            # Mean over the query tokens of each step: (B, S, H·S) → (B, H, S, S).
-            per_step = torch.bmm(self._weights[:, :, start:end], per_key_step.reshape(batch, rows, heads * num_steps))
-            alpha += per_step.view(batch, num_steps, heads, num_steps).transpose(1, 2)
-        influence = (alpha * self._gap).sum(dim=-2)  # (B, H, S): Σ_j α[j, k] over j ≥ k + Δ
+            for b in range(batch):
+                # Sum of A over the keys of each run of key positions: O(H · r · K'), no T × S matrix.
+                run_ends = self._run_ends[b].clamp(max=keys)
+                lengths = torch.diff(run_ends, prepend=run_ends.new_zeros(1))
+                sums = torch.segment_reduce(
+                    probs[b].reshape(heads * rows, keys), "sum", axis=1,
+                    lengths=lengths.expand(heads * rows, -1).contiguous(),
+                )
+                # Mean over each step's keys, then weighted by 1/|query step| and added per query step.
+                steps = self._step_runs[b].numel()
+                per_key_step = sums.index_select(1, self._step_runs[b]) * self._inverse_lengths[b]
+                per_key_step = per_key_step.view(heads, rows, steps) * self._row_scale[b, start:end, None]
+                alpha[b, :, :, :steps].index_add_(1, self._row_step[b, start:end], per_key_step)
+        influence = (alpha[:, :, :num_steps] * self._gap).sum(dim=-2)  # (B, H, S): Σ_j α[j, k] over j ≥ k + Δ
         torch.maximum(self._best, influence.amax(dim=1), out=self._best)
 
     def scores(self) -> list[torch.Tensor]:
