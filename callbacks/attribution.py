@@ -45,6 +45,7 @@ the image go to the first :class:`~lightning.pytorch.loggers.TensorBoardLogger` 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -62,13 +63,23 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lit_attn.attribution import METHODS, AttributionResult, PromptTemplate, attribute
+from lit_attn.attribution import (
+    METHODS,
+    AttnTrace,
+    AttributionResult,
+    PromptTemplate,
+    attention_scores,
+    attribute,
+    leave_one_out,
+)
+from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.errors import UserError
 
 Method = Literal["attntrace", "leave_one_out", "attention"]
 ATTENTION_METHODS = ("attntrace", "attention")
 EXAMPLE_KEYS = ("contexts", "question", "answer", "relevant", "reference")
 BUILTIN = "builtin"
+METHOD_TARGETS = {"attntrace": AttnTrace, "leave_one_out": leave_one_out, "attention": attention_scores}
 
 
 # --------------------------------------------------------------------------- examples
@@ -406,7 +417,18 @@ class AttributionCallback(Callback):
             self.params.update(
                 top_k_tokens=top_k_tokens, subsample_ratio=subsample_ratio, num_subsamples=num_subsamples, seed=seed
             )
+        accepted = {
+            name for name, p in inspect.signature(METHOD_TARGETS[method]).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        unknown = sorted(set(method_kwargs or {}) - accepted)
+        if unknown:
+            raise UserError(
+                f"AttributionCallback: method {method!r} does not take {', '.join(unknown)}; "
+                f"its options are {', '.join(sorted(accepted))}"
+            )
         self.params.update(method_kwargs or {})
+        resolve_template(template)  # an unknown template name fails here, not at the first logging point
         self.k = k
         self.last_results: list[AttributionResult] = []
         """The AttributionResults of the latest logging point (rank zero)."""
@@ -460,6 +482,18 @@ class AttributionCallback(Callback):
                     "'question' (not the built-in task), so nothing will be attributed; pass a JSONL of probes "
                     "as examples, or remove the callback"
                 )
+        self.check_lengths(model, tokenizer)
+
+    def check_lengths(self, model: Any, tokenizer: Any) -> None:
+        """Fail before training when an example's prompt (and given answer) exceeds the model's context."""
+        template = resolve_template(self.template)
+        for i, example in enumerate(self.examples):
+            answer = encode_answer(tokenizer, example.answer) if example.answer is not None else []
+            pieces = tokenize_prompt(tokenizer, template, list(example.contexts), example.question, answer)
+            try:
+                check_length(model, pieces.full_length - len(answer), max(len(answer), 1))
+            except UserError as err:
+                raise UserError(f"AttributionCallback example {i}: {err}") from None
 
     # ------------------------------------------------------------------ triggers
 

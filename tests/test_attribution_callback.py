@@ -32,6 +32,13 @@ EXAMPLES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, above all on a shared CPU (conftest restores the count)."""
+    torch.set_num_threads(1)
+    yield
+
+
 class ForeignLM(LightningModule):
     """A plain supervised fine-tune of a causal LM (automatic optimisation), not lit_attn code."""
 
@@ -161,7 +168,7 @@ class RandomDraw(Callback):
 def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[str, torch.Tensor]]:
     seed_everything(0)
     module = PolicyModule(
-        "default", prompts_per_step=2, group_size=4, minibatch_size=8, max_new_tokens=16, lr=1e-3,
+        "default", prompts_per_step=2, group_size=4, minibatch_size=8, max_new_tokens=10, lr=1e-3,
         validate_at_start=False, rewards=[f"{__name__}.checksum_reward"],
     )
     data = PromptDataModule(prompts_per_step=2, train_size=16, val_size=4, num_distractors=2)
@@ -177,7 +184,8 @@ def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[st
 def test_training_is_identical_with_and_without_the_callback():
     metrics, params = train_policy()
     callback = AttributionCallback(
-        "builtin", num_examples=2, every_n_train_steps=1, at_train_start=True, num_subsamples=4, max_new_tokens=12,
+        "builtin", num_examples=2, num_distractors=2, every_n_train_steps=1, at_train_start=True, num_subsamples=3,
+        max_new_tokens=8,
     )
     with_metrics, with_params = train_policy(callback)
     assert len(callback.last_results) == 2 and callback.last_metrics["attribution/seconds"] > 0
@@ -232,6 +240,18 @@ def test_bad_arguments_are_one_line_errors():
         AttributionCallback(EXAMPLES, num_distractors=2)
     with pytest.raises(UserError, match="does not exist"):
         AttributionCallback("missing.jsonl")
+    with pytest.raises(UserError, match="'leave_one_out' does not take num_rounds; its options are batch_size"):
+        AttributionCallback(EXAMPLES, method="leave_one_out", method_kwargs={"num_rounds": 3})
+    with pytest.raises(UserError, match="unknown template 'chatml'"):
+        AttributionCallback(EXAMPLES, template="chatml")
+
+
+def test_setup_rejects_a_probe_longer_than_the_context():
+    long = {"contexts": [f"fact {i} " * 8 for i in range(4)], "question": "which?"}  # ~260 tokens > 128
+    with pytest.raises(UserError, match=r"example 1: the prompt is \d+ tokens .* context of 128 tokens"):
+        AttributionCallback([EXAMPLES[0], long], model_attr="lm", tokenizer_attr="tok").setup(
+            Trainer(logger=False, enable_progress_bar=False), ForeignLM(), "fit"
+        )
 
 
 def test_builtin_examples_carry_the_needed_facts():
@@ -262,3 +282,25 @@ def test_builtin_examples_with_user_data_warn_and_stay_idle(tmp_path):
     with pytest.warns(UserWarning, match="nothing will be attributed"):
         callback.setup(trainer, ForeignLM(), "fit")
     assert callback.examples == []
+
+
+def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
+    """The shipped default.yaml block, through `python -m lit_attn fit`, every step instead of every 50."""
+    from lit_attn.cli import main, packaged_config
+
+    config = packaged_config("default.yaml").read_text()
+    assert config.count("every_n_train_steps: 50 ") == 1
+    (tmp_path / "default.yaml").write_text(config.replace("every_n_train_steps: 50 ", "every_n_train_steps: 1  "))
+    run_dir = tmp_path / "runs"
+    rc = main([
+        "fit", f"--config={tmp_path / 'default.yaml'}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+        "--model.prompts_per_step=2", "--model.group_size=4", "--model.minibatch_size=8", "--model.max_new_tokens=12",
+        "--data.val_size=8", "--data.train_size=16", "--model.val_batch_size=8",
+        f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+    ])
+    assert rc == 0
+    acc = events(run_dir)
+    share = [(e.step, e.value) for e in acc.Scalars("attribution/relevant_share")]
+    assert [step for step, _ in share] == [1, 2] and all(0.0 < value < 1.0 for _, value in share), share
+    assert "val/pass@1" in acc.Tags()["scalars"] and "attribution/heatmap" in acc.Tags()["images"]
+    assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 4
