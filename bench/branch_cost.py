@@ -138,7 +138,8 @@ def table(rows: list[dict]) -> str:
     """Markdown table: milliseconds per continuation token, and the ratio to prefix 32."""
     first = rows[0]
     lines = [
-        "| prefix tokens | reuse total | × | reuse decode only | × | naive total | × | naive decode only | × | naive / reuse (total) |",
+        "| prefix tokens | reuse total | × | reuse decode only | × | naive total | × | naive decode only | × "
+        "| naive / reuse (total) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -207,7 +208,9 @@ def _page(command: str, sections: str, args: argparse.Namespace) -> str:
         "*reuse* = `lit_attn.branching.sample_continuations` (one prefill of the distinct prefixes, KV rows "
         "repeated to the continuations, a decoding loop over a cache with reserved room); *naive* = one "
         f"`model.generate` over the {rows} rows, each re-encoding its prefix. All numbers are milliseconds "
-        f"per continuation token, CPU time of the benchmark process (`time.process_time`, one torch thread: time spent waiting for a core held by other work is not counted), best of {args.repeats} interleaved runs; × is the ratio to the 32-token prefix.\n\n"
+        "per continuation token, CPU time of the benchmark process (`time.process_time`, one torch thread: "
+        "time spent waiting for a core held by other work is not counted), "
+        f"best of {args.repeats} interleaved runs; × is the ratio to the 32-token prefix.\n\n"
         "- *total* = whole call / continuation tokens (prefix encoding included);\n"
         f"- *decode only* = (call with {args.new_tokens} new tokens − call with 1) / the "
         f"{args.new_tokens - 1} tokens per continuation that the difference makes.\n\n"
