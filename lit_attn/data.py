@@ -7,8 +7,12 @@ reward functions receive as keyword arguments. With no files given, the built-in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
+import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from lit_attn.errors import UserError
 from lit_attn.records import load_records
@@ -18,6 +22,52 @@ from lit_attn.task import FactChainTask, make_splits
 def collate_records(batch: list[dict]) -> list[dict]:
     """Keep records as a list of dicts (prompts are tokenised by the module, per model)."""
     return list(batch)
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation per epoch from ``seed + epoch``; can start part-way into an epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self.epoch = 0
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        skip, self.skip = self.skip, 0
+        yield from order[skip:]
+        self.epoch += 1
+
+
+class ResumableLoader(DataLoader):
+    """Shuffled training batches whose position is checkpointed: Lightning saves ``state_dict()``
+    with the fit loop, so a run resumed mid-epoch sees exactly the prompts an uninterrupted run
+    would have seen next (no global RNG involved)."""
+
+    def __init__(self, records: list[dict], batch_size: int, seed: int, num_workers: int = 0) -> None:
+        self.shuffle = EpochShuffle(len(records), seed)
+        super().__init__(
+            records, batch_size=batch_size, sampler=self.shuffle, collate_fn=collate_records,
+            num_workers=num_workers, drop_last=True,
+        )
+        self.batches_done = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+        self.batches_done = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.shuffle.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.shuffle.epoch = state["epoch"]
+        self.batches_done = state["batches_done"]
+        self.shuffle.skip = self.batches_done * int(self.batch_size or 1)
 
 
 class PromptDataModule(LightningDataModule):
@@ -39,7 +89,7 @@ class PromptDataModule(LightningDataModule):
             (warm-start curriculum, see lit_attn/task.py; the held-out split has none).
         num_distractors: built-in task: facts the question does not need.
         modulus: built-in task: arithmetic modulus.
-        seed: built-in task: seed of the splits.
+        seed: seed of the built-in task's splits and of the training-batch shuffle.
         num_workers: DataLoader workers.
     """
 
@@ -115,7 +165,8 @@ class PromptDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.prompts_per_step, shuffle=True)
+        hp = self.hparams
+        return ResumableLoader(self._load()["train"], hp.prompts_per_step, seed=hp.seed, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.val_batch_size, shuffle=False)

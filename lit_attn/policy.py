@@ -243,7 +243,16 @@ class PolicyModule(LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         source = self.experience_source
         experience = source.make_experience(self, batch) if source is not None else self.grpo_experience(batch)
-        totals = self.update(experience) if experience.num_sequences else {}
+        if experience.num_sequences:
+            totals = self.update(experience)
+        else:
+            # Nothing to train on (the first step of the one-step off-policy schedule, or every
+            # prompt filtered out): an optimiser step with no gradients leaves the weights and
+            # AdamW's state untouched but still counts, so trainer.max_steps always ends the run.
+            optimizer = self.optimizers()
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.step()
+            totals = {}
         self.log_step_metrics(experience, totals)
 
     def update(self, experience: Experience) -> dict[str, float]:

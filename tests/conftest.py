@@ -36,13 +36,13 @@ def reward_module(tmp_path, monkeypatch) -> str:
     (tmp_path / "test_rewards_mod.py").write_text(
         textwrap.dedent(
             '''
-            def length_reward(prompts, completions, **kwargs):
-                return [min(len(c), 8) / 8.0 for c in completions]
+            def digit_reward(prompts, completions, **kwargs):
+                return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
             '''
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    return "test_rewards_mod.length_reward"
+    return "test_rewards_mod.digit_reward"
 
 
 @pytest.fixture(autouse=True)

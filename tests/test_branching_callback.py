@@ -1,0 +1,179 @@
+"""AttentionBranchCallback / EntropyBranchCallback: the one-step off-policy tree schedule,
+exact resume, the hosting contract, and the CLI configs that use them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_attn import PolicyModule, PromptDataModule
+from lit_attn.callbacks import AttentionBranchCallback, EntropyBranchCallback
+from lit_attn.cli import main
+from lit_attn.errors import UserError
+from lit_attn.logprobs import token_logprobs
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def small_module(model_dir: Path, **kwargs) -> PolicyModule:
+    args = dict(
+        name_or_path=str(model_dir), group_size=4, prompts_per_step=2, minibatch_size=8, max_new_tokens=14,
+        lr=0.01, validate_at_start=False,
+    )
+    args.update(kwargs)
+    return PolicyModule(**args)
+
+
+def small_data() -> PromptDataModule:
+    return PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+
+
+def trainer(max_steps: int, callbacks: list, **kwargs) -> Trainer:
+    return Trainer(
+        max_steps=max_steps, callbacks=callbacks, logger=False, limit_val_batches=0, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1, **{"enable_checkpointing": False, **kwargs},
+    )
+
+
+class Recorder:
+    """Wraps a callback's make_experience: keeps each experience and a copy of the weights that
+    sampled it (the weights in place when make_experience runs)."""
+
+    def __init__(self, callback, module):
+        self.experiences, self.weights = [], []
+        inner = callback.make_experience
+
+        def wrapped(mod, records):
+            self.weights.append(copy.deepcopy(mod.model.state_dict()))
+            exp = inner(mod, records)
+            self.experiences.append(exp)
+            return exp
+
+        callback.make_experience = wrapped
+
+
+def completion_logprobs(model, exp, temperature=1.0):
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, exp.input_ids, exp.attention_mask, temperature=temperature)
+    return lp[:, exp.prompt_length - 1 :]
+
+
+@pytest.mark.parametrize("callback_cls", [AttentionBranchCallback, EntropyBranchCallback])
+def test_off_policy_schedule_tokens_carry_the_policy_that_sampled_them(tiny_model_dir, reward_module, callback_cls):
+    module = small_module(tiny_model_dir, rewards=[reward_module])
+    kwargs = {"min_gap": 1} if callback_cls is AttentionBranchCallback else {}
+    callback = callback_cls(adaptive_sampling=False, adaptive_batch=False, **kwargs)
+    rec = Recorder(callback, module)
+    trainer(3, [callback]).fit(module, small_data())
+
+    first = rec.experiences[0]
+    assert first.num_sequences == 0 and first.generated_tokens > 0  # step 0 only samples batch 0
+    for name, value in rec.weights[0].items():  # ...and its optimiser step changes nothing
+        assert torch.equal(value, rec.weights[1][name]), name
+    trained = [e for e in rec.experiences[1:] if e.num_sequences]
+    assert trained, "no step trained on trees"
+    model = copy.deepcopy(module.model).eval()
+    for m, exp in enumerate(rec.experiences):
+        if m == 0 or not exp.num_sequences:
+            continue
+        versions = exp.versions[exp.completion_mask.bool().cpu()]
+        # batch m-1's responses came from step m-1's weights, its continuations from step m's
+        assert set(versions.tolist()) <= {m - 1, m} and (versions == m - 1).any()
+        for version in (m - 1, m):
+            model.load_state_dict(rec.weights[version])
+            lp = completion_logprobs(model, exp)
+            sel = (exp.versions == version) & exp.completion_mask.bool()
+            if sel.any():
+                torch.testing.assert_close(exp.old_logprobs[sel], lp[sel], atol=2e-4, rtol=0)
+        # per sequence, tokens of the later policy only follow tokens of the earlier one
+        for row in range(exp.num_sequences):
+            v = exp.versions[row][exp.completion_mask[row].bool()]
+            assert torch.all(v[1:] >= v[:-1])
+        # tree advantages: each path's tokens share one value per segment; not all zero
+        assert exp.advantages.abs().sum() > 0
+
+
+def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
+    # the shipped model and the built-in task, as configs/attnrl.yaml has them, only smaller
+    run_dir = tmp_path / "runs"
+    rc = main([
+        "fit", f"--config={CONFIGS / 'attnrl.yaml'}", "--model.prompts_per_step=4", "--model.group_size=4",
+        "--model.minibatch_size=8", "--model.max_new_tokens=80", "--model.val_batch_size=4",
+        "--data.train_size=40", "--data.val_size=4", "--trainer.max_steps=3",
+        "--trainer.val_check_interval=3", f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={run_dir}",
+    ])
+    assert rc == 0
+    events = sorted(run_dir.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"histograms": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    for tag in (
+        "reward", "tokens/generated", "branching/prompt_batch_size", "branching/responses_expanded",
+        "branching/fci_filter_kept", "branching/fci_filter_dropped", "branching/sequences_after_filter",
+        "branching/fci_mean", "loss", "clip_ratio/high_mean",
+    ):
+        assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
+    histograms = acc.Tags()["histograms"]
+    assert "branching/fci" in histograms and "branching/branch_position" in histograms
+    positions = acc.Histograms("branching/branch_position")[-1].histogram_value
+    assert 0 < positions.min and positions.max < 1  # relative to response length, strictly inside
+    version = next((run_dir / "attnrl").iterdir())
+    assert (version / "policy" / "config.json").is_file()
+
+
+def run_steps(model_dir, reward, steps, *, ckpt_in=None, ckpt_dir=None):
+    module = small_module(model_dir, rewards=[reward])
+    callback = AttentionBranchCallback(min_gap=1, seed=3)
+    callbacks: list = [callback]
+    if ckpt_dir is not None:  # a checkpoint in the middle of the run, as a killed job leaves behind
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1))
+    t = trainer(steps, callbacks, enable_checkpointing=ckpt_dir is not None)
+    t.fit(module, small_data(), ckpt_path=ckpt_in)
+    return module, callback
+
+
+def test_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, tmp_path):
+    straight, cb_straight = run_steps(tiny_model_dir, reward_module, 5, ckpt_dir=tmp_path)
+    ckpt = next(tmp_path.glob("*step=2*.ckpt"))
+    state = torch.load(ckpt, weights_only=False)
+    saved = next(v for k, v in state["callbacks"].items() if "AttentionBranchCallback" in k)
+    assert saved["pending"] and saved["rl_step"] == 2, "the pending batch must be in the checkpoint"
+    resumed, cb_resumed = run_steps(tiny_model_dir, reward_module, 5, ckpt_in=ckpt)
+    assert cb_straight.rl_step == cb_resumed.rl_step == 5
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
+    assert cb_straight.state_dict()["pending"] == cb_resumed.state_dict()["pending"]
+    assert cb_straight.state_dict()["queue"] == cb_resumed.state_dict()["queue"]
+
+
+def test_setup_names_what_the_module_lacks():
+    class Foreign(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UserError, match="tokenizer, group_size, max_new_tokens, temperature, score, experience_source"):
+        AttentionBranchCallback().setup(Trainer(logger=False), Foreign(), "fit")
+
+
+def test_two_exploration_callbacks_are_refused(tiny_model_dir):
+    module = small_module(tiny_model_dir)
+    AttentionBranchCallback().setup(Trainer(logger=False), module, "fit")
+    with pytest.raises(UserError, match="two exploration callbacks"):
+        EntropyBranchCallback().setup(Trainer(logger=False), module, "fit")
+
+
+def test_bad_arguments_are_one_line_errors():
+    with pytest.raises(UserError, match="selection"):
+        AttentionBranchCallback(selection="best")
+    with pytest.raises(UserError, match="continuations"):
+        EntropyBranchCallback(continuations=0)
+    with pytest.raises(UserError, match="batch_lambda"):
+        AttentionBranchCallback(batch_lambda=2.0)

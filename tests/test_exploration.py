@@ -1,0 +1,136 @@
+"""AttnRL's selection rules (spec/attnrl.md §3-4) on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_attn.errors import UserError
+from lit_attn.exploration import (
+    RunningMean,
+    adaptive_batch_size,
+    atb_branch_steps,
+    choose_responses,
+    early_branch_steps,
+    entropy_branch_offsets,
+    expansion_count,
+    prompt_mean_fci,
+)
+
+# prompt [0, 10), then 7 response steps of 5 tokens each
+SPANS = [(0, 10)] + [(10 + 5 * k, 15 + 5 * k) for k in range(7)]
+
+
+def test_atb_takes_the_earliest_candidates_not_the_highest():
+    # response steps 1..7; the top 20% (quantile 0.8 of 7 scores) are the 0.9, 0.8 and 0.7 steps
+    fci = [0.0, 0.0, 0.1, 0.7, 0.2, 0.9, 0.1, 0.8]
+    threshold = torch.quantile(torch.tensor(fci[1:], dtype=torch.float64), 0.8).item()
+    assert 0.7 < threshold < 0.9
+    # candidates ≥ threshold: step 5 (0.9) and step 7 (0.8); step 3 (0.7) is below
+    assert atb_branch_steps(fci, SPANS, ratio=0.2, num_points=2) == [5, 7]
+    # a wider ratio (threshold 0.5) admits step 3, earlier than 7: earliest first, not score order
+    assert atb_branch_steps(fci, SPANS, ratio=0.4, num_points=2) == [3, 5]
+    assert atb_branch_steps(fci, SPANS, ratio=0.4, num_points=1) == [3]
+
+
+def test_atb_never_picks_the_first_response_step_or_zero_scores():
+    fci = [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # only step 1 scores (it cannot be chosen)
+    assert atb_branch_steps(fci, SPANS) == []
+    # quantile 0 → the smallest positive score is the threshold: only positive steps qualify
+    fci = [0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.2]
+    assert atb_branch_steps(fci, SPANS, ratio=0.2) == [3, 7]
+    assert atb_branch_steps([0.0, 0.0], SPANS[:2]) == []
+
+
+def test_atb_min_token_distance_and_fill_up():
+    fci = [0.0, 0.0, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0]
+    # response-relative step starts: step k starts at 5(k-1); steps 2,3,4 start at 5,10,15
+    # step 2 starts too early (5 < 10); step 3 (10) qualifies; step 4 (15) is only 5 after step 3;
+    # too few qualify, so the earliest remaining candidate (step 2) fills up
+    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=10) == [2, 3]
+    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=1, min_token_distance=10) == [3]
+    fci2 = [0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0]
+    assert atb_branch_steps(fci2, SPANS, ratio=0.6, num_points=2, min_token_distance=10) == [3, 5]
+    with pytest.raises(UserError, match="one score per span"):
+        atb_branch_steps([0.1, 0.2], SPANS)
+
+
+def test_atb_fill_up_when_spacing_leaves_too_few():
+    fci = [0.0, 0.0, 0.9, 0.9, 0.0, 0.0, 0.0, 0.0]
+    # steps 2 (start 5) and 3 (start 10); with distance 10 only step 3 qualifies, step 2 fills up
+    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=10) == [2, 3]
+
+
+def test_early_steps_ablation():
+    assert early_branch_steps(SPANS, num_points=2) == [2, 3]
+    assert early_branch_steps(SPANS[:3], num_points=2) == [2]
+
+
+def test_entropy_offsets_are_the_highest_entropy_tokens_in_position_order():
+    entropy = [9.0, 0.1, 2.0, 0.3, 3.0, 2.0]
+    assert entropy_branch_offsets(entropy, num_points=2) == [2, 4]  # offset 0 is never chosen
+    assert entropy_branch_offsets(entropy, num_points=1) == [4]
+    assert entropy_branch_offsets([1.0], num_points=2) == []
+
+
+def test_expansion_counts_match_the_paper_table():
+    assert [expansion_count(c, 6) for c in range(7)] == [6, 5, 4, 4, 3, 3, 2]
+    assert expansion_count(0, 8) == 8
+    assert expansion_count(4, 8) == round(math.exp(-0.5) * 8)
+    with pytest.raises(UserError):
+        expansion_count(7, 6)
+
+
+def test_choose_responses_incorrect_first_when_mostly_correct():
+    g = torch.Generator().manual_seed(0)
+    correct = [True, False, True, True, False, True]  # z = 4/6 ≥ 0.5: both incorrect first
+    for _ in range(20):
+        picked = choose_responses(correct, 3, g)
+        assert len(picked) == 3 and {1, 4} <= set(picked)
+    picked = choose_responses(correct, 1, g)
+    assert len(picked) == 1 and picked[0] in (1, 4)
+
+
+def test_choose_responses_correct_first_when_mostly_wrong_and_all_when_all_wrong():
+    g = torch.Generator().manual_seed(0)
+    correct = [False, True, False, False, False, False]  # z = 1/6 < 0.5: the correct one first
+    seen = set()
+    for _ in range(30):
+        picked = choose_responses(correct, 2, g)
+        assert 1 in picked and len(picked) == 2
+        seen.update(picked)
+    assert len(seen) > 2  # the incorrect fill-up is random
+    assert choose_responses([False] * 6, expansion_count(0, 6), g) == list(range(6))
+
+
+def test_choose_responses_is_driven_by_the_generator_only():
+    correct = [True, True, True, True, False, False]
+    a = [choose_responses(correct, 4, torch.Generator().manual_seed(3)) for _ in range(3)]
+    state = torch.random.get_rng_state()
+    b = [choose_responses(correct, 4, torch.Generator().manual_seed(3)) for _ in range(3)]
+    assert a == b
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_running_mean_and_prompt_mean_fci():
+    mean = RunningMean()
+    assert mean.value == 0.0
+    mean.update([1.0, 3.0])
+    mean.update([5.0])
+    assert mean.value == pytest.approx(3.0) and mean.count == 3
+    # (1/G) Σ_i mean over response steps (k ≥ 1) of y_i
+    ys = [torch.tensor([9.0, 0.0, 2.0, 4.0]), torch.tensor([9.0, 1.0, 1.0, 1.0])]
+    assert prompt_mean_fci(ys) == pytest.approx((2.0 + 1.0) / 2)
+
+
+def test_adaptive_batch_size():
+    # B_m = round(λ B + (1-λ) (B'/B'') B)
+    assert adaptive_batch_size(16, 96, 96, lam=0.9) == 16
+    assert adaptive_batch_size(16, 96, 48, lam=0.9) == round(0.9 * 16 + 0.1 * 2 * 16)  # 17.6 → 18
+    assert adaptive_batch_size(16, 96, 192, lam=0.9) == 15  # 14.4 + 0.8 = 15.2
+    assert adaptive_batch_size(16, 96, 0, lam=0.0) == 16 * 96
+    assert adaptive_batch_size(1, 1, 1000, lam=0.0) == 1
+    with pytest.raises(UserError, match="lambda"):
+        adaptive_batch_size(16, 96, 96, lam=1.5)
