@@ -56,7 +56,7 @@ class ForeignLM(LightningModule):
         enc = self.tok(batch, return_tensors="pt", padding=True)
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         loss = self.lm(**enc, labels=labels).loss
-        self.log("train_loss", loss)
+        self.log("train_loss", loss, batch_size=len(batch))
         return loss
 
     def train_dataloader(self) -> DataLoader:
@@ -304,3 +304,60 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     assert [step for step, _ in share] == [1, 2] and all(0.0 < value < 1.0 for _, value in share), share
     assert "val/pass@1" in acc.Tags()["scalars"] and "attribution/heatmap" in acc.Tags()["images"]
     assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 4
+
+
+def test_schedule_counts_crossed_multiples_and_logs_once_per_step(monkeypatch):
+    """Manual optimisation can advance global_step by several updates per batch (grpo.yaml: 8)."""
+    from types import SimpleNamespace
+
+    from lit_attn.attribution import AttributionResult
+
+    callback = AttributionCallback(EXAMPLES, every_n_train_steps=3, at_validation_end=True)
+    attributed: list[int] = []
+
+    def fake_attribution(module):
+        attributed.append(trainer.global_step)
+        return [AttributionResult(list(e["contexts"]), e["question"], "x", [1.0] * len(e["contexts"]), "attntrace", 0.1)
+                for e in EXAMPLES]
+
+    monkeypatch.setattr(callback, "attribute_examples", fake_attribution)
+    trainer = SimpleNamespace(global_step=0, sanity_checking=False, is_global_zero=True, loggers=[])
+    callback.examples = load_examples(EXAMPLES)
+    callback.on_train_start(trainer, None)
+    for step in (2, 4, 6, 8, 10, 12):  # two optimiser updates per batch
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert attributed == [4, 6, 10, 12]  # the batches that crossed 3, 6, 9, 12
+    callback.on_validation_end(trainer, None)  # same step as the last training point: not again
+    trainer.global_step, trainer.sanity_checking = 13, True
+    callback.on_validation_end(trainer, None)  # the sanity check never attributes
+    trainer.sanity_checking = False
+    callback.on_validation_end(trainer, None)
+    assert attributed == [4, 6, 10, 12, 13]
+    trainer.is_global_zero = False
+    trainer.global_step = 15
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert attributed[-1] == 13  # rank zero only
+
+
+class ForeignLMWithValidation(ForeignLM):
+    def validation_step(self, batch: list[str], batch_idx: int) -> None:
+        self.log("val_loss", self.training_step(batch, batch_idx), batch_size=len(batch))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.train_dataloader()
+
+
+def test_at_validation_end_logs_after_each_validation(tmp_path):
+    callback = AttributionCallback(
+        EXAMPLES[:1], every_n_train_steps=0, at_validation_end=True, model_attr="lm", tokenizer_attr="tok",
+        num_subsamples=3, max_new_tokens=4,
+    )
+    trainer = Trainer(
+        max_steps=4, val_check_interval=2, num_sanity_val_steps=1, logger=TensorBoardLogger(tmp_path, name="val"),
+        callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(ForeignLMWithValidation())
+    acc = events(tmp_path)
+    assert [e.step for e in acc.Scalars("attribution/precision_at_k")] == [2, 4]
+    assert [e.step for e in acc.Images("attribution/heatmap")] == [2, 4]
