@@ -364,7 +364,7 @@ class AttributionCallback(Callback):
 
     def __init__(
         self,
-        examples: str | list[dict[str, Any]] = BUILTIN,
+        examples: str | list[dict[str, Any]],
         num_examples: int | None = 8,
         num_distractors: int | None = None,
         every_n_train_steps: int | None = 50,
