@@ -225,8 +225,12 @@ class BranchingCallback(Callback):
             self.pending[p].prompt_ids + self.pending[p].responses[i].tokens[:off] for p, i, off in branch_prefixes
         ]
         counts = [G] * len(prompt_ids) + [T] * len(branch_prefixes)
+        # a continuation gets what is left of its response's length budget after the branch point
+        budgets = [module.max_new_tokens] * len(prompt_ids) + [
+            max(module.max_new_tokens - off, 1) for _, _, off in branch_prefixes
+        ]
         sampled = sample_continuations(
-            module.model, tokenizer, prefixes, counts, max_new_tokens=module.max_new_tokens,
+            module.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
             temperature=module.temperature, generator_seed=self.seed * 1_000_003 + step,
         )
         generated_tokens = int(sampled.lengths.sum())
@@ -242,8 +246,6 @@ class BranchingCallback(Callback):
                 record, tokens = records_now[src], new
             else:
                 p, i, off = branch_prefixes[src - len(prompt_ids)]
-                budget = max(module.max_new_tokens - off, 1)  # keep the response length limit
-                new, lps = new[:budget], lps[:budget]
                 record, tokens = self.pending[p].record, self.pending[p].responses[i].tokens[:off] + new
             row_records.append(record)
             texts.append(tokenizer.decode(tokens, skip_special_tokens=True))

@@ -100,10 +100,17 @@ def _check_inputs(
     model: nn.Module,
     prefixes: Sequence[Sequence[int]],
     counts: int | Sequence[int],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float,
-) -> list[int]:
-    """Validate the call; return one count per prefix. Raises :class:`UserError`."""
+) -> tuple[list[int], list[int]]:
+    """Validate the call; return one count and one token budget per prefix. Raises :class:`UserError`."""
+    if isinstance(max_new_tokens, int):
+        max_new_tokens = [max_new_tokens] * len(prefixes)
+    budgets = [int(b) for b in max_new_tokens]
+    if len(budgets) != len(prefixes):
+        raise UserError(
+            f"got {len(budgets)} max_new_tokens values for {len(prefixes)} prefixes; pass one per prefix or a single int"
+        )
     if isinstance(counts, int):
         counts = [counts] * len(prefixes)
     counts = [int(c) for c in counts]
@@ -114,20 +121,21 @@ def _check_inputs(
     for i, count in enumerate(counts):
         if count < 0:
             raise UserError(f"count {i} is {count}; the number of continuations per prefix must be >= 0")
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens is {max_new_tokens}; it must be >= 1")
+    for i, budget in enumerate(budgets):
+        if budget < 1:
+            raise UserError(f"max_new_tokens is {budget} for prefix {i}; it must be >= 1")
     if not temperature > 0:
         raise UserError(f"temperature is {temperature}; it must be > 0 (use do_sample=False for greedy decoding)")
     limit = _context_length(model)
     for i, prefix in enumerate(prefixes):
         if len(prefix) == 0:
             raise UserError(f"prefix {i} is empty; every prefix needs at least one token (the prompt)")
-        if limit is not None and counts[i] > 0 and len(prefix) + max_new_tokens > limit:
+        if limit is not None and counts[i] > 0 and len(prefix) + budgets[i] > limit:
             raise UserError(
-                f"prefix {i} has {len(prefix)} tokens and max_new_tokens is {max_new_tokens}, beyond the model's "
+                f"prefix {i} has {len(prefix)} tokens and max_new_tokens is {budgets[i]}, beyond the model's "
                 f"{limit} positions; shorten the prefix or lower max_new_tokens to {max(limit - len(prefix), 0)}"
             )
-    return counts
+    return counts, budgets
 
 
 @contextmanager
@@ -250,7 +258,7 @@ def sample_continuations(
     prefixes: Sequence[Sequence[int]],
     counts: int | Sequence[int],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     temperature: float = 1.0,
     do_sample: bool = True,
     generator_seed: int | None = None,
@@ -264,7 +272,8 @@ def sample_continuations(
             decoding).
         prefixes: unpadded token-id lists; a prompt alone or prompt + part of a response.
         counts: continuations per prefix, one int for all or one per prefix (0 allowed).
-        max_new_tokens: most new tokens per continuation.
+        max_new_tokens: most new tokens per continuation, one int for all or one per prefix
+            (e.g. what is left of a response's length budget after a branch point).
         temperature: sampling temperature; the returned log-probs are those of
             ``log_softmax(logits / temperature)`` also when decoding greedily.
         do_sample: False decodes greedily (every continuation of a prefix is then the same).
@@ -274,7 +283,7 @@ def sample_continuations(
     Returns:
         :class:`Continuations`, rows grouped by prefix in prefix order.
     """
-    counts = _check_inputs(model, prefixes, counts, max_new_tokens, temperature)
+    counts, budgets = _check_inputs(model, prefixes, counts, max_new_tokens, temperature)
     prefixes = [[int(t) for t in prefix] for prefix in prefixes]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -284,12 +293,14 @@ def sample_continuations(
     distinct: dict[tuple[int, ...], int] = {}
     row_of: list[int] = []
     prefix_index: list[int] = []
+    row_budget: list[int] = []
     for i, (prefix, count) in enumerate(zip(prefixes, counts)):
         if count == 0:
             continue
         row = distinct.setdefault(tuple(prefix), len(distinct))
         row_of += [row] * count
         prefix_index += [i] * count
+        row_budget += [budgets[i]] * count
     total = len(row_of)
     if total == 0:
         empty = torch.zeros(0, 0, dtype=torch.long)
@@ -309,14 +320,16 @@ def sample_continuations(
     ids, prefix_mask = ids.to(device), prefix_mask.to(device)
     positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_keyword(model)
-    cache = _new_cache(model, width + max_new_tokens)
+    longest = max(row_budget)
+    budget = torch.tensor(row_budget, dtype=torch.long, device=device)
+    cache = _new_cache(model, width + longest)
     generator = None
     if generator_seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(generator_seed))
 
-    new_tokens = torch.full((total, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    new_logprobs = torch.zeros(total, max_new_tokens, dtype=torch.float32, device=device)
+    new_tokens = torch.full((total, longest), pad_id, dtype=torch.long, device=device)
+    new_logprobs = torch.zeros(total, longest, dtype=torch.float32, device=device)
     lengths = torch.zeros(total, dtype=torch.long, device=device)
     ended = torch.zeros(total, dtype=torch.bool, device=device)
 
@@ -335,14 +348,15 @@ def sample_continuations(
         active = torch.arange(total, device=device)  # continuation of each batch row
 
         # 3. Decode; finished continuations leave the batch.
-        for step in range(max_new_tokens):
+        for step in range(longest):
             chosen, logprob = _next_tokens(logits, temperature, do_sample, generator)
             new_tokens[active, step] = chosen
             new_logprobs[active, step] = logprob
             lengths[active] = step + 1
-            finished = torch.isin(chosen, stop)
-            ended[active[finished]] = True
-            if step + 1 == max_new_tokens:
+            stopped = torch.isin(chosen, stop)
+            ended[active[stopped]] = True
+            finished = stopped | (budget[active] <= step + 1)  # a stop token, or its budget is spent
+            if step + 1 == longest:
                 break
             if finished.any():
                 keep = (~finished).nonzero().squeeze(-1)
@@ -369,6 +383,6 @@ def sample_continuations(
         logprobs=logprobs,
         mask=token_mask,
         prefix_index=torch.tensor(prefix_index, dtype=torch.long, device=device),
-        clipped=~ended & (lengths >= max_new_tokens),
+        clipped=~ended & (lengths >= budget),
         texts=tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True),
     )

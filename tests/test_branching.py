@@ -156,6 +156,23 @@ def test_counts_with_zeros_and_mixed_values() -> None:
     assert len(none) == 0 and none.tokens.shape == (0, 0) and none.texts == []
 
 
+def test_per_prefix_token_budgets() -> None:
+    # a branch continuation gets only what is left of its response's length budget
+    model = _model()
+    eos = TOKENIZER.eos_token_id
+    # no stop token ever, so every continuation runs to its own budget
+    model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, torch.tensor([eos]), -1e9))
+    result = sample_continuations(model, TOKENIZER, PREFIXES, [2, 1, 2], max_new_tokens=[3, 9, 5], generator_seed=1)
+    assert result.lengths.tolist() == [3, 3, 9, 5, 5]
+    assert result.clipped.all()
+    greedy = sample_continuations(model, TOKENIZER, PREFIXES, 1, max_new_tokens=[3, 9, 5], do_sample=False)
+    longest = sample_continuations(model, TOKENIZER, PREFIXES, 1, max_new_tokens=9, do_sample=False)
+    for i, n in enumerate([3, 9, 5]):  # a shorter budget is a prefix of the longer run, not another sample
+        assert greedy.new_tokens(i) == longest.new_tokens(i)[:n]
+    with pytest.raises(UserError, match="one per prefix"):
+        sample_continuations(model, TOKENIZER, PREFIXES, 1, max_new_tokens=[3, 4])
+
+
 def test_model_modes_are_restored() -> None:
     model = _model("gpt2").train()
     sample_continuations(model, TOKENIZER, PREFIXES[:1], 1, max_new_tokens=3, generator_seed=0)
