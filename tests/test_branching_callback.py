@@ -177,3 +177,51 @@ def test_bad_arguments_are_one_line_errors():
         EntropyBranchCallback(continuations=0)
     with pytest.raises(UserError, match="batch_lambda"):
         AttentionBranchCallback(batch_lambda=2.0)
+
+
+class FixedScores(AttentionBranchCallback):
+    """ADS of the real callback, with given per-prompt FCI means and a marker branch point."""
+
+    def __init__(self, scores, **kwargs):
+        super().__init__(**kwargs)
+        self.scores = scores
+
+    def prompt_filter_scores(self, module, batch):
+        return self.scores
+
+    def choose_offsets(self, module, batch, expand):
+        for p, prompt in enumerate(batch):
+            for i in expand[p]:
+                prompt.responses[i].offsets = [1]
+        return {}
+
+
+def pending(rewards):
+    from lit_attn.callbacks.branching import PendingPrompt, Response
+
+    return PendingPrompt({"prompt": "p"}, [1], [Response([5, 6, 7], [0.0] * 3, r, 0) for r in rewards])
+
+
+def test_ads_through_the_callback_fci_filter_and_expansion_counts():
+    class Host:
+        group_size = 6
+
+    all_right = [1.0] * 6
+    mostly_right = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # z = 4/6 → 3 expanded, both wrong ones among them
+    callback = FixedScores([1.0, 3.0, 9.0])
+    batch = [pending(all_right), pending(all_right), pending(mostly_right)]
+    metrics = callback._plan(Host(), batch)
+    # running mean over the all-correct prompts seen so far, this batch included: (1 + 3) / 2 = 2
+    assert callback.fci_mean.value == pytest.approx(2.0)
+    assert [bool(r.offsets) for r in batch[0].responses] == [False] * 6  # 1.0 ≤ 2: dropped
+    assert sum(bool(r.offsets) for r in batch[1].responses) == 3  # 3.0 > 2: kept, 3 expanded
+    expanded = [i for i, r in enumerate(batch[2].responses) if r.offsets]
+    assert len(expanded) == 3 and {1, 4} <= set(expanded)
+    assert metrics["branching/fci_filter_kept"] == 1 and metrics["branching/fci_filter_dropped"] == 1
+
+    # the next batch compares against the mean of everything seen: (1 + 3 + 2.5) / 3
+    callback.scores = [2.5]
+    later = [pending(all_right)]
+    callback._plan(Host(), later)
+    assert callback.fci_mean.value == pytest.approx(6.5 / 3)
+    assert sum(bool(r.offsets) for r in later[0].responses) == 3  # 2.5 > 2.1667: kept
