@@ -18,9 +18,10 @@ importable (it is not a dependency; otherwise a skip line is printed).
 
 Part 2 — cost of ``text_scores`` (64 answer rows) vs one plain sdpa forward of the same
 sequence at T = 1K, 4K, 16K, 32K on a tiny Qwen2 with 32K+ positions. Time: one process per T
-runs the two alternately after a warm-up of each and keeps the best of 5 runs (up to 4K), 2
-(16K) or 1 (32K) — alternating and the minimum are the least disturbed by other work on the
-shared cores. Memory: a fresh process per variant and T, one call after a short warm-up; the
+runs each variant once at full length untimed (warm-up: the first touch of fresh memory costs
+page faults that whichever ran first would pay), then the two alternately, keeping the best of
+5 runs (up to 4K) or the one run (16K, 32K) — alternating and the minimum are the least
+disturbed by other work on the shared cores. Memory: a fresh process per variant and T, one call after a short warm-up; the
 peak is the rise of the process's resident-set high-water mark (VmHWM, reset through
 ``/proc/self/clear_refs`` just before the call) over the resident set at that moment — what
 the operating system really had to give, torch's CPU allocator included (tracemalloc does not
@@ -257,9 +258,9 @@ def measure_memory(variant: str, length: int) -> dict:
 def measure_time(length: int) -> dict:
     """In this process: both variants alternately, the best time of each (less noise from other work)."""
     model, ids, answer_start, spans = _case(length)
-    for variant in VARIANTS:
-        _call(variant, model, ids[:256], 200, [(0, 10)])
-    repeats = 5 if length <= 4096 else 2 if length <= 16384 else 1
+    for variant in VARIANTS:  # full-length warm-up: the first touch of fresh memory is not timed
+        _call(variant, model, ids, answer_start, spans)
+    repeats = 5 if length <= 4096 else 1
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(repeats):
         for variant in VARIANTS:
