@@ -36,9 +36,10 @@ Span = tuple[int, int]
 DEFAULT_TOP_K = 5
 """K of spec §2 (``top_k_tokens``)."""
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 22
-"""Attention-row elements computed at once (16 MiB of fp32); bounds the extra memory (a few
-temporaries of this size live at once: scores, softmax, weighted sum)."""
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+"""Attention-row elements computed at once (4 MiB of fp32); bounds the extra memory (a few
+temporaries of this size live at once: scores, softmax, weighted sum). Smaller chunks cost only
+more, smaller matmuls: the rows are a small fraction of the forward's work."""
 
 
 def _check_spans(spans: Sequence[Span], answer_start: int, length: int, row: int | None) -> list[Span]:
