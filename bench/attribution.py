@@ -402,6 +402,8 @@ head at a time) finds at best 0.26 against chance 0.15: this 0.8 M-parameter mod
 fact it copies, so no averaging of attention can find them. Beyond its training length
 (n=50/200 are ~500 / ~2,500 tokens; it saw ≤ ~120) leave-one-out is at 0 too: the model no
 longer uses the facts, there is no signal for any method, and those rows measure time only.
+(At n=7/26 every text is 3 tokens, fewer than K=5, so "no top-K" equals AttnTrace there by
+construction, and "no subsampling" equals plain attention.)
 Judging AttnTrace's accuracy needs a model that retrieves through attention (a pretrained
 LLM, as in the paper). We tried to train one here (a 2-layer recall model, `x7` facts, 2,000
 and 6,000 CPU steps): it did not learn the lookup (held-out 0.14-0.16, chance 0.10), so that
