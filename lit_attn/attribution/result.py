@@ -63,9 +63,12 @@ class AttributionResult:
     def to_rich_table(self, relevant: Iterable[int] | None = None, k: int | None = 10) -> Table:
         """A ranked rich table of the ``k`` best texts; ground-truth texts marked ✓."""
         marked = set(relevant or ())
-        table = Table(title=f"{self.method}: {_short(self.question, 40)} → {_short(self.answer, 40)}")
+        table = Table(
+            title=f"{self.method}: {_short(self.question, 50)}", caption=f"answer: {_short(self.answer, 70)}",
+            title_justify="left", caption_justify="left",
+        )
         table.add_column("rank", justify="right")
-        table.add_column("text")
+        table.add_column("text", min_width=50)
         table.add_column("score", justify="right")
         if relevant is not None:
             table.add_column("true")
