@@ -418,7 +418,7 @@ and top-K keeps exactly such peaks. That is top-K doing its job (a few tokens ca
 signal) — here on a text that shares words with the answer, not one that drove it.
 
 **Time.** n=200: AttnTrace takes 1/27 of leave-one-out's time (goal ≤ 1/10: met). n=50:
-1/3.4 (goal ≤ 1/5: not met). The cost model says why: B·ρ = 30 × 0.4 = 12 full-context
+1/3.5 (goal ≤ 1/5: not met). The cost model says why: B·ρ = 30 × 0.4 = 12 full-context
 passes against n + 1 = 51, and each round also carries the question and the ~50-token answer,
 so about 1/4 is the ceiling at n=50 with the spec's defaults (fewer rounds or a smaller ρ
 would pass the line, at the cost of noisier scores). At n=7 and n=26 leave-one-out is as
