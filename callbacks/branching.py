@@ -63,6 +63,7 @@ from lit_attn.exploration import (
     prompt_mean_fci,
 )
 from lit_attn.logprobs import token_logprobs
+from lit_attn.models import eval_mode
 from lit_attn.tree import Branch, ResponseRollout, all_leaves_equal, build_tree, paths
 
 REQUIRED = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
@@ -549,15 +550,11 @@ class EntropyBranchCallback(BranchingCallback):
             p, t = prompt.prompt_ids, prompt.responses[i].tokens
             ids[b, P - len(p) : P + len(t)] = torch.tensor(p + t)
             mask[b, P - len(p) : P + len(t)] = 1
-        was_training = module.model.training
-        module.model.eval()
-        try:
+        with eval_mode(module.model):
             _, entropy = token_logprobs(
                 module.model, ids.to(module.device), mask.to(module.device), chunk_size=self.chunk_size,
                 temperature=module.temperature, with_entropy=True,
             )
-        finally:
-            module.model.train(was_training)
         entropy = entropy[:, P - 1 :].float().cpu()
         values = []
         for b, (prompt, i) in enumerate(chosen):

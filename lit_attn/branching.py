@@ -25,8 +25,7 @@ torch's global RNG untouched; without it the global RNG is used (and advanced).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lit_attn.errors import UserError
+from lit_attn.models import eval_mode
 from lit_attn.rollout import eos_ids
 
 
@@ -136,18 +136,6 @@ def _check_inputs(
                 f"{limit} positions; shorten the prefix or lower max_new_tokens to {max(limit - len(prefix), 0)}"
             )
     return counts, budgets
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for the block; every module's own flag is restored after."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 class _ReservedLayer(DynamicLayer):
@@ -333,7 +321,7 @@ def sample_continuations(
     lengths = torch.zeros(total, dtype=torch.long, device=device)
     ended = torch.zeros(total, dtype=torch.bool, device=device)
 
-    with _eval_mode(model):
+    with eval_mode(model):
         out = model(
             input_ids=ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
             logits_to_keep=1, **{cache_kw: cache},

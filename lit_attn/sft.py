@@ -20,7 +20,7 @@ from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from lit_attn.errors import UserError
-from lit_attn.evaluation import greedy_pass_at_1, sample_table
+from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import build_tiny_model, load_policy
 from lit_attn.rewards import RewardSet
 from lit_attn.tokenizer import build_char_tokenizer

@@ -342,3 +342,17 @@ def capture_qk(model: PreTrainedModel, consumer: LayerConsumer) -> Iterator[Capt
             for i in module_ids:
                 if _SESSIONS.get(i) is session:
                     del _SESSIONS[i]
+
+
+def left_pad_offsets(attention_mask: torch.Tensor) -> list[int]:
+    """Number of left-padding tokens per row; :class:`UserError` unless padding is on the left."""
+    mask = attention_mask.to(torch.long).cpu()
+    if mask.dim() != 2:
+        raise UserError(f"attention_mask must be (batch, length), got shape {tuple(mask.shape)}")
+    if not torch.all((mask == 0) | (mask == 1)):
+        raise UserError("attention_mask must hold only 0 and 1")
+    offsets = (mask.shape[1] - mask.sum(dim=1)).tolist()
+    for row, pad in enumerate(offsets):
+        if not torch.all(mask[row, pad:] == 1):
+            raise UserError(f"row {row} of the batch is not left-padded; FCI needs left padding (tokenizer.padding_side='left')")
+    return [int(p) for p in offsets]

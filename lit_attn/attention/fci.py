@@ -22,16 +22,15 @@ processed; a sequence with fewer steps needs no forward at all and scores all ze
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 from transformers import PreTrainedModel
 
-from lit_attn.attention.capture import CapturedLayer, capture_qk, check_all_layers_captured
+from lit_attn.attention.capture import CapturedLayer, capture_qk, check_all_layers_captured, left_pad_offsets
 from lit_attn.attention.steps import Span
 from lit_attn.errors import UserError
+from lit_attn.models import eval_mode, model_device
 
 DEFAULT_MIN_GAP = 4
 """Δ of spec §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
@@ -230,37 +229,6 @@ class FCIAccumulator:
         return [best[b, : self.num_spans[b]].clone() for b in range(self.batch)]
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for the block; every module's own flag is restored after."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-def _left_pad_offsets(attention_mask: torch.Tensor) -> list[int]:
-    """Number of left-padding tokens per row; :class:`UserError` unless padding is on the left."""
-    mask = attention_mask.to(torch.long).cpu()
-    if mask.dim() != 2:
-        raise UserError(f"attention_mask must be (batch, length), got shape {tuple(mask.shape)}")
-    if not torch.all((mask == 0) | (mask == 1)):
-        raise UserError("attention_mask must hold only 0 and 1")
-    offsets = (mask.shape[1] - mask.sum(dim=1)).tolist()
-    for row, pad in enumerate(offsets):
-        if not torch.all(mask[row, pad:] == 1):
-            raise UserError(f"row {row} of the batch is not left-padded; FCI needs left padding (tokenizer.padding_side='left')")
-    return [int(p) for p in offsets]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def fci_scores_batch(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
@@ -298,8 +266,8 @@ def fci_scores_batch(
         raise UserError(f"got {len(step_spans_per_row)} rows of step spans for a batch of {batch}")
     if attention_mask is not None and tuple(attention_mask.shape) != (batch, length):
         raise UserError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {(batch, length)}")
-    pads = _left_pad_offsets(attention_mask) if attention_mask is not None else [0] * batch
-    device = _model_device(model)
+    pads = left_pad_offsets(attention_mask) if attention_mask is not None else [0] * batch
+    device = model_device(model)
     accumulator = FCIAccumulator(
         step_spans_per_row, seq_len=length, pad_offsets=pads, min_gap=min_gap, block_size=block_size,
         think_end_steps=think_end_steps, device=device,
@@ -314,7 +282,7 @@ def fci_scores_batch(
         forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     # The decoder alone: the language-model head (T × vocab logits) is not needed.
     decoder = getattr(model, "base_model", model)
-    with capture_qk(model, accumulator) as session, torch.no_grad(), _eval_mode(model):
+    with capture_qk(model, accumulator) as session, torch.no_grad(), eval_mode(model):
         decoder(**forward_kwargs)
     check_all_layers_captured(session)
     return accumulator.scores()

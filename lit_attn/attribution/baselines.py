@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_attn.attention.fci import _eval_mode
+from lit_attn.models import eval_mode
 from lit_attn.attribution.prompt import PromptTemplate, left_pad
 from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.trace import DEFAULT_BATCH_SIZE, AttnTrace, pad_id, prepare
@@ -44,7 +44,7 @@ def answer_logprobs(
         if answer_length == 0:
             totals.append(torch.zeros(ids.shape[0], dtype=torch.float64))
             continue
-        with _eval_mode(model):
+        with eval_mode(model):
             logprobs, _ = token_logprobs(model, ids.to(device), mask.to(device))
         # Entry t scores token t + 1: the answer's tokens are the last answer_length columns.
         totals.append(logprobs[:, -answer_length:].double().sum(dim=1).cpu())

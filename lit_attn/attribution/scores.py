@@ -27,8 +27,9 @@ from lit_attn.attention.capture import CapturedLayer, capture_qk, check_all_laye
 
 # The FCI module's small forward helpers (eval mode, left-padding check, model device): one
 # forward convention for every attention score of the library.
-from lit_attn.attention.fci import _eval_mode, _left_pad_offsets, _model_device
+from lit_attn.attention.capture import left_pad_offsets
 from lit_attn.errors import UserError
+from lit_attn.models import eval_mode, model_device
 
 Span = tuple[int, int]
 """Token span ``[start, end)`` of one context text."""
@@ -191,12 +192,12 @@ def text_scores_batch(
         raise UserError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {(batch, length)}")
     if top_k is not None and top_k < 1:
         raise UserError(f"top_k must be >= 1 (or None for all tokens), got {top_k}")
-    pads = _left_pad_offsets(attention_mask) if attention_mask is not None else [0] * batch
+    pads = left_pad_offsets(attention_mask) if attention_mask is not None else [0] * batch
     spans = [
         _check_spans(row_spans, int(answer_starts[b]), length - pads[b], b if batch > 1 else None)
         for b, row_spans in enumerate(text_spans_per_row)
     ]
-    device = _model_device(model)
+    device = model_device(model)
     accumulator = TextScoreAccumulator(answer_starts, seq_len=length, pad_offsets=pads, chunk_elements=chunk_elements)
     forward_kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids.to(device), "use_cache": False}
     if attention_mask is not None and any(pads):
@@ -204,7 +205,7 @@ def text_scores_batch(
         forward_kwargs["attention_mask"] = mask
         forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
     decoder = getattr(model, "base_model", model)  # the LM head's logits are not needed
-    with capture_qk(model, accumulator) as session, torch.no_grad(), _eval_mode(model):
+    with capture_qk(model, accumulator) as session, torch.no_grad(), eval_mode(model):
         decoder(**forward_kwargs)
     check_all_layers_captured(session)
     return [span_scores(v, row_spans, top_k) for v, row_spans in zip(accumulator.vectors(), spans)]
