@@ -46,7 +46,6 @@ the image go to the first :class:`~lightning.pytorch.loggers.TensorBoardLogger` 
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -74,6 +73,7 @@ from lit_attn.attribution import (
 )
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.errors import UserError
+from lit_attn.records import jsonl_rows
 
 Method = Literal["attntrace", "leave_one_out", "attention"]
 ATTENTION_METHODS = ("attntrace", "attention")
@@ -156,18 +156,7 @@ def load_examples(source: str | Path | Sequence[dict]) -> list[AttributionExampl
                 f"attribution examples file {str(source)!r} does not exist; pass a JSONL path, a list of "
                 f"examples, or {BUILTIN!r} for the built-in task's held-out prompts"
             )
-        examples = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(
-                    f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno}); "
-                    "write one JSON object per line"
-                ) from None
-            examples.append(parse_example(raw, f"{path}:{lineno}"))
+        examples = [parse_example(raw, where) for where, raw in jsonl_rows(path)]
         if not examples:
             raise UserError(f"{path}: no attribution examples in the file; add one JSON object per line")
         return examples

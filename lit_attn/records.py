@@ -64,7 +64,7 @@ def load_records(
     if suffix in PARQUET_SUFFIXES:
         rows: Iterator[tuple[str, Any]] = _parquet_rows(p)
     else:
-        rows = _jsonl_rows(p)
+        rows = jsonl_rows(p)
 
     records = [
         _check_record(raw, where, prompt_key=prompt_key, answer_key=answer_key) for where, raw in rows
@@ -115,7 +115,7 @@ def validate_prompt_lengths(
 # --------------------------------------------------------------------------- readers
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """``(location, parsed value)`` for each non-blank line; the location is ``path:line``."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):

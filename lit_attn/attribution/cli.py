@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_attn.attribution.baselines import METHODS, attribute
 from lit_attn.attribution.prompt import TEMPLATES
 from lit_attn.errors import UserError
+from lit_attn.records import jsonl_rows
 
 _TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
 
@@ -107,23 +108,7 @@ def read_examples(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``(location, example)`` for every non-blank line of a JSONL file, all checked first."""
     if not path.is_file():
         raise UserError(f"input file {str(path)!r} does not exist; pass --input path/to/examples.jsonl")
-    examples = []
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{where}: line is not valid UTF-8; save the file as UTF-8") from None
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise UserError(
-                    f"{where}: malformed JSON ({err.msg} at column {err.colno}); make the line one JSON object"
-                ) from None
-            examples.append((where, _check_example(value, where)))
+    examples = [(where, _check_example(value, where)) for where, value in jsonl_rows(path)]
     if not examples:
         raise UserError(f"input file {str(path)!r} holds no examples; add one JSON object per line")
     return examples
