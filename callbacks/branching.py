@@ -64,6 +64,7 @@ from lit_attn.exploration import (
 )
 from lit_attn.logprobs import token_logprobs
 from lit_attn.models import eval_mode
+from lit_attn.rollout import left_pad
 from lit_attn.tree import Branch, ResponseRollout, all_leaves_equal, build_tree, paths
 
 REQUIRED = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
@@ -467,13 +468,7 @@ class AttentionBranchCallback(BranchingCallback):
         think = None
         if self.think_end_tag:
             think = [find_think_end_step(p + t, s, tokenizer, self.think_end_tag) for (p, t), s in zip(rows, spans)]
-        width = max(len(p) + len(t) for p, t in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (p, t) in enumerate(rows):
-            seq = p + t
-            ids[b, width - len(seq) :] = torch.tensor(seq)
-            mask[b, width - len(seq) :] = 1
+        ids, mask, _ = left_pad([p + t for p, t in rows], tokenizer.pad_token_id)
         fci = fci_scores_batch(
             module.model, ids, mask, spans, min_gap=self.min_gap, block_size=self.fci_block_size,
             think_end_steps=think,

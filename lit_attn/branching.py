@@ -35,7 +35,7 @@ from transformers.cache_utils import DynamicLayer
 
 from lit_attn.errors import UserError
 from lit_attn.models import eval_mode
-from lit_attn.rollout import eos_ids
+from lit_attn.rollout import eos_ids, left_pad
 
 
 @dataclass
@@ -299,12 +299,8 @@ def sample_continuations(
 
     # 1. One prefill over the left-padded distinct prefixes.
     rows = list(distinct)
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, prefix in enumerate(rows):
-        ids[r, width - len(prefix) :] = torch.tensor(prefix)
-        prefix_mask[r, width - len(prefix) :] = 1
+    ids, prefix_mask, _ = left_pad(rows, pad_id)
+    width = ids.shape[1]
     ids, prefix_mask = ids.to(device), prefix_mask.to(device)
     positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_keyword(model)

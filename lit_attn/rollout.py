@@ -7,6 +7,7 @@ completion token ``i`` sits at column ``P + i`` of ``input_ids`` for every row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -129,3 +130,17 @@ def pack(
         completions=texts,
         clipped=clipped,
     )
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``(input_ids, attention_mask, pad_offsets)`` of a left-padded batch."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    pads = []
+    for row, seq in enumerate(sequences):
+        pad = width - len(seq)
+        ids[row, pad:] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, pad:] = 1
+        pads.append(pad)
+    return ids, mask, pads

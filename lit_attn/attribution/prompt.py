@@ -242,17 +242,3 @@ def encode_answer(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
     if not isinstance(answer, str):
         raise UserError(f"the answer is a {type(answer).__name__}, not a string; pass it as a string")
     return _encode(tokenizer, answer)
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """``(input_ids, attention_mask, pad_offsets)`` of a left-padded batch."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    pads = []
-    for row, seq in enumerate(sequences):
-        pad = width - len(seq)
-        ids[row, pad:] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, pad:] = 1
-        pads.append(pad)
-    return ids, mask, pads

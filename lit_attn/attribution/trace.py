@@ -36,13 +36,13 @@ from lit_attn.attribution.prompt import (
     check_length,
     encode_answer,
     generate_answer,
-    left_pad,
     resolve_template,
     tokenize_prompt,
 )
 from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.scores import DEFAULT_TOP_K, text_scores_batch
 from lit_attn.errors import UserError
+from lit_attn.rollout import left_pad
 
 DEFAULT_BATCH_SIZE = 8
 """Sequences per forward pass (rounds, or leave-one-out variants)."""
