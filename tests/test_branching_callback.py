@@ -130,7 +130,8 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
 
 def run_steps(model_dir, reward, steps, *, ckpt_in=None, ckpt_dir=None):
     module = small_module(model_dir, rewards=[reward])
-    callback = AttentionBranchCallback(min_gap=1, seed=3)
+    # a low bar for "correct" so that ADS makes random choices (its generator must resume too)
+    callback = AttentionBranchCallback(min_gap=1, seed=3, correct_threshold=0.1)
     callbacks: list = [callback]
     if ckpt_dir is not None:  # a checkpoint in the middle of the run, as a killed job leaves behind
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1))
@@ -225,3 +226,18 @@ def test_ads_through_the_callback_fci_filter_and_expansion_counts():
     callback._plan(Host(), later)
     assert callback.fci_mean.value == pytest.approx(6.5 / 3)
     assert sum(bool(r.offsets) for r in later[0].responses) == 3  # 2.5 > 2.1667: kept
+
+
+def test_state_dict_round_trip_restores_every_piece_of_state():
+    a = AttentionBranchCallback(seed=5)
+    a.rl_step, a.batch_prompts, a.queue = 7, 11, [{"prompt": "q"}]
+    a.pending = [pending([1.0, 0.0])]
+    a.pending[0].responses[1].offsets = [2]
+    a.fci_mean.update([0.5, 1.5])
+    torch.randperm(10, generator=a.generator)  # the generator has moved on from its seed
+    state = copy.deepcopy(a.state_dict())
+    b = AttentionBranchCallback(seed=5)
+    b.load_state_dict(state)
+    assert b.state_dict()["pending"] == a.state_dict()["pending"] and b.queue == a.queue
+    assert (b.rl_step, b.batch_prompts, b.fci_mean.value) == (7, 11, 1.0)
+    assert torch.equal(torch.randperm(10, generator=a.generator), torch.randperm(10, generator=b.generator))
