@@ -37,6 +37,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from lit_attn.errors import UserError
+from lit_attn.models import eval_mode, model_device
 
 CAPTURE_ATTN_IMPLEMENTATION = "lit_attn_capture"
 """Name under which the capturing attention function is registered in transformers."""
@@ -356,3 +357,25 @@ def left_pad_offsets(attention_mask: torch.Tensor) -> list[int]:
         if not torch.all(mask[row, pad:] == 1):
             raise UserError(f"row {row} of the batch is not left-padded; FCI needs left padding (tokenizer.padding_side='left')")
     return [int(p) for p in offsets]
+
+
+def capture_forward(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, consumer: LayerConsumer
+) -> None:
+    """One capture forward of a left-padded batch: every layer goes to ``consumer``.
+
+    The decoder alone runs (the LM head's T × vocab logits are not needed), without a KV cache,
+    under ``torch.no_grad`` in eval mode (module modes restored); with padding, positions come
+    from ``attention_mask`` and padded keys are masked. Raises if some layer did not report.
+    This is the one forward behind FCI and ``text_scores``.
+    """
+    device = model_device(model)
+    forward_kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids.to(device), "use_cache": False}
+    if attention_mask is not None and not bool(attention_mask.all()):
+        mask = attention_mask.to(device=device, dtype=torch.long)
+        forward_kwargs["attention_mask"] = mask
+        forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    decoder = getattr(model, "base_model", model)
+    with capture_qk(model, consumer) as session, torch.no_grad(), eval_mode(model):
+        decoder(**forward_kwargs)
+    check_all_layers_captured(session)

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from lit_attn.attention.capture import CapturedLayer, capture_qk, check_all_layers_captured, left_pad_offsets
+from lit_attn.attention.capture import CapturedLayer, capture_forward, left_pad_offsets
 from lit_attn.attention.steps import Span
 from lit_attn.errors import UserError
-from lit_attn.models import eval_mode, model_device
+from lit_attn.models import model_device
 
 DEFAULT_MIN_GAP = 4
 """Δ of spec §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
@@ -274,17 +274,7 @@ def fci_scores_batch(
     )
     if not accumulator.needs_forward:
         return accumulator.scores()
-    input_ids = input_ids.to(device)
-    forward_kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids, "use_cache": False}
-    if attention_mask is not None and any(pads):
-        mask = attention_mask.to(device=device, dtype=torch.long)
-        forward_kwargs["attention_mask"] = mask
-        forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    # The decoder alone: the language-model head (T × vocab logits) is not needed.
-    decoder = getattr(model, "base_model", model)
-    with capture_qk(model, accumulator) as session, torch.no_grad(), eval_mode(model):
-        decoder(**forward_kwargs)
-    check_all_layers_captured(session)
+    capture_forward(model, input_ids, attention_mask, accumulator)
     return accumulator.scores()
 
 

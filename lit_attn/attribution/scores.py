@@ -23,13 +23,9 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from lit_attn.attention.capture import CapturedLayer, capture_qk, check_all_layers_captured
-
-# The FCI module's small forward helpers (eval mode, left-padding check, model device): one
-# forward convention for every attention score of the library.
-from lit_attn.attention.capture import left_pad_offsets
+# capture_forward: the one capture forward (left padding, positions, decoder only) shared with FCI
+from lit_attn.attention.capture import CapturedLayer, capture_forward, left_pad_offsets
 from lit_attn.errors import UserError
-from lit_attn.models import eval_mode, model_device
 
 Span = tuple[int, int]
 """Token span ``[start, end)`` of one context text."""
@@ -197,17 +193,8 @@ def text_scores_batch(
         _check_spans(row_spans, int(answer_starts[b]), length - pads[b], b if batch > 1 else None)
         for b, row_spans in enumerate(text_spans_per_row)
     ]
-    device = model_device(model)
     accumulator = TextScoreAccumulator(answer_starts, seq_len=length, pad_offsets=pads, chunk_elements=chunk_elements)
-    forward_kwargs: dict[str, torch.Tensor | bool] = {"input_ids": input_ids.to(device), "use_cache": False}
-    if attention_mask is not None and any(pads):
-        mask = attention_mask.to(device=device, dtype=torch.long)
-        forward_kwargs["attention_mask"] = mask
-        forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    decoder = getattr(model, "base_model", model)  # the LM head's logits are not needed
-    with capture_qk(model, accumulator) as session, torch.no_grad(), eval_mode(model):
-        decoder(**forward_kwargs)
-    check_all_layers_captured(session)
+    capture_forward(model, input_ids, attention_mask, accumulator)
     return [span_scores(v, row_spans, top_k) for v, row_spans in zip(accumulator.vectors(), spans)]
 
 
