@@ -36,7 +36,8 @@ Logged (all tags under ``attribution/``; see docs/attribution_callback.md):
   :func:`ranking_metrics` for the exact definitions;
 * ``attribution/seconds`` — mean wall-clock seconds per example (answer generation included);
 * text ``attribution/example_<i>`` — the ranked texts of example ``i`` as a markdown table;
-* image ``attribution/heatmap`` — examples × texts, each row scaled by its largest |score|.
+* image ``attribution/heatmap`` — examples × texts, each row scaled from its min to its max,
+  ground truth circled, each row's top-k dotted.
 
 Scalars go to every logger's ``log_metrics`` at the current ``trainer.global_step``; text and
 the image go to the first :class:`~lightning.pytorch.loggers.TensorBoardLogger` of
@@ -256,32 +257,47 @@ def result_markdown(example: AttributionExample, result: AttributionResult, step
     return "\n".join(lines)
 
 
-def heatmap_figure(examples: Sequence[AttributionExample], scores: Sequence[Sequence[float]], title: str) -> Figure:
-    """Examples × texts, each row divided by its largest |score|; ground-truth cells circled.
+def heatmap_figure(
+    examples: Sequence[AttributionExample], scores: Sequence[Sequence[float]], title: str, k: int = 5
+) -> Figure:
+    """Examples × texts, each row scaled from its own min (0) to its own max (1).
+
+    Attention scores of different texts can differ by a few percent of their size (0.0211 to
+    0.0232, say); scaling a row by its max would paint every cell the same colour. Min-to-max
+    scaling shows the ranking whatever the spread. Ground-truth texts are circled and each
+    row's top-``k`` texts carry a dot, so a right ranking reads as dots inside circles.
 
     Built on a bare :class:`~matplotlib.figure.Figure` with the Agg canvas, so it never
     touches pyplot's global state or the user's backend.
     """
     width = max(len(row) for row in scores)
     grid = np.full((len(scores), width), np.nan)
+    tops: list[list[int]] = []
     for r, row in enumerate(scores):
         values = np.asarray(row, dtype=float)
-        scale = np.abs(values).max()
-        grid[r, : len(values)] = values / scale if scale > 0 else values
-    figure = Figure(figsize=(min(2.5 + 0.45 * width, 16), 1.4 + 0.4 * len(scores)))
+        low, high = np.nanmin(values), np.nanmax(values)
+        grid[r, : len(values)] = (values - low) / (high - low) if high > low else 0.5
+        tops.append(sorted(range(len(values)), key=lambda i: (-values[i], i))[: min(k, len(values))])
+    figure = Figure(figsize=(min(3.0 + 0.45 * width, 18), 1.6 + 0.42 * len(scores)))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=-1, vmax=1, aspect="auto")
-    for r, example in enumerate(examples):
-        for i in example.relevant or ():
-            ax.scatter(i, r, s=60, facecolors="none", edgecolors="black", linewidths=1.2)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    truth = [(i, r) for r, example in enumerate(examples) for i in (example.relevant or ())]
+    if truth:
+        ax.scatter(*zip(*truth), s=90, facecolors="none", edgecolors="white", linewidths=1.6, label="ground truth")
+    top = [(i, r) for r, row in enumerate(tops) for i in row]
+    ax.scatter(*zip(*top), s=14, c="red", marker="o", linewidths=0, label=f"top-{k}")
     ax.set_xlabel("context text (index)")
     ax.set_ylabel("example")
     if width <= 40:  # beyond that, matplotlib's own ticks stay readable
         ax.set_xticks(range(width))
     ax.set_yticks(range(len(scores)))
     ax.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=ax, label="score / row max |score|")
+    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / max(len(scores), 1)), ncol=2, fontsize=8, frameon=False)
+    for handle in legend.legend_handles:
+        if handle.get_label() == "ground truth":
+            handle.set_edgecolor("black")
+    figure.colorbar(image, ax=ax, label="score, row min (0) to row max (1)")
     figure.tight_layout()
     return figure
 
@@ -550,7 +566,9 @@ class AttributionCallback(Callback):
             return
         for i, (example, result) in enumerate(zip(self.examples, results)):
             board.experiment.add_text(f"attribution/example_{i}", result_markdown(example, result, step), global_step=step)
-        figure = heatmap_figure(self.examples, [r.scores for r in results], f"attribution ({self.method}), step {step}")
+        figure = heatmap_figure(
+            self.examples, [r.scores for r in results], f"attribution ({self.method}), step {step}", k=self.k
+        )
         board.experiment.add_figure("attribution/heatmap", figure, global_step=step, close=True)
 
     # ------------------------------------------------------------------ state

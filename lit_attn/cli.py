@@ -30,6 +30,7 @@ from lit_attn.data import PromptDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
 from lit_attn.sft import SFTModule
+from lit_attn.warm_start import WarmStartDataModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -68,7 +69,7 @@ class SFTCLI(LightningCLI):
     """LightningCLI of the warm start."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.batch_size", "data.prompts_per_step")
+        parser.link_arguments("model.batch_size", "data.batch_size")
         parser.link_arguments("model.val_batch_size", "data.val_batch_size")
 
 
@@ -95,7 +96,7 @@ def run(argv: list[str]) -> None:
         return
     if argv and argv[0] == "sft":
         SFTCLI(
-            SFTModule, PromptDataModule, args=["fit", *argv[1:]],
+            SFTModule, WarmStartDataModule, args=["fit", *argv[1:]],
             parser_kwargs=_parser_kwargs(packaged_config("sft.yaml")),
             save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
         )

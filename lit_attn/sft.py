@@ -1,29 +1,35 @@
 """Warm start: supervised fine-tuning on reference solutions — how the shipped model is made.
 
-The embedded default policy is a tiny Qwen2 with a character-level tokenizer, trained from
-scratch here on the built-in task's reference solutions, then exported to
+The embedded default policy is a tiny Qwen2 with a character-level tokenizer (one token per
+fact key ``m=``), trained from scratch here on the warm-start curriculum of
+:mod:`lit_attn.warm_start` (recall drills, task chains, long contexts), then exported to
 ``lit_attn/default_model`` (safetensors + tokenizer files). Reproduce it::
 
     python -m lit_attn sft --config configs/sft.yaml
 
-The loss is next-token cross-entropy on the solution tokens only (prompt tokens are masked).
-Validation reports greedy held-out pass@1, the number RL later starts from.
+The loss is next-token cross-entropy on the solution tokens only (prompt tokens are masked),
+plus, with ``lookup_supervision > 0``, the lookup-supervision loss of
+:func:`lit_attn.warm_start.lookup_attention_loss` on one head (docs/default_model.md).
+Validation reports, per held-out set: greedy pass@1, teacher-forced lookup accuracy, and the
+attention mass on the right fact at each lookup — of the supervised head and of all heads.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
+from lit_attn.attention.capture import CapturedLayer, capture_qk
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import build_tiny_model, load_policy
 from lit_attn.rewards import RewardSet
-from lit_attn.tokenizer import build_char_tokenizer
+from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
+from lit_attn.warm_start import fact_span, lookup_attention_loss, lookup_targets
 
 
 class SFTModule(LightningModule):
@@ -46,6 +52,9 @@ class SFTModule(LightningModule):
             max_steps=N, so any checkpoint of a long run is reproducible) or ``cosine`` decay to
             10% of ``lr`` at max_steps.
         weight_decay: AdamW weight decay.
+        lookup_supervision: weight of the lookup-supervision loss (0 = plain SFT).
+        lookup_layer: the supervised head's layer (negative counts from the last).
+        lookup_head: the supervised head's index within its layer.
         verifier: reward function that decides a correct answer (import string).
         val_max_new_tokens: completion length limit for validation.
         val_batch_size: prompts per validation generate call.
@@ -61,12 +70,15 @@ class SFTModule(LightningModule):
         num_heads: int = 4,
         num_kv_heads: int = 2,
         intermediate_size: int = 384,
-        max_positions: int = 256,
+        max_positions: int = 1024,
         batch_size: int = 64,
         lr: float = 3e-3,
         warmup_steps: int = 100,
         schedule: Literal["constant", "cosine"] = "constant",
         weight_decay: float = 0.01,
+        lookup_supervision: float = 0.0,
+        lookup_layer: int = 1,
+        lookup_head: int = 0,
         verifier: str = "lit_attn.rewards.task_reward",
         val_max_new_tokens: int = 64,
         val_batch_size: int = 100,
@@ -85,11 +97,31 @@ class SFTModule(LightningModule):
         else:
             self.model, self.tokenizer = load_policy(name_or_path)
         self.verifier = RewardSet([verifier]).funcs[0]
-        self.val_pass = MeanMetric(nan_strategy="ignore")
+        layers = self.model.config.num_hidden_layers
+        heads = self.model.config.num_attention_heads
+        if not -layers <= lookup_layer < layers or not 0 <= lookup_head < heads:
+            raise UserError(
+                f"model.lookup_layer={lookup_layer} / lookup_head={lookup_head} is outside the model "
+                f"({layers} layers of {heads} heads); pick a layer in [-{layers}, {layers}) and a head in 0..{heads - 1}"
+            )
+        self.lookup_layer = lookup_layer % layers
+        self.key_ids = {i for i in self.tokenizer.convert_tokens_to_ids(list(FACT_KEYS)) if i != self.tokenizer.unk_token_id}
+        self.newline_ids = {i for i in self.tokenizer.convert_tokens_to_ids(["\n", "\n\n"]) if i != self.tokenizer.unk_token_id}
+        if lookup_supervision > 0 and not self.key_ids:
+            raise UserError(
+                "model.lookup_supervision needs a tokenizer with one token per fact key (a=, b=, ...); "
+                "use the built-in tokenizer (name_or_path: null) or set lookup_supervision: 0"
+            )
+        self.val_metrics: dict[str, MeanMetric] = {}
 
     def encode(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Right-padded ``prompt + solution + eos`` ids, attention mask, and labels (-100 on prompt/pad)."""
-        ids, labels = [], []
+        input_ids, mask, labels, _ = self.encode_lookups(batch)
+        return input_ids, mask, labels
+
+    def encode_lookups(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`encode` plus the batch's lookups: a ``(3, L)`` tensor of (row, query, source)."""
+        ids, labels, lookups = [], [], []
         for i, rec in enumerate(batch):
             if not rec.get("solution"):
                 raise UserError(
@@ -99,31 +131,101 @@ class SFTModule(LightningModule):
             s = self.tokenizer(rec["solution"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             ids.append(p + s)
             labels.append([-100] * len(p) + s)
+            lookups += [(i, q, src) for q, src in lookup_targets(p + s, len(p), self.key_ids)]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
         mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
         target = torch.tensor([y + [-100] * (width - len(y)) for y in labels], device=self.device)
-        return input_ids, mask, target
+        found = torch.tensor(lookups, dtype=torch.long, device=self.device).T if lookups else torch.zeros(3, 0, dtype=torch.long, device=self.device)
+        return input_ids, mask, target, found
+
+    def lookup_forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None, lookups: torch.Tensor, heads: slice,
+        layers: set[int] | None = None,
+    ) -> tuple[Any, dict[int, torch.Tensor]]:
+        """One forward that also returns attention rows, through
+        :func:`lit_attn.attention.capture.capture_qk` (the forward itself runs sdpa; only the
+        rows asked for are ever formed).
+
+        Returns the model output and, per layer of ``layers`` (default all), the attention
+        ``(L, len(heads), T)`` of ``heads`` at each of the batch's ``L`` lookup queries (the
+        query of lookup ``j`` in its own batch row). ``input_ids`` must be right-padded: with a
+        causal mask padding never reaches a real position, so no attention mask is passed and
+        the captured rows stay exact.
+        """
+        queries, query_index = torch.unique(lookups[1], return_inverse=True)
+        attention: dict[int, torch.Tensor] = {}
+
+        def consumer(layer: CapturedLayer) -> None:
+            if queries.numel() and (layers is None or layer.layer_idx in layers):
+                attention[layer.layer_idx] = layer.attention_rows(queries, heads=heads)[lookups[0], :, query_index]
+
+        with capture_qk(self.model, consumer):
+            out = self.model(input_ids=input_ids, labels=labels, use_cache=False)
+        return out, attention
 
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
-        input_ids, mask, labels = self.encode(batch)
-        loss = self.model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        input_ids, mask, labels, lookups = self.encode_lookups(batch)
+        weight = self.hparams.lookup_supervision
+        if weight > 0:
+            head = self.hparams.lookup_head
+            out, attention = self.lookup_forward(input_ids, labels, lookups, slice(head, head + 1), {self.lookup_layer})
+            if self.lookup_layer in attention:
+                lookup = lookup_attention_loss(attention[self.lookup_layer][:, 0], lookups[2])
+            else:  # no lookups in this batch
+                lookup = out.loss * 0.0
+            self.log("train/lookup_loss", lookup, batch_size=len(batch))
+            loss = out.loss + weight * lookup
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=mask, labels=labels)
+            loss = out.loss
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: list[dict], batch_idx: int) -> None:
-        scores, completions = greedy_pass_at_1(
+    def _metric(self, name: str) -> MeanMetric:
+        if name not in self.val_metrics:
+            self.val_metrics[name] = MeanMetric(nan_strategy="ignore").to(self.device)
+        return self.val_metrics[name]
+
+    def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
+        names = getattr(self.trainer.datamodule, "val_sets", None) if self.trainer.datamodule is not None else None
+        prefix = f"val/{names[dataloader_idx]}/" if names else "val/"
+        scores, _ = greedy_pass_at_1(
             self.model, self.tokenizer, batch, self.verifier,
             max_new_tokens=self.hparams.val_max_new_tokens, batch_size=self.hparams.val_batch_size,
         )
-        self.val_pass.update(scores.to(self.device))
+        self._metric(prefix + "pass@1").update(scores.to(self.device))
+        if names:
+            self._metric("val/pass@1").update(scores.to(self.device))
+        if batch and batch[0].get("solution"):
+            self.lookup_metrics(batch, prefix)
+
+    @torch.no_grad()
+    def lookup_metrics(self, batch: list[dict], prefix: str) -> None:
+        """Teacher-forced lookup accuracy and attention mass on the right fact's text."""
+        input_ids, _, _, lookups = self.encode_lookups(batch)
+        if lookups.shape[1] == 0:
+            return
+        heads = self.model.config.num_attention_heads
+        out, attention = self.lookup_forward(input_ids, None, lookups, slice(0, heads))
+        rows, queries, sources = lookups
+        predicted = out.logits.argmax(-1)[rows, queries]
+        self._metric(prefix + "lookup_accuracy").update((predicted == input_ids[rows, sources]).float())
+        span_mask = torch.zeros(lookups.shape[1], input_ids.shape[1], device=self.device)
+        for j, (r, src) in enumerate(zip(rows.tolist(), sources.tolist())):
+            start, end = fact_span(input_ids[r].tolist(), src, self.newline_ids)
+            span_mask[j, start:end] = 1.0
+        per_layer = {layer: (rows_attn * span_mask[:, None, :]).sum(-1) for layer, rows_attn in attention.items()}  # (L, heads)
+        self._metric(prefix + "fact_attention").update(per_layer[self.lookup_layer][:, self.hparams.lookup_head])
+        self._metric(prefix + "fact_attention_all_heads").update(torch.stack(list(per_layer.values())).mean(dim=(0, 2)))
 
     def on_validation_epoch_end(self) -> None:
-        accuracy = self.val_pass.compute()
-        self.val_pass.reset()
-        self.log("val/pass@1", accuracy, prog_bar=True)
-        self.print(f"step {self.global_step}: held-out pass@1 {accuracy.item():.3f}")
+        for name, metric in sorted(self.val_metrics.items()):
+            value = metric.compute()
+            metric.reset()
+            self.log(name, value, prog_bar=name == "val/pass@1", add_dataloader_idx=False)
+            self.print(f"step {self.global_step}: {name} {value.item():.3f}")
 
     def configure_optimizers(self):
         hp = self.hparams

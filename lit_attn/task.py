@@ -40,6 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 STEP = "\n\n"
+MAX_OPS = 6
+"""Most arithmetic steps a question may chain (the shipped model is trained on 1 to 6)."""
+MAX_FACTS = 26
+"""Most facts in a context: one per letter."""
 _ANSWER_RE = re.compile(r"answer\s*(-?\d+)")
 
 
@@ -49,11 +53,12 @@ class FactChainTask:
 
     Args:
         num_ops: arithmetic steps per question; the question needs ``num_ops + 1`` facts.
-        lookup_drill: fraction of examples that are lookup drills instead (warm-start data
-            only): the question lists every fact name (``k,a,q,m?``) and the solution copies
-            the facts in that order (``(k=7)(a=3)(q=5)(m=2)``). Without drills a tiny model
-            learns the format and the arithmetic but its lookups stay at chance for thousands
-            of steps; drills give it dense practice of the one skill it lacks.
+        lookup_drill: fraction of examples that are recall drills instead (warm-start data
+            only): the question names facts drawn *with repetition* (``k,a,k,m?``) and the
+            solution copies them in that order (``(k=7)(a=3)(k=7)(m=2)``). Drawing with
+            repetition matters: when every fact is named exactly once, late queries can be
+            answered by elimination and the model never learns to look up
+            (lit_attn/warm_start.py).
         num_distractors: facts in the context that the question does not need.
         modulus: values are ``0 .. modulus-1`` and every result is taken modulo it.
         ops: the operators questions draw from (any of ``"+-"``).
@@ -66,15 +71,15 @@ class FactChainTask:
     ops: str = "+-"
 
     def __post_init__(self) -> None:
-        if self.num_ops < 1:
-            raise ValueError(f"num_ops must be >= 1, got {self.num_ops}")
+        if not 1 <= self.num_ops <= MAX_OPS:
+            raise ValueError(f"num_ops must be in 1..{MAX_OPS}, got {self.num_ops}")
         if not 0.0 <= self.lookup_drill <= 1.0:
             raise ValueError(f"lookup_drill must be in [0, 1], got {self.lookup_drill}")
         if self.num_distractors < 0:
             raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
-        if self.num_ops + 1 + self.num_distractors > 26:
+        if self.num_ops + 1 + self.num_distractors > MAX_FACTS:
             raise ValueError(
-                "num_ops + 1 + num_distractors must be <= 26 (one letter per fact); "
+                f"num_ops + 1 + num_distractors must be <= {MAX_FACTS} (one letter per fact); "
                 f"got {self.num_ops + 1 + self.num_distractors}"
             )
         if self.modulus < 2:
@@ -118,10 +123,14 @@ class FactChainTask:
         }
 
 
+DRILL_QUERIES = 8
+"""Queries of one recall drill."""
+
+
 def drill(contexts: list[str], rng: random.Random) -> dict[str, Any]:
-    """A lookup drill over ``contexts``: name every fact in a random order, copy each one."""
-    order = list(range(len(contexts)))
-    rng.shuffle(order)
+    """A recall drill over ``contexts``: name ``DRILL_QUERIES`` facts drawn with repetition,
+    copy each one."""
+    order = [rng.randrange(len(contexts)) for _ in range(DRILL_QUERIES)]
     names = ",".join(contexts[i].split("=")[0] for i in order)
     last = contexts[order[-1]].split("=")[1]
     return {
@@ -130,7 +139,7 @@ def drill(contexts: list[str], rng: random.Random) -> dict[str, Any]:
         "solution": "".join(f"({contexts[i]})" for i in order),
         "contexts": contexts,
         "question": names,
-        "relevant": sorted(order),
+        "relevant": sorted(set(order)),
     }
 
 
@@ -151,7 +160,7 @@ def verify(completion: str, answer: str) -> float:
     return 1.0 if got is not None and got == str(answer).strip() else 0.0
 
 
-def make_split(task: FactChainTask, size: int, seed: int, exclude: set[str] | None = None) -> list[dict]:
+def make_split(task: FactChainTask, size: int, seed: int | str, exclude: set[str] | None = None) -> list[dict]:
     """``size`` examples drawn with ``seed``; prompts in ``exclude`` are skipped (held-out guard)."""
     rng = random.Random(seed)
     out: list[dict] = []

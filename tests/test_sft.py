@@ -25,11 +25,11 @@ trainer:
     )
     rc = main([
         "sft", "--config=configs/sft.yaml", f"--config={config}",
-        "--trainer.max_steps=12", "--trainer.val_check_interval=12", "--trainer.log_every_n_steps=1",
+        "--trainer.max_steps=40", "--trainer.val_check_interval=40", "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64",
         "--model.batch_size=16", "--model.warmup_steps=1", "--model.val_max_new_tokens=8",
-        "--data.train_size=200", "--data.val_size=4",
+        "--data.val_size=4", "--data.val_sets=[1op_8d, long_50]",
     ])
     assert rc == 0
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
@@ -40,7 +40,13 @@ trainer:
     acc.Reload()
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert loss[-1] < loss[0] - 0.3, loss  # a fresh model learns the character distribution fast
-    assert "val/pass@1" in acc.Tags()["scalars"]
+    lookup = [e.value for e in acc.Scalars("train/lookup_loss")]
+    assert lookup[-1] < lookup[0] - 0.3, lookup  # the supervised head moves onto the looked-up facts
+    tags = acc.Tags()["scalars"]
+    for name in ("1op_8d", "long_50"):
+        for metric in ("pass@1", "lookup_accuracy", "fact_attention", "fact_attention_all_heads"):
+            assert f"val/{name}/{metric}" in tags, (name, metric)
+    assert "val/pass@1" in tags
 
     model, tokenizer = load_policy(export)
     out = generate(model, tokenizer, ["a=1\nb=2\na+b?\n\n"], max_new_tokens=6, do_sample=False)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lit_attn.task import FactChainTask, extract_answer, make_splits, verify
+from lit_attn.task import DRILL_QUERIES, MAX_OPS, FactChainTask, extract_answer, make_splits, verify
 
 
 def test_reference_solution_is_correct_and_stepwise():
@@ -66,14 +66,28 @@ def test_bad_knobs(kwargs):
         FactChainTask(**kwargs)
 
 
-def test_lookup_drills_copy_every_fact_and_stay_out_of_held_out():
-    task = FactChainTask(num_ops=2, num_distractors=2, lookup_drill=0.5)
+def test_recall_drills_query_with_repetition_and_stay_out_of_held_out():
+    task = FactChainTask(num_ops=2, num_distractors=6, lookup_drill=0.5)
     rng = random.Random(0)
     examples = [task.example(rng) for _ in range(200)]
     drills = [e for e in examples if "," in e["question"]]
     assert 60 < len(drills) < 140
+    repeated = 0
     for d in drills:
-        assert sorted(d["solution"][1:-1].split(")(")) == sorted(d["contexts"])
+        facts = dict(c.split("=") for c in d["contexts"])
+        names = d["question"].split(",")
+        assert len(names) == DRILL_QUERIES and set(names) <= set(facts)
+        # the solution copies each named fact, in the question's order
+        assert d["solution"] == "".join(f"({n}={facts[n]})" for n in names)
         assert d["prompt"].endswith(f"{d['question']}?\n\n")
+        repeated += len(set(names)) < len(names)
+    # queries are drawn with repetition: not a permutation of the facts (no elimination shortcut)
+    assert repeated > len(drills) // 2
     train, val = make_splits(FactChainTask(num_ops=2), 50, 50, seed=0, train_task=task)
     assert not any("," in e["question"] for e in val)
+
+
+def test_ops_are_bounded_by_max_ops():
+    FactChainTask(num_ops=MAX_OPS, num_distractors=0)
+    with pytest.raises(ValueError, match=f"1..{MAX_OPS}"):
+        FactChainTask(num_ops=MAX_OPS + 1, num_distractors=0)

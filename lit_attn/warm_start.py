@@ -1,0 +1,291 @@
+"""Warm-start data and lookup supervision: how the shipped default model learns to look facts up.
+
+The built-in task needs one skill a freshly initialised tiny model does not pick up from the
+reference solutions alone: *looking a fact up* — at ``(m=`` in a step, copy the value that
+follows ``m=`` in the context. Measured here (docs/default_model.md): trained on the solutions
+alone, a 0.8 M model learned format, copying and arithmetic in ~1,000 steps and then guessed
+its lookups for 6,500 more; its attention on the right fact equalled that on any other fact.
+
+Two things make the skill form within minutes on 2 CPU cores:
+
+* **A curriculum of recall drills** beside the task itself. A drill lists facts and asks for
+  several of them, drawn *with repetition* (``k,a,k?`` → ``(k=7)(a=3)(k=7)``): when every fact
+  is asked exactly once, a model can answer late queries by elimination ("a value not written
+  yet") and never learns to look up.
+* **Lookup supervision**: an auxiliary loss that pulls one attention head (``head`` of layer
+  ``layer``), at each solution position holding a fact key (``m=``), onto the context position
+  of that fact's value — what pretrained LLMs grow on their own as *retrieval heads*. Only
+  that one head is supervised; every other head, and the answer itself, is learned from the
+  ordinary next-token loss. Leave-one-out on the trained model confirms that its answers
+  depend on the facts the head reads (docs/default_model.md), so attribution finds a skill
+  the model uses, not a planted pattern.
+
+Every batch is one kind (drill, chain, long context), so a batch pads to similar lengths.
+Batches are a pure function of ``(seed, index)``: a run is reproducible, resumes exactly from
+its step count, and the held-out sets (other seeds) are never trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_attn.attribution.longcontext import LongContextTask
+from lit_attn.errors import UserError
+from lit_attn.task import MAX_FACTS, MAX_OPS, STEP, FactChainTask, make_split
+
+FIRST_FACTS = 8
+"""Most facts per context while the curriculum starts (recall drills only)."""
+
+
+@dataclass(frozen=True)
+class WarmStartMix:
+    """What the warm start trains on, by batch.
+
+    The first ``recall_steps`` batches are recall drills over 2-8 facts only; then the number
+    of facts a batch may hold grows to 26 over ``ramp_steps`` batches, with task chains and long
+    contexts mixed in. Measured here: with every size of context from the first step, the
+    supervised head found the right fact within 300 steps but the model never learned to copy
+    the value it read (lookup accuracy at chance after 1,000 steps); starting on small
+    contexts, it copies correctly by step 300 and then carries the skill to long contexts.
+
+    Args:
+        drill: fraction of batches that are recall drills (queries with repetition).
+        long_context: fraction of batches drawn from the long-context set's generator
+            (facts, paraphrases, an injected instruction, filler texts; ``min_texts`` to
+            ``max_texts`` texts). The rest are task chains with 1-``MAX_OPS`` operations and
+            0 to all remaining letters as distractors.
+        min_texts: fewest texts in a long-context example.
+        max_texts: most texts in a long-context example.
+        modulus: arithmetic modulus of every example.
+        recall_steps: the first batches, recall drills over 2-8 facts only.
+        ramp_steps: batches over which the largest context grows from 8 facts to 26.
+    """
+
+    drill: float = 0.3
+    long_context: float = 0.15
+    min_texts: int = 20
+    max_texts: int = 64
+    modulus: int = 10
+    recall_steps: int = 300
+    ramp_steps: int = 500
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.drill and 0 <= self.long_context and self.drill + self.long_context <= 1):
+            raise ValueError(
+                f"drill and long_context are fractions with drill + long_context <= 1; got {self.drill}, {self.long_context}"
+            )
+        if self.recall_steps < 0 or self.ramp_steps < 0:
+            raise ValueError(f"recall_steps and ramp_steps must be >= 0; got {self.recall_steps}, {self.ramp_steps}")
+        if not 2 * (MAX_OPS + 1) + 1 <= self.min_texts <= self.max_texts:
+            raise ValueError(
+                f"need {2 * (MAX_OPS + 1) + 1} <= min_texts <= max_texts; got {self.min_texts}, {self.max_texts}"
+            )
+
+    def max_facts(self, index: int) -> int:
+        """The most facts a context of batch ``index`` may hold (the curriculum)."""
+        if index < self.recall_steps:
+            return FIRST_FACTS
+        progress = min(1.0, (index - self.recall_steps + 1) / max(1, self.ramp_steps))
+        return round(FIRST_FACTS + progress * (MAX_FACTS - FIRST_FACTS))
+
+    def kind(self, rng: random.Random, index: int = -1) -> str:
+        """The kind of batch ``index``: ``drill``, ``long`` or ``chain`` (-1: after the curriculum)."""
+        u = rng.random()
+        if 0 <= index < self.recall_steps:
+            return "drill"
+        if u < self.drill:
+            return "drill"
+        if u < self.drill + self.long_context and (index < 0 or index >= self.recall_steps + self.ramp_steps):
+            return "long"
+        return "chain"
+
+    def example(self, kind: str, rng: random.Random, max_facts: int = MAX_FACTS) -> dict[str, Any]:
+        """One training record (``prompt``, ``solution``, …) of ``kind`` with at most ``max_facts`` facts."""
+        num_ops = rng.randint(1, min(MAX_OPS, max_facts - 1))
+        if kind == "drill":
+            facts = rng.randint(2, max_facts)
+            return FactChainTask(num_ops=1, num_distractors=facts - 2, modulus=self.modulus, lookup_drill=1.0).example(rng)
+        if kind == "chain":
+            distractors = rng.randint(0, max_facts - num_ops - 1)
+            return FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=self.modulus).example(rng)
+        texts = rng.randint(max(self.min_texts, 2 * (num_ops + 1) + 1), self.max_texts)
+        long = LongContextTask(
+            num_texts=texts, num_ops=num_ops, num_distractor_facts=rng.randint(0, MAX_FACTS), modulus=self.modulus,
+            paraphrases=rng.random() < 0.5, injection=rng.random() < 0.5,
+        ).example(rng)
+        return _long_record(long)
+
+    def batch(self, seed: int, index: int, size: int) -> list[dict[str, Any]]:
+        """Training batch ``index`` of the run seeded ``seed`` (a pure function of the three)."""
+        rng = random.Random(f"warm-start-{seed}-{index}")
+        kind = self.kind(rng, index)
+        facts = self.max_facts(index)
+        return [self.example(kind, rng, facts) for _ in range(size)]
+
+
+class WarmStartBatches(IterableDataset):
+    """Endless training batches ``start, start + 1, …`` of a :class:`WarmStartMix` (resumable)."""
+
+    def __init__(self, mix: WarmStartMix, seed: int, batch_size: int) -> None:
+        self.mix, self.seed, self.batch_size = mix, seed, batch_size
+        self.start = 0
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        index = self.start
+        while True:
+            yield self.mix.batch(self.seed, index, self.batch_size)
+            index += 1
+
+
+def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[int]) -> list[tuple[int, int]]:
+    """The lookups of one sequence: ``(query, source)`` position pairs.
+
+    ``query`` is a position at or after ``prompt_length`` holding a fact key (``m=``) whose key
+    occurs exactly once in the prompt; ``source`` is the prompt position right after that
+    occurrence — the first token of the fact's value. A key absent from the prompt, or present
+    twice, has no single right answer and is left out.
+    """
+    seen: dict[int, list[int]] = {}
+    for pos in range(prompt_length):
+        if input_ids[pos] in key_ids:
+            seen.setdefault(int(input_ids[pos]), []).append(pos)
+    pairs = []
+    for pos in range(prompt_length, len(input_ids)):
+        where = seen.get(int(input_ids[pos]))
+        if where is not None and len(where) == 1 and where[0] + 1 < prompt_length:
+            pairs.append((pos, where[0] + 1))
+    return pairs
+
+
+def lookup_attention_loss(attention: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log attention[j, sources[j]]`` over the lookups ``j``.
+
+    ``attention`` is one head's ``(L, T)`` attention rows at the ``L`` lookup queries and
+    ``sources`` the ``(L,)`` positions of the right values (:func:`lookup_targets`). Zero
+    when there are no lookups (a batch without fact keys).
+    """
+    if sources.numel() == 0:
+        return attention.sum() * 0.0
+    picked = attention.gather(1, sources.view(-1, 1).to(attention.device)).squeeze(1)
+    return -torch.log(picked.clamp_min(1e-9)).mean()
+
+
+def fact_span(input_ids: Sequence[int], source: int, newline_ids: set[int]) -> tuple[int, int]:
+    """The ``[start, end)`` token span of the context text holding position ``source`` (the
+    built-in contexts hold one text per line, so the span runs between newline tokens)."""
+    start = source
+    while start > 0 and int(input_ids[start - 1]) not in newline_ids:
+        start -= 1
+    end = source
+    while end < len(input_ids) and int(input_ids[end]) not in newline_ids:
+        end += 1
+    return start, end
+
+
+# --------------------------------------------------------------------------- held-out sets
+
+HELD_OUT_SETS: dict[str, tuple[int, int, int]] = {
+    "1op_8d": (1, 8, 0),
+    "1op_20d": (1, 20, 0),
+    "3op_3d": (3, 3, 0),
+    "long_50": (3, 22, 50),
+}
+"""Held-out sets of the warm start: name → (num_ops, distractor facts, texts; 0 = plain task)."""
+
+
+def held_out_set(name: str, size: int, seed: int, modulus: int = 10) -> list[dict[str, Any]]:
+    """``size`` held-out records of set ``name``, drawn from seeds no training batch uses."""
+    num_ops, distractors, texts = HELD_OUT_SETS[name]
+    if not texts:
+        task = FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=modulus)
+        return make_split(task, size, seed=f"warm-start-held-out-{name}-{seed}")
+    long = LongContextTask(num_texts=texts, num_ops=num_ops, num_distractor_facts=distractors, modulus=modulus)
+    rng = random.Random(f"warm-start-held-out-{name}-{seed}")
+    return [_long_record(long.example(rng)) for _ in range(size)]
+
+
+def _long_record(long: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "prompt": "\n".join(long["contexts"]) + f"\n{long['question']}?{STEP}",
+        "answer": long["final"],
+        "solution": long["answer"],
+        "contexts": long["contexts"],
+        "question": long["question"],
+        "relevant": long["relevant"],
+    }
+
+
+class WarmStartDataModule(LightningDataModule):
+    """Training batches of a :class:`WarmStartMix`, and the held-out sets of :data:`HELD_OUT_SETS`.
+
+    Args:
+        batch_size: examples per training batch (linked from ``model.batch_size``).
+        val_batch_size: prompts per validation batch (linked from ``model.val_batch_size``).
+        drill: fraction of batches that are recall drills.
+        long_context: fraction of batches of long contexts (facts, paraphrases, an injected
+            instruction, filler texts).
+        min_texts: fewest texts of a long-context example.
+        max_texts: most texts of a long-context example.
+        modulus: arithmetic modulus.
+        recall_steps: the first batches, recall drills over 2-8 facts only.
+        ramp_steps: batches over which the largest context grows from 8 facts to 26.
+        val_sets: held-out sets to validate on (names of ``HELD_OUT_SETS``).
+        val_size: examples per held-out set.
+        seed: seed of the training batches and of the held-out sets.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 16,
+        val_batch_size: int = 64,
+        drill: float = 0.3,
+        long_context: float = 0.15,
+        min_texts: int = 20,
+        max_texts: int = 64,
+        modulus: int = 10,
+        recall_steps: int = 300,
+        ramp_steps: int = 500,
+        val_sets: list[str] | None = None,
+        val_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        try:
+            self.mix = WarmStartMix(
+                drill=drill, long_context=long_context, min_texts=min_texts, max_texts=max_texts, modulus=modulus,
+                recall_steps=recall_steps, ramp_steps=ramp_steps,
+            )
+        except ValueError as err:
+            raise UserError(f"data: {err}") from err
+        self.val_sets = list(HELD_OUT_SETS) if val_sets is None else list(val_sets)
+        unknown = sorted(set(self.val_sets) - set(HELD_OUT_SETS))
+        if unknown:
+            raise UserError(f"data.val_sets: unknown set(s) {', '.join(unknown)}; choose from {', '.join(HELD_OUT_SETS)}")
+        if batch_size < 1 or val_batch_size < 1 or val_size < 1:
+            raise UserError("data.batch_size, data.val_batch_size and data.val_size must be >= 1")
+        self.batches = WarmStartBatches(self.mix, seed, batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        # Batch i is a pure function of (seed, i) and each optimiser step takes one: a run
+        # resumed from a checkpoint continues at batch `global_step`.
+        self.batches.start = self.trainer.global_step if self.trainer is not None else 0
+        return DataLoader(self.batches, batch_size=None, collate_fn=_identity)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        hp = self.hparams
+        return [
+            DataLoader(held_out_set(name, hp.val_size, hp.seed, hp.modulus), batch_size=hp.val_batch_size, collate_fn=list)
+            for name in self.val_sets
+        ]
+
+
+def _identity(batch: Any) -> Any:
+    return batch

@@ -1,0 +1,110 @@
+"""The warm-start curriculum and the lookup supervision that taught the shipped model to look up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_attn.errors import UserError
+from lit_attn.task import MAX_FACTS, MAX_OPS, verify
+from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
+from lit_attn.warm_start import (
+    FIRST_FACTS,
+    HELD_OUT_SETS,
+    WarmStartDataModule,
+    WarmStartMix,
+    fact_span,
+    held_out_set,
+    lookup_attention_loss,
+    lookup_targets,
+)
+
+TOK = build_char_tokenizer()
+KEYS = set(TOK.convert_tokens_to_ids(list(FACT_KEYS)))
+
+
+def test_fact_keys_are_one_token_and_text_round_trips():
+    text = "x=2\nab=3\nA=4\n1=5\nq is 2\nx+q?\n\n(x=2)"
+    ids = TOK(text)["input_ids"]
+    tokens = TOK.convert_ids_to_tokens(ids)
+    assert tokens[:3] == ["x=", "2", "\n"]
+    assert "b=" in tokens and "A" in tokens and "1" in tokens  # only lower-case letter + "=" merge
+    assert TOK.decode(ids) == text
+
+
+def test_batches_are_a_pure_function_of_seed_and_index():
+    mix = WarmStartMix()
+    assert mix.batch(0, 900, 4) == mix.batch(0, 900, 4)
+    assert mix.batch(0, 900, 4) != mix.batch(1, 900, 4)
+
+
+def test_curriculum_starts_with_small_recall_drills_then_grows_to_every_kind():
+    mix = WarmStartMix(recall_steps=20, ramp_steps=30)
+    early = [mix.batch(0, i, 4) for i in range(20)]
+    for batch in early:
+        for ex in batch:
+            assert "," in ex["question"] and len(ex["contexts"]) <= FIRST_FACTS
+    late = [ex for i in range(50, 250) for ex in mix.batch(0, i, 2)]
+    kinds = {"drill" if "," in ex["question"] else "long" if any(" " in c for c in ex["contexts"]) else "chain" for ex in late}
+    assert kinds == {"drill", "long", "chain"}
+    facts = [sum("=" in c for c in ex["contexts"]) for ex in late]
+    assert max(facts) == MAX_FACTS
+    ops = {ex["question"].count("+") + ex["question"].count("-") for ex in late if "," not in ex["question"]}
+    assert ops == set(range(1, MAX_OPS + 1))
+    for ex in late:
+        if "," not in ex["question"]:
+            assert verify(ex["solution"], ex["answer"]) == 1.0
+
+
+def test_long_context_examples_fit_the_model_positions():
+    mix = WarmStartMix()
+    longest = 0
+    for i in range(3000, 3400):
+        batch = mix.batch(0, i, 1)
+        longest = max(longest, len(TOK(batch[0]["prompt"] + batch[0]["solution"])["input_ids"]) + 1)
+    assert 500 < longest <= 1024
+
+
+def test_lookup_targets_point_at_the_value_the_solution_copies():
+    ex = held_out_set("3op_3d", 1, seed=0)[0]
+    prompt = TOK(ex["prompt"])["input_ids"]
+    ids = prompt + TOK(ex["solution"], add_special_tokens=False)["input_ids"]
+    pairs = lookup_targets(ids, len(prompt), KEYS)
+    assert len(pairs) == 4  # the first fact, then one per operation
+    for query, source in pairs:
+        assert query >= len(prompt) and source < len(prompt)
+        assert ids[source - 1] == ids[query]  # the same key in the context ...
+        assert ids[source] == ids[query + 1]  # ... whose value the solution writes next
+        start, end = fact_span(ids, source, {TOK.convert_tokens_to_ids("\n")})
+        assert TOK.decode(ids[start:end]) in ex["contexts"]
+
+
+def test_lookup_targets_skip_keys_that_are_absent_or_repeated():
+    prompt = TOK("a=1\na=2\nb=3\n")["input_ids"]
+    ids = prompt + TOK("(a=1)(b=3)(c=4)")["input_ids"]
+    pairs = lookup_targets(ids, len(prompt), KEYS)
+    assert [(TOK.decode([ids[q]]), TOK.decode([ids[s]])) for q, s in pairs] == [("b=", "3")]
+
+
+def test_lookup_attention_loss_by_hand():
+    attention = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.1, 0.1, 0.1, 0.7]])
+    got = lookup_attention_loss(attention, torch.tensor([1, 3]))
+    assert math.isclose(got.item(), -(math.log(0.25) + math.log(0.7)) / 2, rel_tol=1e-6)
+    assert lookup_attention_loss(attention, torch.tensor([], dtype=torch.long)).item() == 0.0
+
+
+def test_held_out_sets_have_the_named_shape():
+    for name, (ops, distractors, texts) in HELD_OUT_SETS.items():
+        ex = held_out_set(name, 2, seed=0)[0]
+        assert len(ex["relevant"]) == ops + 1
+        assert len(ex["contexts"]) == (texts or ops + 1 + distractors)
+    assert held_out_set("1op_8d", 3, seed=0) == held_out_set("1op_8d", 3, seed=0)
+
+
+def test_bad_settings_fail_with_one_line():
+    with pytest.raises(UserError, match="unknown set"):
+        WarmStartDataModule(val_sets=["nope"])
+    with pytest.raises(UserError, match="drill \\+ long_context <= 1"):
+        WarmStartDataModule(drill=0.8, long_context=0.5)
