@@ -123,10 +123,11 @@ def _sets(quick: bool, examples: dict[str, int]) -> list[tuple[str, list[dict], 
     scale = 0.25 if quick else 1.0
     count = {name: max(1, round(n * scale)) for name, n in examples.items()}
     return [
-        ("built-in n=7", builtin(3, count["n7"]), False),
-        ("built-in n=26", builtin(22, count["n26"]), False),
-        ("long n=50", LongContextTask(num_texts=50).examples(count["n50"], seed=0), True),
-        ("long n=200", LongContextTask(num_texts=200).examples(count["n200"], seed=0), True),
+        ("built-in n=7 (3 distractors)", builtin(3, count["n7"]), False),
+        ("built-in n=12 (8 distractors)", builtin(8, count["n12"]), False),
+        ("built-in n=24 (20 distractors)", builtin(20, count["n24"]), False),
+        ("long n=50", LongContextTask(num_texts=50).examples(count["n50"], seed=0), False),
+        ("long n=200 (past the trained length)", LongContextTask(num_texts=200).examples(count["n200"], seed=0), True),
     ]
 
 
@@ -487,7 +488,7 @@ def main() -> None:
     parser.add_argument("--render", action="store_true", help="re-render the page from the saved JSON, no run")
     parser.add_argument("--skip-context-cite", action="store_true",
                         help=f"run part 1 without ContextCite (otherwise it needs `{INSTALL_HINT}`)")
-    parser.add_argument("--examples", default="n7=20,n26=20,n50=5,n200=1", help="examples per set")
+    parser.add_argument("--examples", default="n7=30,n12=30,n24=30,n50=20,n200=2", help="examples per set")
     parser.add_argument("--memory", nargs=2, metavar=("VARIANT", "T"), help=argparse.SUPPRESS)
     parser.add_argument("--timing", type=int, metavar="T", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -2,8 +2,10 @@
 
 Runs the README's main job (`python -m lit_attn fit --config configs/default.yaml`) in a
 fresh run directory, then reads TensorBoard: greedy held-out pass@1 at step 0 and at every
-validation, with cumulative generated tokens and wall-clock time. Prints a table and writes
-docs/default_fit.md with the command. Run::
+validation, with cumulative generated tokens and wall-clock time, and the AttributionCallback's
+``attribution/relevant_share`` (the share of AttnTrace's credit that lands on the facts the
+question needs) beside it. Prints a table, draws both curves to docs/default_fit.png and
+writes docs/default_fit.md with the command. Run::
 
     python bench/default_fit.py                       # ~10 minutes on 2 CPU cores
     python bench/default_fit.py --trainer.max_steps=20   # extra arguments go to `fit`
@@ -43,6 +45,14 @@ def main(extra: list[str]) -> None:
         rows.append((e.step, int(generated), e.value, max(0.0, e.wall_time - first_wall)))
     table = ["| step | tokens generated | held-out pass@1 | seconds since first step |", "|---|---|---|---|"]
     table += [f"| {s} | {t} | {p:.3f} | {w:.0f} |" for s, t, p, w in rows]
+    share = {e.step: e.value for e in acc.Scalars("attribution/relevant_share")} if "attribution/relevant_share" in acc.Tags()["scalars"] else {}
+    precision = {e.step: e.value for e in acc.Scalars("attribution/precision_at_k")} if share else {}
+    _plot(rows, share, precision)
+    if share:
+        table.append("")
+        table.append("| step | attribution/relevant_share | attribution/precision_at_k |")
+        table.append("|---|---|---|")
+        table += [f"| {s} | {v:.3f} | {precision.get(s, float('nan')):.3f} |" for s, v in sorted(share.items())]
     rewards = [e.value for e in acc.Scalars("reward")]
     k = max(1, len(rewards) // 10)
     summary = (
@@ -60,9 +70,33 @@ def main(extra: list[str]) -> None:
         f"Command: `{shown}`, run by `{('python bench/default_fit.py ' + ' '.join(extra)).strip()}`.\n\n"
         f"Machine: {machine}. Model: the shipped tiny Qwen2 (lit_attn/default_model); task: the "
         "built-in facts + arithmetic chain, held-out split of 200 prompts, greedy decoding.\n\n"
-        f"{summary}\n\n{text}\n"
+        f"{summary}\n\n![held-out pass@1 and attribution relevant share](default_fit.png)\n\n{text}\n"
     )
     print("wrote docs/default_fit.md")
+
+
+def _plot(rows: list[tuple], share: dict[int, float], precision: dict[int, float]) -> None:
+    """val/pass@1 and attribution/relevant_share (and precision@k) against step, one figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 3.8))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.plot([r[0] for r in rows], [r[2] for r in rows], marker="o", markersize=3, label="val/pass@1 (held-out, greedy)")
+    if share:
+        steps = sorted(share)
+        ax.plot(steps, [share[s] for s in steps], marker="s", markersize=3, label="attribution/relevant_share (AttnTrace)")
+        ax.plot(steps, [precision[s] for s in steps], marker="^", markersize=3, linestyle="--",
+                label="attribution/precision_at_k")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("python -m lit_attn fit (embedded default), 2 CPU cores", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(ROOT / "docs" / "default_fit.png", dpi=110)
+    print("wrote docs/default_fit.png")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,21 @@ def format_prompt(contexts: list[str], question: str) -> str:
     return "\n".join(contexts) + f"\n{question}?{STEP}"
 
 
+def in_format(completion: str, question: str) -> bool:
+    """True when ``completion`` has the reference solution's shape for ``question`` (whatever
+    its numbers): the first fact ``a=3``, one step per operation that restates the question up
+    to the fact it adds (``a+m:3+(m=2)=5``), then ``answer N``, joined by the step delimiter."""
+    steps = completion.strip().split(STEP)
+    names, ops = question[0::2], question[1::2]
+    if len(steps) != len(names) + 1 or not re.fullmatch(rf"{names[0]}=\d+", steps[0]):
+        return False
+    for i, (op, name) in enumerate(zip(ops, names[1:]), start=1):
+        prefix = re.escape(question[: 2 * i + 1])
+        if not re.fullmatch(rf"{prefix}:\d+{re.escape(op)}\({name}=\d+\)=\d+", steps[i]):
+            return False
+    return re.fullmatch(r"answer -?\d+", steps[-1]) is not None
+
+
 def extract_answer(completion: str) -> str | None:
     """The number on the last ``answer N`` line of a completion, or None if there is none."""
     found = _ANSWER_RE.findall(completion)

@@ -12,13 +12,14 @@ Two things make the skill form within minutes on 2 CPU cores:
   several of them, drawn *with repetition* (``k,a,k?`` → ``(k=7)(a=3)(k=7)``): when every fact
   is asked exactly once, a model can answer late queries by elimination ("a value not written
   yet") and never learns to look up.
-* **Lookup supervision**: an auxiliary loss that pulls one attention head (``head`` of layer
-  ``layer``), at each solution position holding a fact key (``m=``), onto the context position
-  of that fact's value — what pretrained LLMs grow on their own as *retrieval heads*. Only
-  that one head is supervised; every other head, and the answer itself, is learned from the
-  ordinary next-token loss. Leave-one-out on the trained model confirms that its answers
-  depend on the facts the head reads (docs/default_model.md), so attribution finds a skill
-  the model uses, not a planted pattern.
+* **Lookup supervision**: an auxiliary loss that pulls the heads of one layer, at each
+  solution position holding a fact key (``m=``), onto the context position of that fact's
+  value — what pretrained LLMs grow on their own as *retrieval heads*. Only those heads, and
+  only at those positions, are supervised; every other head and position, and the answer
+  itself, is learned from the ordinary next-token loss. Switching the heads off and
+  leave-one-out on the trained model both confirm that its answers depend on the facts the
+  heads read (docs/default_model.md), so attribution finds a skill the model uses, not a
+  planted pattern.
 
 Every batch is one kind (drill, chain, long context), so a batch pads to similar lengths.
 Batches are a pure function of ``(seed, index)``: a run is reproducible, resumes exactly from
@@ -165,15 +166,16 @@ def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[in
 
 
 def lookup_attention_loss(attention: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-    """Mean of ``-log attention[j, sources[j]]`` over the lookups ``j``.
+    """Mean of ``-log attention[j, …, sources[j]]`` over the lookups ``j`` (and heads).
 
-    ``attention`` is one head's ``(L, T)`` attention rows at the ``L`` lookup queries and
-    ``sources`` the ``(L,)`` positions of the right values (:func:`lookup_targets`). Zero
-    when there are no lookups (a batch without fact keys).
+    ``attention`` is ``(L, T)`` — one head's attention rows at the ``L`` lookup queries — or
+    ``(L, H, T)`` for ``H`` heads; ``sources`` holds the ``(L,)`` positions of the right
+    values (:func:`lookup_targets`). Zero when there are no lookups (a batch without fact keys).
     """
     if sources.numel() == 0:
         return attention.sum() * 0.0
-    picked = attention.gather(1, sources.view(-1, 1).to(attention.device)).squeeze(1)
+    index = sources.to(attention.device).view(-1, *([1] * (attention.dim() - 1)))
+    picked = attention.gather(-1, index.expand(*attention.shape[:-1], 1))
     return -torch.log(picked.clamp_min(1e-9)).mean()
 
 

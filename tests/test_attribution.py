@@ -317,7 +317,7 @@ def test_bad_inputs_are_one_line_user_errors() -> None:
     with pytest.raises(UserError, match="context text 1 is empty, so it would be missing from the prompt"):
         tracer.attribute(["a=1", ""], "a", "1")
     with pytest.raises(UserError, match=r"prompt is \d+ tokens plus 3 answer tokens = \d+, longer than the model's context of 512"):
-        tracer.attribute(["a=1" * 60] * 5, "a", "a=1")
+        tracer.attribute(["a=1" * 60] * 5, "a", "a+1")
     with pytest.raises(UserError, match="longer than the model's context of 512"):
         leave_one_out(model, TOKENIZER, ["a=1" * 60] * 5, "a")
     for bad in (dict(subsample_ratio=0.0), dict(num_subsamples=0), dict(top_k_tokens=0), dict(batch_size=0)):

@@ -361,3 +361,22 @@ def test_at_validation_end_logs_after_each_validation(tmp_path):
     acc = events(tmp_path)
     assert [e.step for e in acc.Scalars("attribution/precision_at_k")] == [2, 4]
     assert [e.step for e in acc.Images("attribution/heatmap")] == [2, 4]
+
+
+def test_heatmap_scales_each_row_min_to_max_and_marks_truth_and_top_k():
+    from lit_attn.callbacks.attribution import AttributionExample, heatmap_figure
+
+    # Scores a few percent apart (as attention scores are): scaled by the row's max they would all look the same.
+    scores = [[0.0211, 0.0232, 0.0215, 0.0229], [0.50, 0.10, 0.30, 0.20]]
+    examples = [
+        AttributionExample(contexts=("a", "b", "c", "d"), question="q", relevant=(1, 3)),
+        AttributionExample(contexts=("a", "b", "c", "d"), question="q", relevant=(0,)),
+    ]
+    figure = heatmap_figure(examples, scores, "t", k=2)
+    ax = figure.axes[0]
+    grid = np.asarray(ax.images[0].get_array())
+    assert np.allclose(grid.min(axis=1), 0.0) and np.allclose(grid.max(axis=1), 1.0)
+    assert grid[0].argsort().tolist() == np.asarray(scores[0]).argsort().tolist()  # the ranking shows
+    marks = {c.get_label(): {tuple(map(float, p)) for p in c.get_offsets()} for c in ax.collections}
+    assert marks["ground truth"] == {(1.0, 0.0), (3.0, 0.0), (0.0, 1.0)}
+    assert marks["top-2"] == {(1.0, 0.0), (3.0, 0.0), (0.0, 1.0), (2.0, 1.0)}

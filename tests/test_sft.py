@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_attn.cli import main
@@ -51,3 +53,30 @@ trainer:
     model, tokenizer = load_policy(export)
     out = generate(model, tokenizer, ["a=1\nb=2\na+b?\n\n"], max_new_tokens=6, do_sample=False)
     assert len(out.completions) == 1
+
+
+def _short_sft(tmp_path: Path, name: str, seed: int) -> Path:
+    export = tmp_path / name
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(
+        f"trainer:\n  callbacks:\n    - class_path: lit_attn.callbacks.ExportPolicy\n      init_args:\n        dirpath: {export}\n"
+    )
+    rc = main([
+        "sft", "--config=configs/sft.yaml", f"--config={config}", f"--seed_everything={seed}", f"--model.seed={seed}",
+        f"--data.seed={seed}", "--trainer.max_steps=6", "--trainer.val_check_interval=6", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path / name}-root", "--trainer.enable_checkpointing=false",
+        "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64", "--model.batch_size=8",
+        "--model.val_max_new_tokens=4", "--data.val_size=2", "--data.val_sets=[1op_8d]",
+        "--data.recall_steps=2", "--data.ramp_steps=2",
+    ])
+    assert rc == 0
+    return export / "model.safetensors"
+
+
+def test_sft_is_reproducible_for_a_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    first, again, other = (load_file(_short_sft(tmp_path, n, s)) for n, s in (("a", 3), ("b", 3), ("c", 4)))
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

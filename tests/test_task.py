@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lit_attn.task import DRILL_QUERIES, MAX_OPS, FactChainTask, extract_answer, make_splits, verify
+from lit_attn.task import DRILL_QUERIES, MAX_OPS, FactChainTask, extract_answer, in_format, make_splits, verify
 
 
 def test_reference_solution_is_correct_and_stepwise():
@@ -91,3 +91,15 @@ def test_ops_are_bounded_by_max_ops():
     FactChainTask(num_ops=MAX_OPS, num_distractors=0)
     with pytest.raises(ValueError, match=f"1..{MAX_OPS}"):
         FactChainTask(num_ops=MAX_OPS + 1, num_distractors=0)
+
+
+def test_in_format_accepts_reference_shapes_and_rejects_others():
+    task = FactChainTask(num_ops=3, num_distractors=2)
+    ex = task.example(random.Random(4))
+    assert in_format(ex["solution"], ex["question"])
+    wrong_numbers = "".join("7" if ch.isdigit() else ch for ch in ex["solution"])
+    assert in_format(wrong_numbers, ex["question"])  # format, not correctness
+    steps = ex["solution"].split("\n\n")
+    assert not in_format("\n\n".join(steps[:-2] + steps[-1:]), ex["question"])  # a step missing
+    assert not in_format(ex["solution"].replace("(", ""), ex["question"])
+    assert not in_format(ex["solution"] + "\n\nanswer 3", ex["question"])

@@ -93,6 +93,10 @@ def test_lookup_attention_loss_by_hand():
     got = lookup_attention_loss(attention, torch.tensor([1, 3]))
     assert math.isclose(got.item(), -(math.log(0.25) + math.log(0.7)) / 2, rel_tol=1e-6)
     assert lookup_attention_loss(attention, torch.tensor([], dtype=torch.long)).item() == 0.0
+    # several heads: the mean over lookups and heads
+    heads = torch.stack([attention, attention.flip(-1)], dim=1)  # (L=2, H=2, T=4)
+    want = -(math.log(0.25) + math.log(0.7) + math.log(0.25) + math.log(0.1)) / 4
+    assert math.isclose(lookup_attention_loss(heads, torch.tensor([1, 3])).item(), want, rel_tol=1e-6)
 
 
 def test_held_out_sets_have_the_named_shape():
