@@ -193,6 +193,11 @@ def builtin_examples(
     hp = datamodule.hparams
     size = num_examples or hp.val_size
     if num_distractors is not None and hp.train_path is None and hp.val_path is None:
+        if getattr(hp, "num_texts", 0):
+            raise UserError(
+                f"AttributionCallback num_distractors={num_distractors} redraws plain built-in examples, but the data "
+                f"uses long contexts (data.num_texts={hp.num_texts}); set num_distractors: null to attribute held-out prompts"
+            )
         train = {r["prompt"] for r in datamodule.records("fit").get("train", [])}
         try:
             task = replace(datamodule.task, num_distractors=num_distractors)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_attn.attribution.longcontext import LongContextTask
 from lit_attn.errors import UserError
-from lit_attn.task import MAX_FACTS, MAX_OPS, STEP, FactChainTask, make_split
+from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, make_split
 
 FIRST_FACTS = 8
 """Most facts per context while the curriculum starts (recall drills only)."""
@@ -117,11 +117,10 @@ class WarmStartMix:
             distractors = rng.randint(0, max_facts - num_ops - 1)
             return FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=self.modulus).example(rng)
         texts = rng.randint(max(self.min_texts, 2 * (num_ops + 1) + 1), self.max_texts)
-        long = LongContextTask(
+        return LongContextTask(
             num_texts=texts, num_ops=num_ops, num_distractor_facts=rng.randint(0, MAX_FACTS), modulus=self.modulus,
             paraphrases=rng.random() < 0.5, injection=rng.random() < 0.5,
-        ).example(rng)
-        return _long_record(long)
+        ).record(rng)
 
     def batch(self, seed: int, index: int, size: int) -> list[dict[str, Any]]:
         """Training batch ``index`` of the run seeded ``seed`` (a pure function of the three)."""
@@ -210,18 +209,7 @@ def held_out_set(name: str, size: int, seed: int, modulus: int = 10) -> list[dic
         return make_split(task, size, seed=f"warm-start-held-out-{name}-{seed}")
     long = LongContextTask(num_texts=texts, num_ops=num_ops, num_distractor_facts=distractors, modulus=modulus)
     rng = random.Random(f"warm-start-held-out-{name}-{seed}")
-    return [_long_record(long.example(rng)) for _ in range(size)]
-
-
-def _long_record(long: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "prompt": "\n".join(long["contexts"]) + f"\n{long['question']}?{STEP}",
-        "answer": long["final"],
-        "solution": long["answer"],
-        "contexts": long["contexts"],
-        "question": long["question"],
-        "relevant": long["relevant"],
-    }
+    return [long.record(rng) for _ in range(size)]
 
 
 class WarmStartDataModule(LightningDataModule):

@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from lit_attn.task import FactChainTask
+from lit_attn.task import FactChainTask, format_prompt
 
 _ADJECTIVES = (
     "quiet", "red", "old", "bright", "small", "green", "cold", "late", "soft", "tall", "dark", "warm",
@@ -93,6 +93,23 @@ class LongContextTask:
             "relevant": [i for i, k in enumerate(kinds) if k == "needed"],
             "paraphrases": [i for i, k in enumerate(kinds) if k == "paraphrase"],
             "injected": kinds.index("injected") if self.injection else None,
+        }
+
+    def record(self, rng: random.Random) -> dict[str, Any]:
+        """One example as a prompt record of the built-in task (for training and RL): ``prompt``
+        (the texts one per line, then the question), ``answer`` (the final number),
+        ``solution`` (the reference solution), ``contexts``, ``question``, ``relevant``,
+        ``paraphrases``, ``injected``."""
+        ex = self.example(rng)
+        return {
+            "prompt": format_prompt(ex["contexts"], ex["question"]),
+            "answer": ex["final"],
+            "solution": ex["answer"],
+            "contexts": ex["contexts"],
+            "question": ex["question"],
+            "relevant": ex["relevant"],
+            "paraphrases": ex["paraphrases"],
+            "injected": ex["injected"],
         }
 
     def examples(self, count: int, seed: int = 0) -> list[dict[str, Any]]:
