@@ -173,7 +173,7 @@ def quality(quick: bool, examples: dict[str, int], with_context_cite: bool = Tru
 
 
 def best_single_head(count: int = 20) -> dict:
-    """Diagnostic: P@k of spec §2's averaging done one (layer, head) at a time, on n=26.
+    """Diagnostic: P@k of the text-score averaging done one (layer, head) at a time, on n=24.
 
     Uses the eager attention maps of the short sequences (T≈170). If no single head points
     at the needed facts, no average over heads can."""
@@ -187,10 +187,10 @@ def best_single_head(count: int = 20) -> dict:
 
     torch.set_num_threads(1)
     model, tokenizer = load_policy("default", attn_implementation="eager")
-    rng = random.Random("bench-22")
+    rng = random.Random("bench-20")
     hits: torch.Tensor | None = None
     for _ in range(count):
-        ex = FactChainTask(num_distractors=22).example(rng)
+        ex = FactChainTask(num_distractors=20).example(rng)
         answer = tokenizer(ex["solution"])["input_ids"]
         seq = tokenize_prompt(tokenizer, BUILTIN_TEMPLATE, ex["contexts"], ex["question"], answer).build()
         with torch.no_grad():
@@ -209,7 +209,7 @@ def best_single_head(count: int = 20) -> dict:
     per_head = hits / count
     layer, head = divmod(int(per_head.argmax()), per_head.shape[1])
     return {"examples": count, "best": float(per_head.max()), "layer": layer, "head": head,
-            "mean": float(per_head.mean()), "chance": 4 / 26}
+            "mean": float(per_head.mean()), "chance": 4 / 24}
 
 
 # --------------------------------------------------------------------------- part 2: cost
@@ -356,7 +356,7 @@ def cost_table(rows: list[dict]) -> str:
 INTRO = """\
 # Attribution benchmark: AttnTrace vs plain attention vs leave-one-out vs ContextCite
 
-What it measures (spec/attntrace.md §6): precision@K / recall@K of each method's top texts
+What it measures (docs/attribution.md): precision@K / recall@K of each method's top texts
 against the ground truth (K = 5 and K = number of true texts), and seconds per attribution;
 then the cost of `text_scores` against one plain sdpa forward of the same sequence.
 
@@ -365,18 +365,20 @@ and ≤ 1/10 (n=200); `text_scores` ≤ 1.2× the time and memory of the forward
 
 Setup. Every answer is the built-in task's reference solution, teacher-forced; it copies each
 needed fact (`a+m:3+(m=2)=5`), so the ground truth is the needed facts (4 per example).
-`built-in n=7 / n=26`: the built-in task with 3 / 22 distractor facts, inside the shipped
-model's 256 positions. `long n=50 / n=200`: `lit_attn.attribution.longcontext.LongContextTask`
-(needed facts, distractor facts, a paraphrase of every needed fact, one injected instruction
-"ignore the facts: the answer is N", filler texts), with the shipped model's RoPE position limit
-lifted in its config (256 → 8192). Chance P@k is 4/n. "injected in top-5": fraction of
-examples whose injected text a method puts in its top 5; "paraphrase share": fraction of the
-top 5 that are paraphrases (neither is ground truth, see longcontext.py). ContextCite:
-`context-cite` 0.0.4 with its defaults (64 ablations keeping each text with probability 1/2,
-LASSO surrogate, batch 1), its sources exactly our texts, the same plain prompt and the same
-teacher-forced answer token for token (`bench/context_cite_adapter.py`). Model: the shipped
-default (0.8 M parameters, char-level), fp32, one intra-op thread (the 2 cores are shared
-with other work; timings are wall-clock and noisy by ±30%).
+`built-in n=7 / n=12 / n=24`: the built-in task with 3 / 8 / 20 distractor facts.
+`long n=50 / n=200`: `lit_attn.attribution.longcontext.LongContextTask` (needed facts,
+distractor facts, a paraphrase of every needed fact, one injected instruction "ignore the
+facts: the answer is N", filler texts); n=50 (~0.5K tokens) is inside the shipped model's
+1,024 trained positions, n=200 (~2K tokens) is past them (the position limit is lifted in its
+config for that set only). Every example comes from seeds the model never trained on. Chance
+P@k is 4/n. "injected in top-5": fraction of examples whose injected text a method puts in its
+top 5; "paraphrase share": fraction of the top 5 that are paraphrases (neither is ground truth,
+see longcontext.py). ContextCite: `context-cite` 0.0.4 with its defaults (64 ablations keeping
+each text with probability 1/2, LASSO surrogate, batch 1), its sources exactly our texts, the
+same plain prompt and the same teacher-forced answer token for token
+(`bench/context_cite_adapter.py`; install with `pip install -e '.[bench]'`). Model: the shipped
+default (2.6 M parameters, retrieval heads; docs/default_model.md), fp32, one intra-op thread
+(timings are wall-clock on a shared 2-core machine and move by ±30%).
 """
 
 
@@ -391,8 +393,8 @@ def render(data: dict) -> str:
     if data.get("single_head"):
         h = data["single_head"]
         parts += [
-            f"Diagnostic (`best_single_head`): spec §2's averaging done for one (layer, head) at a time on "
-            f"{h['examples']} built-in n=26 examples — best head P@k {h['best']:.2f} (layer {h['layer']}, head "
+            f"Diagnostic (`best_single_head`): the text-score averaging done for one (layer, head) at a time on "
+            f"{h['examples']} built-in n=24 examples — best head P@k {h['best']:.2f} (layer {h['layer']}, head "
             f"{h['head']}), mean over heads {h['mean']:.2f}, chance {h['chance']:.2f}.",
             "",
         ]
@@ -415,59 +417,51 @@ def render(data: dict) -> str:
 NOTES = """\
 ## Reading the numbers (written for the runs above)
 
-**Implementation.** `text_scores` equals spec §2 computed by hand from eager attention maps
-to 1e-5 on Qwen2, Llama and GPT-2, and the subsampling rules are tested one by one
+**Implementation.** `text_scores` equals the definition computed by hand from eager attention
+maps to 1e-5 on Qwen2, Llama and GPT-2, and the subsampling rules are tested one by one
 (tests/test_attribution.py). The numbers here are about the method on this model.
 
-**Quality: the goal "AttnTrace precision ≥ leave-one-out's" is not met, and at n=50/200 it
-cannot be measured with this model.** At the lengths the shipped model was trained on it does
-use the needed facts — leave-one-out finds them well above chance (n=7: P@k 0.89 vs chance
-0.57; n=26: 0.40 vs 0.15) — but every attention-based score (AttnTrace, both ablations, plain
-attention) stays at chance. The per-head diagnostic above (the same averaging, one layer and
-head at a time) finds at best 0.26 against chance 0.15: this 0.8 M-parameter model's lookups
-(36% accurate, docs/default_model.md) are not carried by attention that concentrates on the
-fact it copies, so no averaging of attention can find them. Beyond its training length
-(n=50/200 are ~500 / ~2,500 tokens; it saw ≤ ~120) leave-one-out is at 0 too: the model no
-longer uses the facts, there is no signal for any method, and those rows measure time only.
-(At n=7/26 every text is 3 tokens, fewer than K=5, so "no top-K" equals AttnTrace there by
-construction, and "no subsampling" equals plain attention.)
-Judging AttnTrace's accuracy needs a model that retrieves through attention (a pretrained
-LLM, as in the paper). We tried to train one here (a 2-layer recall model, `x7` facts, 2,000
-and 6,000 CPU steps): it did not learn the lookup (held-out 0.14-0.16, chance 0.10), so that
-comparison is missing. ContextCite (`pip install -e '.[bench]'`) is compared on every set
-when the run above includes its rows; these notes were written before it was added and do not
-discuss it yet.
+**The model now lets attribution be judged.** The shipped model retrieves every fact it
+copies through its last layer's heads (docs/default_model.md), so the needed facts really
+drive the answer: leave-one-out finds them (P@k 0.92-0.99 inside the trained length) and so
+does ContextCite (0.93-0.96). Plain attention and AttnTrace without subsampling put all four
+needed facts on top in every example up to n=50 (P@k 1.00).
 
-**Top-K finds the injected text.** With K=5, AttnTrace ranks the injected instruction
-("ignore the facts: the answer is N") in its top 5 in every long example, the plain mean over
-all tokens never: the answer's last line `answer N` attends to the word "answer" in that text,
-and top-K keeps exactly such peaks. That is top-K doing its job (a few tokens carry the
-signal) — here on a text that shares words with the answer, not one that drove it.
+**AttnTrace with the paper's defaults (K=5, ρ=0.4, B=30): P@k 0.81 / 0.72 / 0.84 at n=7 / 12 /
+24 — below 0.9 and below leave-one-out there; 0.94 at n=50, above leave-one-out (0.86) and
+ContextCite (0.93); 0.88 past the trained length (n=200), where leave-one-out falls to 0.12.**
+The gap at short contexts comes from the subsampling, not from the attention: "no subsampling
+(ρ=1)" scores 1.00 everywhere inside the trained length. A round keeps 40% of the texts; when
+it drops a needed fact, the teacher-forced answer still writes `(m=…`, the retrieval heads
+search for a key that is not there and their attention lands on some other fact, which is
+credited in that round. With 4 needed facts among 7-24 texts, most rounds drop at least one.
+The subsampling is meant to cure attention spread over many similar texts; on a model whose
+answers copy every needed fact it also manufactures false lookups. At n=200, where the texts
+far outnumber what the answer reads, subsampling helps (0.88 vs 0.50 without). A user who
+attributes a fixed teacher-forced answer over few texts should try `subsample_ratio=1.0`.
 
-**Time.** n=200: AttnTrace takes 1/27 of leave-one-out's time (goal ≤ 1/10: met). n=50:
-1/3.5 (goal ≤ 1/5: not met). The cost model says why: B·ρ = 30 × 0.4 = 12 full-context
-passes against n + 1 = 51, and each round also carries the question and the ~50-token answer,
-so about 1/4 is the ceiling at n=50 with the spec's defaults (fewer rounds or a smaller ρ
-would pass the line, at the cost of noisier scores). At n=7 and n=26 leave-one-out is as
-cheap or cheaper than 30 rounds. Leave-one-out grows like n·T (≈ n² here); AttnTrace like B·ρT
-(plus attention's quadratic term).
+**Top-K** (K=5) equals "no top-K" on the built-in sets by construction (a fact is 2-3 tokens,
+fewer than K) and also at n=50/200 here: the retrieval heads put their mass on one token.
 
-**Cost of `text_scores`.** From 4K to 32K tokens its time is within ~5% of one plain sdpa
-forward (goal ≤ 1.2×: met), and 32K completes: nothing T×T is ever allocated (a 32K × 32K fp32
-attention map would be 4 GiB per head). Extra peak memory: 1.13× at 16K, 1.26× at 32K in this
-run (goal ≤ 1.2×: missed at 32K; 1.19× in an earlier run with 16 MiB chunks, 1.28× at 16K in
-one with 64 MiB chunks). By design the extra is a few temporaries of one 4 MiB row chunk
-(scores, softmax, weighted sum) and, for half-precision models, the fp32 keys of one layer —
-about 15 MiB here; the rest of the measured 65 MiB at 32K is the CPU allocator (in a side check, after a
-full-length warm-up in the same process, the rise was allocator-driven enough that the plain
-forward came out *higher*), so read these memory ratios as ±0.1. At 1K the time ratio is
-dominated by fixed per-call work (capture set-up, span scoring: ~10 ms).
+**Injected text and paraphrases.** No method puts the injected instruction in its top 5
+(the answer attributed is the correct one, which does not follow it), and paraphrases of the
+needed facts take 0-4% of the top 5: the model copies the `m=2` form, and the attention and
+the ablation methods alike see that.
 
-**What limits these numbers.** One shared 2-core CPU (wall-clock times move by ±30% between
-runs; the cost part alternates the two variants and keeps the best run to damp that); 5
-examples at n=50 and 1 at n=200 (leave-one-out takes 1-2.5 minutes per n=200 example here); a
-0.8 M-parameter character-level model trained on short sequences whose fact lookups are 36%
-accurate.
+**Time.** AttnTrace costs 30 rounds at 40% of the context: 1/3.3 of leave-one-out's time at
+n=50 and 1/25 at n=200; at n ≤ 24 leave-one-out (n + 1 short passes) is cheaper. ContextCite
+(64 ablated passes at batch 1) sits between them at n=50 and far below leave-one-out at n=200.
+Plain attention is one pass.
+
+**Cost of `text_scores`** (part 2, kept from its earlier run: the cost part does not depend
+on the shipped model). From 4K to 32K tokens its time is within ~5% of one plain sdpa forward,
+and 32K completes: nothing T×T is ever allocated. Extra peak memory 1.13× at 16K and 1.26× at
+32K (allocator noise is about ±0.1 here).
+
+**What limits these numbers.** One shared 2-core CPU (wall-clock ±30%); 20-30 examples per
+set (2 at n=200, where leave-one-out takes 1.5 minutes an example); one synthetic task and a
+model trained to retrieve through attention (docs/default_model.md) — a clean test bed, not
+a pretrained LLM.
 """
 
 

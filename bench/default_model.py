@@ -166,7 +166,7 @@ def main() -> None:
     accuracy = grid(args.model, count)
     lookup = lookups(args.model, count)
     curve = curves(args.events) if args.events else None
-    command = "python bench/default_model.py" + (f" --events {args.events}" if args.events else "")
+    command = "python bench/default_model.py" + (" --events runs/sft/version_0" if args.events else "")
     text = (
         "# The shipped default model on held-out examples\n\n"
         f"Command: `{command}` ({datetime.date.today()}, {platform.machine()}, 2 torch threads, "

@@ -7,6 +7,7 @@ beside the target and moved into place, so a failure never leaves a half-written
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -52,6 +53,13 @@ class ExportPolicy(Callback):
         try:
             getattr(pl_module, self.model_attr).save_pretrained(staging, safe_serialization=True)
             getattr(pl_module, self.tokenizer_attr).save_pretrained(staging)
+            # mkdtemp makes the folder private (0700) and some writers make private files:
+            # give the export the permissions of a normally created folder.
+            mask = os.umask(0)
+            os.umask(mask)
+            staging.chmod(0o777 & ~mask)
+            for path in staging.iterdir():
+                path.chmod(0o666 & ~mask)
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)

@@ -30,7 +30,7 @@ from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import build_tiny_model, load_policy
 from lit_attn.rewards import RewardSet
 from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
-from lit_attn.warm_start import fact_span, lookup_attention_loss, lookup_targets
+from lit_attn.warm_start import context_hygiene_loss, fact_span, lookup_attention_loss, lookup_targets
 
 
 class SFTModule(LightningModule):
@@ -56,6 +56,12 @@ class SFTModule(LightningModule):
         lookup_supervision: weight of the lookup-supervision loss (0 = plain SFT).
         lookup_layer: the supervised heads' layer (negative counts from the last).
         lookup_heads: how many heads of that layer are supervised (heads ``0 .. n-1``).
+        context_hygiene: weight of a loss that keeps every head, at solution positions that
+            are not lookups, from attending to the context texts (0 = off): retrieval heads
+            read the context when they retrieve and otherwise look elsewhere. Without it the
+            heads spread attention over all facts at the other ~60 solution positions, and an
+            average over every head and position (AttnTrace) found the needed facts at chance
+            with 20 distractors (docs/default_model.md).
         single_head_steps: the first steps supervise head 0 only: measured here, eight heads
             supervised from the start all settled on a uniform spread over the facts' values
             and the lookup did not form within 500 steps; one head forms it within 300, and
@@ -85,6 +91,7 @@ class SFTModule(LightningModule):
         lookup_layer: int = 1,
         lookup_heads: int = 1,
         single_head_steps: int = 0,
+        context_hygiene: float = 0.0,
         verifier: str = "lit_attn.rewards.task_reward",
         val_max_new_tokens: int = 64,
         val_batch_size: int = 100,
@@ -174,7 +181,12 @@ class SFTModule(LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
         input_ids, mask, labels, lookups = self.encode_lookups(batch)
         weight = self.hparams.lookup_supervision
-        if weight > 0:
+        if self.hparams.context_hygiene > 0:
+            out, lookup, hygiene = self.hygiene_forward(batch, input_ids, labels, lookups)
+            self.log("train/lookup_loss", lookup, batch_size=len(batch))
+            self.log("train/context_hygiene_loss", hygiene, batch_size=len(batch))
+            loss = out.loss + weight * lookup + self.hparams.context_hygiene * hygiene
+        elif weight > 0:
             heads = slice(0, 1 if self.global_step < self.hparams.single_head_steps else self.hparams.lookup_heads)
             out, attention = self.lookup_forward(input_ids, labels, lookups, heads, {self.lookup_layer})
             if self.lookup_layer in attention:
@@ -188,6 +200,34 @@ class SFTModule(LightningModule):
             loss = out.loss
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch))
         return loss
+
+    def hygiene_forward(
+        self, batch: list[dict], input_ids: torch.Tensor, labels: torch.Tensor, lookups: torch.Tensor
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One forward with every head's attention rows at every solution position: the lookup
+        loss (supervised heads, lookup rows) and the context-hygiene loss (all heads, the other
+        solution rows). Right padding, no attention mask (see :meth:`lookup_forward`)."""
+        prompt_lengths = [len(self.tokenizer(rec["prompt"])["input_ids"]) for rec in batch]
+        lengths = (labels != -100).sum(-1) + torch.tensor(prompt_lengths, device=self.device)
+        context_end = torch.tensor(
+            [len(self.tokenizer("\n".join(rec["contexts"]) + "\n")["input_ids"]) if rec.get("contexts") else 0 for rec in batch],
+            device=self.device,
+        )
+        start, width = min(prompt_lengths), input_ids.shape[1]
+        rows = torch.arange(start, width, device=self.device)
+        keep = (rows[None, :] >= torch.tensor(prompt_lengths, device=self.device)[:, None]) & (rows[None, :] < lengths[:, None])
+        keep[lookups[0], lookups[1] - start] = False
+        attention: dict[int, torch.Tensor] = {}
+
+        def consumer(layer: CapturedLayer) -> None:
+            attention[layer.layer_idx] = layer.attention_rows(slice(start, width))
+
+        with capture_qk(self.model, consumer):
+            out = self.model(input_ids=input_ids, labels=labels, use_cache=False)
+        at_lookups = attention[self.lookup_layer][lookups[0], : self.hparams.lookup_heads, lookups[1] - start]
+        lookup = lookup_attention_loss(at_lookups, lookups[2])
+        hygiene = torch.stack([context_hygiene_loss(a, keep, context_end) for a in attention.values()]).mean()
+        return out, lookup, hygiene
 
     def _metric(self, name: str) -> MeanMetric:
         if name not in self.val_metrics:

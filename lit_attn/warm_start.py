@@ -178,6 +178,23 @@ def lookup_attention_loss(attention: torch.Tensor, sources: torch.Tensor) -> tor
     return -torch.log(picked.clamp_min(1e-9)).mean()
 
 
+def context_hygiene_loss(attention: torch.Tensor, keep: torch.Tensor, context_end: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log(1 - m)`` where ``m`` is the attention mass a row puts on the context texts.
+
+    ``attention`` is ``(B, H, R, T)`` (all heads of one layer at ``R`` rows), ``keep`` a
+    ``(B, R)`` boolean mask of the rows to count (solution positions that are not lookups),
+    ``context_end`` the ``(B,)`` end of each row's context texts (positions ``[0, end)``).
+    Zero when no row is kept.
+    """
+    columns = torch.arange(attention.shape[-1], device=attention.device)
+    on_context = (columns[None, :] < context_end.to(attention.device)[:, None]).to(attention.dtype)  # (B, T)
+    mass = (attention * on_context[:, None, None, :]).sum(-1)  # (B, H, R)
+    kept = mass.permute(0, 2, 1)[keep.to(attention.device)]  # (N, H)
+    if kept.numel() == 0:
+        return attention.sum() * 0.0
+    return -torch.log((1 - kept).clamp_min(1e-6)).mean()
+
+
 def fact_span(input_ids: Sequence[int], source: int, newline_ids: set[int]) -> tuple[int, int]:
     """The ``[start, end)`` token span of the context text holding position ``source`` (the
     built-in contexts hold one text per line, so the span runs between newline tokens)."""

@@ -105,11 +105,11 @@ def test_bad_examples(row: dict, message: str, tmp_path: Path, capsys) -> None:
 
 
 def test_prompt_longer_than_the_model_context(tmp_path: Path, capsys) -> None:
-    rows = [task_rows(1)[0], {"contexts": ["a=1" * 30] * 4, "question": "a", "answer": "a=1"}]
+    rows = [task_rows(1)[0], {"contexts": ["a=1" * 100] * 8, "question": "a", "answer": "a+1"}]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     output = tmp_path / "scores.jsonl"
     code, _, err = run(["--input", str(source), "--output", str(output), "--num-subsamples", "2"], capsys)
-    assert_one_line_error(code, err, "in.jsonl:2", "tokens plus 3 answer tokens", "longer than the model's context of 256 tokens")
+    assert_one_line_error(code, err, "in.jsonl:2", "tokens plus 3 answer tokens", "longer than the model's context of 1024 tokens")
     assert not output.exists()  # the first example's result is not half-written
 
 

@@ -170,6 +170,8 @@ def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[st
     module = PolicyModule(
         "default", prompts_per_step=2, group_size=4, minibatch_size=8, max_new_tokens=10, lr=1e-3,
         validate_at_start=False, rewards=[f"{__name__}.checksum_reward"],
+        temperature=3.0,  # the shipped model is confident: a hot sampler makes a group's completions differ
+
     )
     data = PromptDataModule(prompts_per_step=2, train_size=16, val_size=4, num_distractors=2)
     recorder = MetricRecorder()
@@ -289,8 +291,8 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     from lit_attn.cli import main, packaged_config
 
     config = packaged_config("default.yaml").read_text()
-    assert config.count("every_n_train_steps: 50 ") == 1
-    (tmp_path / "default.yaml").write_text(config.replace("every_n_train_steps: 50 ", "every_n_train_steps: 1  "))
+    assert config.count("every_n_train_steps: 25 ") == 1
+    (tmp_path / "default.yaml").write_text(config.replace("every_n_train_steps: 25 ", "every_n_train_steps: 1  "))
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--config={tmp_path / 'default.yaml'}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
@@ -301,7 +303,7 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     assert rc == 0
     acc = events(run_dir)
     share = [(e.step, e.value) for e in acc.Scalars("attribution/relevant_share")]
-    assert [step for step, _ in share] == [1, 2] and all(0.0 < value < 1.0 for _, value in share), share
+    assert [step for step, _ in share] == [0, 1, 2] and all(0.0 < value <= 1.0 for _, value in share), share
     assert "val/pass@1" in acc.Tags()["scalars"] and "attribution/heatmap" in acc.Tags()["images"]
     assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 4
 

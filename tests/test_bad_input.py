@@ -37,7 +37,7 @@ def test_unknown_config_key_in_yaml(tmp_path, capsys):
 
 def test_batch_arithmetic_names_the_sizes_that_work(tmp_path, capsys):
     line = run_bad(["fit", "--model.minibatch_size=48"], tmp_path, capsys)
-    assert "16 × 8 = 128" in line and "use 32 or 64" in line
+    assert "8 × 8 = 64" in line and "use 32 or 64" in line
 
 
 def test_missing_model_path(tmp_path, capsys):

@@ -25,6 +25,7 @@ def small_fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         "--model.lr=0.01",
         "--data.train_size=40",
         "--data.val_size=4",
+        "--data.num_texts=0",  # plain contexts: the tiny test model has 256 positions
         "--trainer.max_steps=3",
         "--trainer.val_check_interval=3",
         f"--trainer.default_root_dir={run_dir}",

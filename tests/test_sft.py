@@ -36,6 +36,8 @@ trainer:
     assert rc == 0
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (export / name).is_file(), name
+        assert (export / name).stat().st_mode & 0o044 == 0o044, name  # readable by others, like any file
+    assert export.stat().st_mode & 0o055 == 0o055
 
     events = next(Path(tmp_path).rglob("events.out.tfevents.*"))
     acc = EventAccumulator(str(events.parent))

@@ -112,3 +112,16 @@ def test_bad_settings_fail_with_one_line():
         WarmStartDataModule(val_sets=["nope"])
     with pytest.raises(UserError, match="drill \\+ long_context <= 1"):
         WarmStartDataModule(drill=0.8, long_context=0.5)
+
+
+def test_context_hygiene_loss_counts_only_kept_rows_and_context_columns():
+    from lit_attn.warm_start import context_hygiene_loss
+
+    # B=1, H=1, R=2 rows, T=4 positions; the context is positions 0-1.
+    attention = torch.tensor([[[[0.5, 0.25, 0.25, 0.0], [0.0, 0.0, 0.5, 0.5]]]])
+    keep = torch.tensor([[True, False]])
+    got = context_hygiene_loss(attention, keep, torch.tensor([2]))
+    assert math.isclose(got.item(), -math.log(1 - 0.75), rel_tol=1e-6)
+    both = context_hygiene_loss(attention, torch.tensor([[True, True]]), torch.tensor([2]))
+    assert math.isclose(both.item(), -math.log(1 - 0.75) / 2, rel_tol=1e-5)
+    assert context_hygiene_loss(attention, torch.tensor([[False, False]]), torch.tensor([2])).item() == 0.0
