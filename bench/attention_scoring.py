@@ -1,7 +1,7 @@
 """Time and peak memory of FCI scoring against a plain forward, up to 32K tokens.
 
 ``lit_attn.attention.fci_scores`` runs one sdpa forward of the sequence and, inside it, turns
-each layer's queries and keys into step-to-step attention without a T×T matrix (spec/attnrl.md
+each layer's queries and keys into step-to-step attention without a T×T matrix (docs/attnrl.md
 §2). This bench compares, on one sequence of T tokens:
 
 * ``sdpa``: one plain forward of the decoder (no LM head, no cache) — the floor;

@@ -356,7 +356,7 @@ def cost_table(rows: list[dict]) -> str:
 INTRO = """\
 # Attribution benchmark: AttnTrace vs plain attention vs leave-one-out vs ContextCite
 
-What it measures (docs/attribution.md): precision@K / recall@K of each method's top texts
+What it measures ([attribution.md](attribution.md) §6): precision@K / recall@K of each method's top texts
 against the ground truth (K = 5 and K = number of true texts), and seconds per attribution;
 then the cost of `text_scores` against one plain sdpa forward of the same sequence.
 

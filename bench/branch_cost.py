@@ -246,7 +246,7 @@ What limits the numbers, and what would lower them further:
   attention (prefix KV read once per prefix per step, merged with each continuation's own KV by
   log-sum-exp) would cut that traffic by T; not implemented.
 - The prefix was already run through the model by the forward that scored it (behaviour
-  log-probs + FCI, spec §5); keeping that KV would remove the prefill from *total*; not
+  log-probs + FCI, docs/attnrl.md §5); keeping that KV would remove the prefill from *total*; not
   implemented (it costs memory for every candidate prefix).
 - Tiny models on CPU are dominated by per-layer Python/dispatch overhead (~2 ms per decoding
   step for the default shape), which is why *reuse* and *naive* decode at about the same speed

@@ -2,7 +2,7 @@
 
 At chosen points of a run (every N training steps, at the end of validation, at the start of
 training) the callback attributes the answers of the *current* model on a fixed set of
-examples — each a list of context texts and a question — with AttnTrace (spec/attntrace.md)
+examples — each a list of context texts and a question — with AttnTrace (docs/attribution.md)
 or a baseline, and logs to TensorBoard what it found: a ranked table per example, a heatmap of
 the examples × texts scores and, where the examples carry ground truth, scalars that say how
 much of the attribution lands on the texts that really matter. It is a thin Lightning adapter
@@ -361,7 +361,7 @@ class AttributionCallback(Callback):
             AttnTrace paper's ``Contexts: … Query: … Answer:``) or a
             :class:`lit_attn.attribution.PromptTemplate`; None = ``"builtin"``. Use the
             layout your model was trained on.
-        method: ``attntrace`` (spec/attntrace.md), ``leave_one_out`` (n + 1 teacher-forced
+        method: ``attntrace`` (docs/attribution.md), ``leave_one_out`` (n + 1 teacher-forced
             passes) or ``attention`` (one pass, plain attention mean).
         top_k_tokens: AttnTrace: top-K token averaging per text.
         subsample_ratio: AttnTrace: fraction of the texts each subsampling round keeps.

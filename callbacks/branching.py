@@ -1,7 +1,7 @@
 """Tree exploration for RL training: AttnRL's AttentionBranchCallback and its baselines.
 
 Add one of these to a run and the :class:`~lit_attn.PolicyModule` stops sampling plain GRPO
-groups: every training step becomes the one-step off-policy schedule of spec/attnrl.md §5::
+groups: every training step becomes the one-step off-policy schedule of docs/attnrl.md §5::
 
     python -m lit_attn fit --config configs/attnrl.yaml     # AttnRL (FCI branching + ADS)
     python -m lit_attn fit --config configs/treerl.yaml     # TreeRL (entropy branching)
@@ -14,10 +14,10 @@ At step m, with the current weights θ:
 2. rewards for all of them; branch points of batch m chosen from the new responses (the
    subclass's rule: FCI for AttnRL, token entropy for TreeRL), kept as pending state;
 3. the trees of batch m−1 (its responses from θ_{m−1}, its continuations from θ), tree
-   advantages (spec §6), the zero-advantage filter; PPO update on the root-to-leaf paths.
+   advantages (docs/attnrl.md §6), the zero-advantage filter; PPO update on the root-to-leaf paths.
 
 Every token keeps the log-prob of the policy that sampled it, so PPO's ratio is the only
-off-policy correction. Adaptive sampling (spec §4) decides how many responses per prompt are
+off-policy correction. Adaptive sampling (docs/attnrl.md §4) decides how many responses per prompt are
 branched, drops uninformative all-correct prompts, and adapts the prompt batch size.
 
 Contract with the LightningModule (checked in ``setup``; :class:`~lit_attn.PolicyModule`
@@ -97,11 +97,11 @@ class BranchingCallback(Callback):
     Args:
         continuations: T, new continuations sampled at each branch point (paper: 2).
         num_points: branch points per expanded response (paper: 2).
-        adaptive_sampling: spec §4's ADS — expand ``round(exp(-z)·G)`` responses per prompt
+        adaptive_sampling: docs/attnrl.md §4's ADS — expand ``round(exp(-z)·G)`` responses per prompt
             (incorrect-first rule), FCI filter for all-correct prompts. Off: every response is
             expanded (TreeRL).
         all_correct_expand: responses expanded for an all-correct prompt kept by the filter (paper: 3).
-        adaptive_batch: adapt the prompt batch size B_m with ``batch_lambda`` (spec §4).
+        adaptive_batch: adapt the prompt batch size B_m with ``batch_lambda`` (docs/attnrl.md §4).
         batch_lambda: λ of the batch-size update (paper: 0.9).
         target_sequences: B′, training sequences wanted per step; None = prompts_per_step × G.
         correct_threshold: a reward at or above it counts as correct for ADS.
@@ -308,7 +308,7 @@ class BranchingCallback(Callback):
         return taken, skipped
 
     def _plan(self, module: LightningModule, batch: list[PendingPrompt]) -> dict[str, float]:
-        """ADS (spec §4): which responses of each prompt to expand; then the subclass's branch points."""
+        """ADS (docs/attnrl.md §4): which responses of each prompt to expand; then the subclass's branch points."""
         G = module.group_size
         expand: list[list[int]] = []
         kept = dropped = 0
@@ -397,10 +397,10 @@ class BranchingCallback(Callback):
 
 
 class AttentionBranchCallback(BranchingCallback):
-    """AttnRL (spec/attnrl.md): branch at the steps that later steps attend to most.
+    """AttnRL (docs/attnrl.md): branch at the steps that later steps attend to most.
 
     Each new response is split into steps at ``delimiter``; Forward Context Influence (FCI,
-    spec §2: max over layers and heads of the attention that steps ≥ k + ``min_gap`` pay to step
+    docs/attnrl.md §2: max over layers and heads of the attention that steps ≥ k + ``min_gap`` pay to step
     k) scores every step in one capture forward per step batch; Attention-based Tree
     Branching (§3) takes the ``num_points`` earliest steps among the top ``ratio`` of scores;
     a branch regenerates the chosen step (prefix = prompt + the response before it).
@@ -503,7 +503,7 @@ class AttentionBranchCallback(BranchingCallback):
 
 
 class EntropyBranchCallback(BranchingCallback):
-    """TreeRL-style baseline (spec §8): branch at the ``num_points`` highest-entropy tokens.
+    """TreeRL-style baseline (docs/attnrl.md §8): branch at the ``num_points`` highest-entropy tokens.
 
     Entropy of the full next-token distribution at every response token, from one no-grad
     forward over the new responses. Same trees, advantages and one-step off-policy schedule as
@@ -571,7 +571,7 @@ def _reward(value: torch.Tensor) -> float:
         return 0.0
     if not -1e-6 <= v <= 1 + 1e-6:
         raise UserError(
-            f"tree advantages need rewards in [0, 1] (spec/attnrl.md §6), got {v}; use a 0/1 verifier as the "
+            f"tree advantages need rewards in [0, 1] (docs/attnrl.md §6), got {v}; use a 0/1 verifier as the "
             "reward (e.g. lit_attn.rewards.task_reward) or rescale your reward weights"
         )
     return min(max(v, 0.0), 1.0)

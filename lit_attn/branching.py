@@ -1,4 +1,4 @@
-"""Sampling continuations of token prefixes, each prefix encoded once (spec/attnrl.md §3, §5).
+"""Sampling continuations of token prefixes, each prefix encoded once (docs/attnrl.md §3, §5).
 
 AttnRL's one generation call per step carries two kinds of work: the initial rollouts of new
 prompts (a prompt is a prefix) and ``T`` continuations at the branch points of earlier

@@ -6,7 +6,7 @@ thing: prompts left-padded to a common width ``P``, completions right-padded aft
 completion token ``i`` sits at column ``P + i`` of every row), an advantage per sequence or
 per completion token, and — when the tokens were sampled by an earlier policy — the
 behaviour log-probs recorded at sampling time (PPO's ratio is the only off-policy
-correction, spec/attnrl.md §5).
+correction, docs/attnrl.md §5).
 """
 
 from __future__ import annotations

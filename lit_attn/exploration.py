@@ -1,7 +1,7 @@
 """Where to branch and how much to explore: the selection rules of AttnRL, as pure functions.
 
 Everything here is plain Python / torch on small inputs (one response's step scores, one
-prompt's correctness pattern), so each rule of spec/attnrl.md §3-4 is testable by hand:
+prompt's correctness pattern), so each rule of docs/attnrl.md §3-4 is testable by hand:
 
 * :func:`atb_branch_steps` — Attention-based Tree Branching (§3): the earliest steps among the
   top ``ratio`` of a response's FCI scores, with the optional token-distance rule;
@@ -36,7 +36,7 @@ def atb_branch_steps(
     num_points: int = 2,
     min_token_distance: int = 0,
 ) -> list[int]:
-    """Step indices to branch at, by Attention-based Tree Branching (spec §3).
+    """Step indices to branch at, by Attention-based Tree Branching (docs/attnrl.md §3).
 
     Args:
         fci: one FCI score per span (span 0 = the prompt), as :func:`~lit_attn.attention.fci_scores`
@@ -76,7 +76,7 @@ def atb_branch_steps(
 
 
 def early_branch_steps(step_spans: Sequence[Span], *, num_points: int = 2, min_token_distance: int = 0) -> list[int]:
-    """The "early steps" ablation (spec §8): the first ``num_points`` eligible steps (index ≥ 2),
+    """The "early steps" ablation (docs/attnrl.md §8): the first ``num_points`` eligible steps (index ≥ 2),
     FCI ignored, with the same spacing rule as :func:`atb_branch_steps`."""
     return _space_out(list(range(2, len(step_spans))), step_spans, num_points, min_token_distance)
 
@@ -101,7 +101,7 @@ def _space_out(candidates: list[int], step_spans: Sequence[Span], num_points: in
 
 
 def entropy_branch_offsets(entropy: torch.Tensor | Sequence[float], *, num_points: int = 2) -> list[int]:
-    """TreeRL's branch points (spec §8): the ``num_points`` highest-entropy response tokens.
+    """TreeRL's branch points (docs/attnrl.md §8): the ``num_points`` highest-entropy response tokens.
 
     ``entropy[t]`` is the entropy of the next-token distribution that produced response token
     ``t``. Offset 0 (the whole response) is never chosen. Returns token offsets into the
@@ -118,7 +118,7 @@ def entropy_branch_offsets(entropy: torch.Tensor | Sequence[float], *, num_point
 
 def expansion_count(num_correct: int, group_size: int) -> int:
     """Responses to expand for a prompt with ``num_correct`` of ``group_size`` correct:
-    ``round(exp(-z) · G)`` with ``z = num_correct / G`` (spec §4; half rounds up).
+    ``round(exp(-z) · G)`` with ``z = num_correct / G`` (docs/attnrl.md §4; half rounds up).
 
     For G = 6 and 0..6 correct: 6, 5, 4, 4, 3, 3, 2. (All-correct prompts go through the FCI
     filter instead; see :class:`AdaptiveSampling`.)
@@ -130,7 +130,7 @@ def expansion_count(num_correct: int, group_size: int) -> int:
 
 
 def choose_responses(correct: Sequence[bool], count: int, generator: torch.Generator) -> list[int]:
-    """Which responses of a prompt to expand (spec §4), as sorted indices.
+    """Which responses of a prompt to expand (docs/attnrl.md §4), as sorted indices.
 
     With ``z`` the fraction correct: if ``z ≥ 0.5`` every incorrect response comes first, then
     random correct ones; if ``z < 0.5`` every correct response first, then random incorrect
@@ -178,7 +178,7 @@ def prompt_mean_fci(fci_per_response: Sequence[torch.Tensor]) -> float:
 
 
 def adaptive_batch_size(previous: int, target_sequences: int, sequences_left: int, *, lam: float = 0.9) -> int:
-    """``B_m = round(λ·B_{m-1} + (1-λ)·(B′/B″)·B_{m-1})`` (spec §4).
+    """``B_m = round(λ·B_{m-1} + (1-λ)·(B′/B″)·B_{m-1})`` (docs/attnrl.md §4).
 
     ``target_sequences`` is B′, ``sequences_left`` B″ (training sequences after last step's
     zero-advantage filter; 0 is treated as 1 so an all-filtered step doubles down on prompts

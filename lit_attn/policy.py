@@ -8,7 +8,7 @@ One training step (manual optimisation)::
     → PPO clip-higher updates over minibatches of ``minibatch_size`` completions
     → metrics under TRL's names.
 
-This is GRPO with the DAPO-style loss of spec/attnrl.md §7-8. Run it::
+This is GRPO with the DAPO-style loss of docs/attnrl.md §7-8. Run it::
 
     python -m lit_attn fit --config configs/grpo.yaml
 

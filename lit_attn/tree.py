@@ -23,7 +23,7 @@ The children of segment ``[o_{m-1}, o_m)`` are the rollout's next segment ``[o_m
 followed by the continuations of branch ``m`` (each of which is cut the same way when it
 has branches of its own). The last segment of every rollout is a leaf holding the reward.
 
-**Values and advantages** (AttnRL spec §6, from TreeRL)::
+**Values and advantages** (AttnRL docs/attnrl.md §6, from TreeRL)::
 
     V(n) = mean reward of the leaves under n          (V(root): all the prompt's leaves)
     A(n) = [(V(n) - V(root)) + (V(n) - V(parent(n)))] / sqrt(|leaves(n)|)
@@ -31,7 +31,7 @@ has branches of its own). The last segment of every rollout is a leaf holding th
 Every token of a node gets that node's ``A``. The root has no tokens; its ``advantage`` is
 set to 0. Each root-to-leaf path is one training sequence (prefixes are shared between
 several); :func:`paths` returns them with a per-token advantage vector and no further
-normalisation. :func:`all_leaves_equal` is the zero-advantage filter of spec §4: a prompt
+normalisation. :func:`all_leaves_equal` is the zero-advantage filter of docs/attnrl.md §4: a prompt
 whose leaves all carry the same reward has all advantages 0 and is dropped.
 
 Bad input raises :class:`lit_attn.errors.UserError` (a ``ValueError``) with a one-line
@@ -320,6 +320,6 @@ def paths(tree: Tree, dtype: torch.dtype = torch.float32) -> list[PathSample]:
 
 def all_leaves_equal(tree: Tree) -> bool:
     """True when every leaf of the prompt has the same reward (all advantages are then 0,
-    and spec §4's zero-advantage filter drops all of the prompt's sequences)."""
+    and docs/attnrl.md §4's zero-advantage filter drops all of the prompt's sequences)."""
     rewards = {leaf.reward for leaf in tree.root.leaves()}
     return len(rewards) <= 1

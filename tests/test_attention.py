@@ -1,6 +1,6 @@
 """Tests of lit_attn.attention: q/k capture, step splitting, Forward Context Influence.
 
-FCI is checked against a naive reference written straight from spec/attnrl.md §2 on the full
+FCI is checked against a naive reference written straight from docs/attnrl.md §2 on the full
 T×T eager attention maps (``output_attentions=True``), for Qwen2 (grouped KV heads), Llama and
 GPT-2, several block sizes and gaps; the batched, left-padded form against the single form.
 """

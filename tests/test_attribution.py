@@ -1,4 +1,4 @@
-"""AttnTrace (spec/attntrace.md): text_scores against a naive eager reference, the subsampling
+"""AttnTrace (docs/attribution.md): text_scores against a naive eager reference, the subsampling
 rules, the baselines, and the one-line errors."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def tiny(architecture: str = "qwen2") -> PreTrainedModel:
 def naive_text_scores(
     model: PreTrainedModel, ids: torch.Tensor, spans: list[tuple[int, int]], answer_start: int, top_k: int | None
 ) -> torch.Tensor:
-    """Spec §2 by hand from the eager attention maps (T×T, fine for a test)."""
+    """docs/attribution.md §2: by hand from the eager attention maps (T×T, fine for a test)."""
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
     with torch.no_grad():

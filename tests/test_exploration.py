@@ -1,4 +1,4 @@
-"""AttnRL's selection rules (spec/attnrl.md §3-4) on hand-made inputs."""
+"""AttnRL's selection rules (docs/attnrl.md §3-4) on hand-made inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hand-computed checks of lit_attn.tree (TreeRL-style tree advantages, spec §6).
+"""Hand-computed checks of lit_attn.tree (TreeRL-style tree advantages, docs/attnrl.md §6).
 
 Notation: V(n) = mean leaf reward under n, A(n) = [(V(n)-V(root)) + (V(n)-V(parent))]/sqrt(#leaves(n)).
 Rollout addresses: (i,) = response i; a + (b, j) = continuation j of branch b of rollout a.

@@ -3,9 +3,9 @@
 Public names:
 
 * :func:`split_steps`, :func:`find_think_end_step`, :func:`delimiter_token_ids` — reasoning
-  steps as token spans (spec/attnrl.md §1);
+  steps as token spans (docs/attnrl.md §1);
 * :func:`fci_scores`, :func:`fci_scores_batch`, :class:`FCIAccumulator` — Forward Context
-  Influence of each step (spec/attnrl.md §2);
+  Influence of each step (docs/attnrl.md §2);
 * :func:`capture_qk`, :class:`CapturedLayer` — the one capture mechanism behind every score:
   stream each layer's post-RoPE queries and keys out of a normal sdpa forward.
 """

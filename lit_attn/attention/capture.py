@@ -1,7 +1,7 @@
 """Stream every layer's post-RoPE queries and keys out of a normal Hugging Face forward pass.
 
-One mechanism for all attention-derived scores of the library (FCI of spec/attnrl.md §2,
-``text_scores`` of spec/attntrace.md §2): nothing ever builds a T×T attention matrix.
+One mechanism for all attention-derived scores of the library (FCI of docs/attnrl.md §2,
+``text_scores`` of docs/attribution.md §2): nothing ever builds a T×T attention matrix.
 
 How it works: transformers' attention layers call ``ALL_ATTENTION_FUNCTIONS[impl](module, query,
 key, value, attention_mask, scaling=..., dropout=..., **kwargs)`` with ``impl`` read from
@@ -13,7 +13,7 @@ output with the ordinary sdpa implementation — the forward's outputs are those
 consumer must use the layer immediately (e.g. :meth:`CapturedLayer.attention_rows` over row
 blocks and accumulate), so extra memory stays O(one layer).
 
-Example — the per-token attention of AttnTrace's rows R (spec/attntrace.md §2) would be a
+Example — the per-token attention of AttnTrace's rows R (docs/attribution.md §2) would be a
 consumer summing ``layer.attention_rows(rows_index, heads=chunk).sum(dim=(1, 2))`` over layers
 and head chunks: O(|R|·T) memory per head chunk, never T×T.
 

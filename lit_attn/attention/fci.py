@@ -1,4 +1,4 @@
-"""Forward Context Influence (FCI) of reasoning steps, spec/attnrl.md §2.
+"""Forward Context Influence (FCI) of reasoning steps, docs/attnrl.md §2.
 
 For every layer ``l`` and query head ``h`` (grouped KV heads expanded), with ``A`` the causal
 fp32 softmax attention over the whole ``prompt ‖ response`` sequence:
@@ -33,7 +33,7 @@ from lit_attn.errors import UserError
 from lit_attn.models import model_device
 
 DEFAULT_MIN_GAP = 4
-"""Δ of spec §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
+"""Δ of docs/attnrl.md §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
 
 DEFAULT_BLOCK_SIZE = 128
 """Query rows per block; trades peak memory (∝ block · T) for fewer kernel launches."""
@@ -249,7 +249,7 @@ def fci_scores_batch(
         step_spans_per_row: per row, spans relative to the row's first real token (as
             :func:`~lit_attn.attention.steps.split_steps` returns them for the unpadded row);
             span 0 is the prompt.
-        min_gap: Δ of spec §2.
+        min_gap: Δ of docs/attnrl.md §2.
         block_size: query rows per block (memory ∝ batch · heads · block_size · T).
         think_end_steps: per row, index of the step holding the closing think tag, or ``None``.
 

@@ -1,4 +1,4 @@
-"""Reasoning steps of a response, as token spans (spec/attnrl.md §1).
+"""Reasoning steps of a response, as token spans (docs/attnrl.md §1).
 
 A sequence is ``prompt ‖ response``. The prompt is step 0. The response is cut at the step
 delimiter (``"\\n\\n"`` by default): a step ends with, and includes, its delimiter token(s);
@@ -120,7 +120,7 @@ def find_think_end_step(
     """Index of the response step in which the text ``tag`` is complete, or ``None``.
 
     For thinking models, this step and every later one are not FCI targets
-    (spec/attnrl.md §2): pass the result as ``think_end_step`` to the FCI functions. Found by
+    (docs/attnrl.md §2): pass the result as ``think_end_step`` to the FCI functions. Found by
     binary search over decoded prefixes (O(log steps) decodes), so a tag split across two steps
     counts in the step holding its last character.
     """

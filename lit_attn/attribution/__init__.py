@@ -1,11 +1,11 @@
-"""AttnTrace: which context texts drove an answer, from attention (spec/attntrace.md).
+"""AttnTrace: which context texts drove an answer, from attention (docs/attribution.md).
 
 Public names:
 
 * :class:`AttnTrace` — ``AttnTrace(model, tokenizer, ...).attribute(contexts, question, answer=None)``
   → :class:`AttributionResult` (top-K token averaging + context subsampling);
-* :func:`text_scores`, :func:`text_scores_batch` — the one-pass score of each text (spec §2);
-* :func:`leave_one_out`, :func:`attention_scores` — the baselines, same interface (spec §5);
+* :func:`text_scores`, :func:`text_scores_batch` — the one-pass score of each text (docs/attribution.md §2);
+* :func:`leave_one_out`, :func:`attention_scores` — the baselines, same interface (docs/attribution.md §5);
 * :func:`attribute` — one entry point, ``method="attntrace" | "leave_one_out" | "attention"``;
 * :class:`PromptTemplate`, :func:`split_document` — the prompt and document splitting.
 

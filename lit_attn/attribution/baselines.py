@@ -1,4 +1,4 @@
-"""The baselines of spec/attntrace.md §5, with AttnTrace's interface, and one entry point.
+"""The baselines of docs/attribution.md §5, with AttnTrace's interface, and one entry point.
 
 * :func:`leave_one_out` — ``score_i = log p(answer | all texts) − log p(answer | all but i)``,
   the answer's summed token log-probs, teacher-forced; ``n + 1`` sequences, batched.

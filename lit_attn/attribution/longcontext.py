@@ -13,7 +13,7 @@ Ground truth, defined once: the attributed answer is the built-in reference solu
 teacher-forced (``answer``), and it copies each needed fact verbatim — ``a+m:3+(m=2)=5``. The
 texts that drive that answer are the needed facts, so ``relevant`` = their indices. The
 paraphrases carry the same values but the answer copies the ``name=value`` form, so they are
-*not* relevant (they are the near-duplicates that split attention, spec §3); the injected text
+*not* relevant (they are the near-duplicates that split attention, docs/attribution.md §3); the injected text
 is *not* relevant either: the answer attributed is the correct one, which does not follow it
 (the shipped tiny model was never trained on instructions). Their indices are kept
 (``paraphrases``, ``injected``) so a benchmark can report how often a method ranks them high.

@@ -1,4 +1,4 @@
-"""The attribution prompt, spec/attntrace.md §1: ``before ‖ text_1 ‖ sep ‖ … ‖ text_n ‖ after``.
+"""The attribution prompt, docs/attribution.md §1: ``before ‖ text_1 ‖ sep ‖ … ‖ text_n ‖ after``.
 
 Every piece is tokenised on its own and the ids are concatenated, so each text's token span
 is exact and a subset of the texts is one concatenation away (no re-tokenising per round).

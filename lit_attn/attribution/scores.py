@@ -1,4 +1,4 @@
-"""The score of each context text from one forward pass, spec/attntrace.md §2 (``text_scores``).
+"""The score of each context text from one forward pass, docs/attribution.md §2 (``text_scores``).
 
 For one sequence ``prompt ‖ answer`` (the prompt holding the texts at known token spans):
 
@@ -31,7 +31,7 @@ Span = tuple[int, int]
 """Token span ``[start, end)`` of one context text."""
 
 DEFAULT_TOP_K = 5
-"""K of spec §2 (``top_k_tokens``)."""
+"""K of docs/attribution.md §2 (``top_k_tokens``)."""
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
 """Attention-row elements computed at once (4 MiB of fp32); bounds the extra memory (a few
@@ -62,7 +62,7 @@ def _check_spans(spans: Sequence[Span], answer_start: int, length: int, row: int
 
 
 class TextScoreAccumulator:
-    """Capture consumer: the averaged attention vector ``v`` of spec §2 for a left-padded batch.
+    """Capture consumer: the averaged attention vector ``v`` of docs/attribution.md §2 for a left-padded batch.
 
     Args:
         answer_starts: per batch row, the index of the first answer token relative to the row's
@@ -161,7 +161,7 @@ def text_scores_batch(
     top_k: int | None = DEFAULT_TOP_K,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> list[torch.Tensor]:
-    """Spec §2 scores of every row of a left-padded batch, in one forward.
+    """docs/attribution.md §2: scores of every row of a left-padded batch, in one forward.
 
     Args:
         model: a Hugging Face causal LM whose attention uses the AttentionInterface.
@@ -170,7 +170,7 @@ def text_scores_batch(
         text_spans_per_row: per row, the token span of each text, relative to the row's first
             real token.
         answer_starts: per row, the first answer token, relative to the row's first real token.
-        top_k: K of spec §2 (``None``: mean over all tokens of a text).
+        top_k: K of docs/attribution.md §2 (``None``: mean over all tokens of a text).
         chunk_elements: attention-row elements computed at once (memory bound).
 
     Returns:
@@ -207,7 +207,7 @@ def text_scores(
     top_k: int | None = DEFAULT_TOP_K,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
-    """Spec §2 score of each text of one unpadded ``prompt ‖ answer`` sequence.
+    """docs/attribution.md §2: score of each text of one unpadded ``prompt ‖ answer`` sequence.
 
     Args:
         model: a Hugging Face causal LM (Qwen2, Llama, GPT-2, ...).
@@ -215,7 +215,7 @@ def text_scores(
         text_spans: token span ``(start, end)`` of each context text (inside the prompt).
         answer_start: index of the first answer token; rows R are ``answer_start - 1`` and
             every later token.
-        top_k: K of spec §2 (``None``: mean over all tokens of a text).
+        top_k: K of docs/attribution.md §2 (``None``: mean over all tokens of a text).
         chunk_elements: attention-row elements computed at once (memory bound).
 
     Returns:

@@ -1,10 +1,10 @@
-"""AttnTrace: which context texts drove an answer, from attention — spec/attntrace.md §3.
+"""AttnTrace: which context texts drove an answer, from attention — docs/attribution.md §3.
 
 Each of ``num_subsamples`` rounds draws exactly ``m = max(1, ⌊subsample_ratio · n⌋)`` texts
 uniformly without replacement, keeps them in their original order and builds a prompt with
 only those texts (the others are absent: positions stay contiguous). The answer is
 teacher-forced; each round is scored with :func:`~lit_attn.attribution.scores.text_scores`
-(spec §2). A text's final score is the mean of its scores over the rounds that drew it, 0 if
+(docs/attribution.md §2). A text's final score is the mean of its scores over the rounds that drew it, 0 if
 none did. ``subsample_ratio=1`` or ``num_subsamples=1`` is one pass over all texts. Rounds run
 as left-padded batches of ``batch_size``. The draws use their own ``random.Random(seed)``:
 same inputs and seed → same scores; torch's and Python's global RNGs are never touched.
@@ -93,7 +93,7 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 class AttnTrace:
-    """Attention-based context traceback (spec/attntrace.md).
+    """Attention-based context traceback (docs/attribution.md).
 
     Args:
         model: a Hugging Face causal LM whose attention layers use transformers'
@@ -101,7 +101,7 @@ class AttnTrace:
         tokenizer: its tokenizer.
         template: prompt template (``None``/``"builtin"``: the built-in task's format;
             ``"reference"``: the paper's shape; or a :class:`PromptTemplate`).
-        top_k_tokens: K of spec §2, tokens averaged per text (``None``: all tokens).
+        top_k_tokens: K of docs/attribution.md §2, tokens averaged per text (``None``: all tokens).
         subsample_ratio: ρ, fraction of the texts each round keeps (1 turns subsampling off).
         num_subsamples: B, number of rounds (1 turns subsampling off).
         seed: seed of the draws.
