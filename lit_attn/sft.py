@@ -207,15 +207,16 @@ class SFTModule(LightningModule):
         """One forward with every head's attention rows at every solution position: the lookup
         loss (supervised heads, lookup rows) and the context-hygiene loss (all heads, the other
         solution rows). Right padding, no attention mask (see :meth:`lookup_forward`)."""
-        prompt_lengths = [len(self.tokenizer(rec["prompt"])["input_ids"]) for rec in batch]
-        lengths = (labels != -100).sum(-1) + torch.tensor(prompt_lengths, device=self.device)
+        solution = labels != -100  # right after each prompt, up to its end-of-sequence token
+        prompt_lengths = solution.int().argmax(-1)
+        lengths = prompt_lengths + solution.sum(-1)
         context_end = torch.tensor(
             [len(self.tokenizer("\n".join(rec["contexts"]) + "\n")["input_ids"]) if rec.get("contexts") else 0 for rec in batch],
             device=self.device,
         )
-        start, width = min(prompt_lengths), input_ids.shape[1]
+        start, width = int(prompt_lengths.min()), input_ids.shape[1]
         rows = torch.arange(start, width, device=self.device)
-        keep = (rows[None, :] >= torch.tensor(prompt_lengths, device=self.device)[:, None]) & (rows[None, :] < lengths[:, None])
+        keep = (rows[None, :] >= prompt_lengths[:, None]) & (rows[None, :] < lengths[:, None])
         keep[lookups[0], lookups[1] - start] = False
         attention: dict[int, torch.Tensor] = {}
 

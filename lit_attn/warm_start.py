@@ -96,20 +96,18 @@ class WarmStartMix:
         progress = min(1.0, (index - self.recall_steps + 1) / max(1, self.ramp_steps))
         return round(FIRST_FACTS + progress * (MAX_FACTS - FIRST_FACTS))
 
-    def kind(self, rng: random.Random, index: int = -1) -> str:
-        """The kind of batch ``index``: ``drill``, ``long`` or ``chain`` (-1: after the curriculum)."""
-        u = rng.random()
-        if 0 <= index < self.recall_steps:
+    def kind(self, rng: random.Random, index: int) -> str:
+        """The kind of batch ``index``: ``drill``, ``long`` or ``chain``."""
+        u = rng.random()  # drawn for every batch, so later draws do not depend on the curriculum
+        if index < self.recall_steps or u < self.drill:
             return "drill"
-        if u < self.drill:
-            return "drill"
-        if u < self.drill + self.long_context and (index < 0 or index >= self.recall_steps + self.ramp_steps):
+        if u < self.drill + self.long_context and index >= self.recall_steps + self.ramp_steps:
             return "long"
         return "chain"
 
     def example(self, kind: str, rng: random.Random, max_facts: int = MAX_FACTS) -> dict[str, Any]:
         """One training record (``prompt``, ``solution``, …) of ``kind`` with at most ``max_facts`` facts."""
-        num_ops = rng.randint(1, min(MAX_OPS, max_facts - 1))
+        num_ops = rng.randint(1, min(MAX_OPS, max_facts - 1))  # drawn for drills too: one stream for every kind
         if kind == "drill":
             facts = rng.randint(2, max_facts)
             return FactChainTask(num_ops=1, num_distractors=facts - 2, modulus=self.modulus, lookup_drill=1.0).example(rng)
