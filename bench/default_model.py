@@ -37,10 +37,8 @@ DISTRACTORS = (0, 3, 8, 20)
 
 def grid(model_path: str, count: int) -> list[dict]:
     """Greedy pass@1 and format share per (operations, distractors), and on long contexts."""
-    from lit_attn.evaluation import greedy_pass_at_1
     from lit_attn.models import load_policy
-    from lit_attn.rewards import task_reward
-    from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, in_format, make_split
+    from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, make_split
     from lit_attn.warm_start import held_out_set
 
     model, tokenizer = load_policy(model_path)
@@ -48,13 +46,18 @@ def grid(model_path: str, count: int) -> list[dict]:
     cells = [(ops, d) for ops in range(1, MAX_OPS + 1) for d in DISTRACTORS if ops + 1 + d <= MAX_FACTS]
     for ops, distractors in cells:
         records = make_split(FactChainTask(num_ops=ops, num_distractors=distractors), count, seed=f"bench-model-{ops}-{distractors}")
-        rows.append(_score(model, tokenizer, records, f"{ops} op / {distractors} distractors", greedy_pass_at_1, task_reward, in_format))
+        rows.append(_score(model, tokenizer, records, f"{ops} op / {distractors} distractors"))
     long = held_out_set("long_50", count, seed=1)
-    rows.append(_score(model, tokenizer, long, "3 op / 50 texts (long context)", greedy_pass_at_1, task_reward, in_format))
+    rows.append(_score(model, tokenizer, long, "3 op / 50 texts (long context)"))
     return rows
 
 
-def _score(model, tokenizer, records, name, greedy_pass_at_1, task_reward, in_format) -> dict:
+def _score(model, tokenizer, records: list[dict], name: str) -> dict:
+    """Greedy pass@1 and the share of completions in the task's format, on ``records``."""
+    from lit_attn.evaluation import greedy_pass_at_1
+    from lit_attn.rewards import task_reward
+    from lit_attn.task import in_format
+
     started = time.time()
     scores, completions = greedy_pass_at_1(model, tokenizer, records, task_reward, max_new_tokens=160, batch_size=50)
     formatted = [in_format(c, r["question"]) for c, r in zip(completions, records)]
