@@ -71,6 +71,7 @@ class SFTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.batch_size", "data.batch_size")
         parser.link_arguments("model.val_batch_size", "data.val_batch_size")
+        parser.link_arguments("model.context_hygiene_from", "data.absent_from")
 
 
 def _parser_kwargs(default_config: Path) -> dict:

@@ -62,6 +62,9 @@ class SFTModule(LightningModule):
             heads spread attention over all facts at the other ~60 solution positions, and an
             average over every head and position (AttnTrace) found the needed facts at chance
             with 20 distractors (docs/default_model.md).
+        context_hygiene_from: the first step with the context-hygiene loss (the retrieval
+            heads form first; measured here, the loss from step 0 is not needed and a run that
+            adds it after the lookups formed reached full lookup accuracy).
         single_head_steps: the first steps supervise head 0 only: measured here, eight heads
             supervised from the start all settled on a uniform spread over the facts' values
             and the lookup did not form within 500 steps; one head forms it within 300, and
@@ -92,6 +95,7 @@ class SFTModule(LightningModule):
         lookup_heads: int = 1,
         single_head_steps: int = 0,
         context_hygiene: float = 0.0,
+        context_hygiene_from: int = 0,
         verifier: str = "lit_attn.rewards.task_reward",
         val_max_new_tokens: int = 64,
         val_batch_size: int = 100,
@@ -143,7 +147,8 @@ class SFTModule(LightningModule):
             p = self.tokenizer(rec["prompt"])["input_ids"]
             s = self.tokenizer(rec["solution"], add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
             ids.append(p + s)
-            labels.append([-100] * len(p) + s)
+            labels.append([-100] * len(p) + s[: self._known_length(rec, s)])
+            labels[-1] += [-100] * (len(ids[-1]) - len(labels[-1]))
             lookups += [(i, q, src) for q, src in lookup_targets(p + s, len(p), self.key_ids)]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
@@ -152,6 +157,16 @@ class SFTModule(LightningModule):
         target = torch.tensor([y + [-100] * (width - len(y)) for y in labels], device=self.device)
         found = torch.tensor(lookups, dtype=torch.long, device=self.device).T if lookups else torch.zeros(3, 0, dtype=torch.long, device=self.device)
         return input_ids, mask, target, found
+
+    def _known_length(self, record: dict, solution_ids: list[int]) -> int:
+        """How much of a solution can be learned: all of it, or, when the record's context
+        lacks facts (``absent``, :func:`lit_attn.warm_start.drop_needed_facts`), up to and
+        including the first key of a missing fact (what follows depends on a value the
+        context does not hold)."""
+        if not record.get("absent"):
+            return len(solution_ids)
+        missing = set(self.tokenizer.convert_tokens_to_ids([f"{name}=" for name in record["absent"]]))
+        return next((i + 1 for i, t in enumerate(solution_ids) if t in missing), len(solution_ids))
 
     def lookup_forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor | None, lookups: torch.Tensor, heads: slice,
@@ -181,8 +196,8 @@ class SFTModule(LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
         input_ids, mask, labels, lookups = self.encode_lookups(batch)
         weight = self.hparams.lookup_supervision
-        if self.hparams.context_hygiene > 0:
-            out, lookup, hygiene = self.hygiene_forward(batch, input_ids, labels, lookups)
+        if self.hparams.context_hygiene > 0 and self.global_step >= self.hparams.context_hygiene_from:
+            out, lookup, hygiene = self.hygiene_forward(batch, input_ids, mask, labels, lookups)
             self.log("train/lookup_loss", lookup, batch_size=len(batch))
             self.log("train/context_hygiene_loss", hygiene, batch_size=len(batch))
             loss = out.loss + weight * lookup + self.hparams.context_hygiene * hygiene
@@ -202,14 +217,14 @@ class SFTModule(LightningModule):
         return loss
 
     def hygiene_forward(
-        self, batch: list[dict], input_ids: torch.Tensor, labels: torch.Tensor, lookups: torch.Tensor
+        self, batch: list[dict], input_ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, lookups: torch.Tensor
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """One forward with every head's attention rows at every solution position: the lookup
         loss (supervised heads, lookup rows) and the context-hygiene loss (all heads, the other
-        solution rows). Right padding, no attention mask (see :meth:`lookup_forward`)."""
-        solution = labels != -100  # right after each prompt, up to its end-of-sequence token
-        prompt_lengths = solution.int().argmax(-1)
-        lengths = prompt_lengths + solution.sum(-1)
+        solution rows — also those after the key of a fact the context lacks, whose tokens are
+        not learned). Right padding, no attention mask (see :meth:`lookup_forward`)."""
+        prompt_lengths = (labels != -100).int().argmax(-1)  # a solution's first token is always learned
+        lengths = mask.sum(-1)
         context_end = torch.tensor(
             [len(self.tokenizer("\n".join(rec["contexts"]) + "\n")["input_ids"]) if rec.get("contexts") else 0 for rec in batch],
             device=self.device,

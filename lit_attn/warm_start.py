@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_attn.attribution.longcontext import LongContextTask
 from lit_attn.errors import UserError
-from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, make_split
+from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, format_prompt, make_split
 
 FIRST_FACTS = 8
 """Most facts per context while the curriculum starts (recall drills only)."""
@@ -67,6 +67,12 @@ class WarmStartMix:
         modulus: arithmetic modulus of every example.
         recall_steps: the first batches, recall drills over 2-8 facts only.
         ramp_steps: batches over which the largest context grows from 8 facts to 26.
+        absent: from batch ``absent_from`` on, the fraction of task chains whose context
+            lacks some of the facts the question needs (:func:`drop_needed_facts`): the model
+            learns that a fact key with no fact behind it is read from nowhere in the context
+            (with context hygiene on, its heads look away), as attribution needs when it
+            drops texts from the context.
+        absent_from: the first batch that may hold such chains.
     """
 
     drill: float = 0.3
@@ -76,8 +82,12 @@ class WarmStartMix:
     modulus: int = 10
     recall_steps: int = 300
     ramp_steps: int = 500
+    absent: float = 0.0
+    absent_from: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.absent <= 1 or self.absent_from < 0:
+            raise ValueError(f"absent must be in [0, 1] and absent_from >= 0; got {self.absent}, {self.absent_from}")
         if not (0 <= self.drill and 0 <= self.long_context and self.drill + self.long_context <= 1):
             raise ValueError(
                 f"drill and long_context are fractions with drill + long_context <= 1; got {self.drill}, {self.long_context}"
@@ -125,7 +135,29 @@ class WarmStartMix:
         rng = random.Random(f"warm-start-{seed}-{index}")
         kind = self.kind(rng, index)
         facts = self.max_facts(index)
-        return [self.example(kind, rng, facts) for _ in range(size)]
+        batch = [self.example(kind, rng, facts) for _ in range(size)]
+        if kind == "chain" and self.absent > 0 and index >= self.absent_from:
+            # A stream of its own, so the other batches stay those of a run without absent facts.
+            gaps = random.Random(f"warm-start-absent-{seed}-{index}")
+            batch = [drop_needed_facts(rec, gaps) if gaps.random() < self.absent else rec for rec in batch]
+        return batch
+
+
+def drop_needed_facts(record: dict[str, Any], rng: random.Random, rate: float = 0.5) -> dict[str, Any]:
+    """``record`` (a task chain) with some of the facts its question needs removed from the
+    context: each with probability ``rate``, at least one. ``absent`` lists the removed fact
+    names; the solution is kept as it was (its lookups of the removed facts now have nothing
+    to read, and :meth:`lit_attn.sft.SFTModule.encode_lookups` trains nothing after the first)."""
+    needed = [record["contexts"][i] for i in record["relevant"]]
+    dropped = [text for text in needed if rng.random() < rate] or [rng.choice(needed)]
+    contexts = [text for text in record["contexts"] if text not in dropped]
+    return {
+        **record,
+        "prompt": format_prompt(contexts, record["question"]),
+        "contexts": contexts,
+        "relevant": [i for i, text in enumerate(contexts) if text in needed],
+        "absent": [text.split("=")[0] for text in dropped],
+    }
 
 
 class WarmStartBatches(IterableDataset):
@@ -241,6 +273,10 @@ class WarmStartDataModule(LightningDataModule):
         modulus: arithmetic modulus.
         recall_steps: the first batches, recall drills over 2-8 facts only.
         ramp_steps: batches over which the largest context grows from 8 facts to 26.
+        absent: fraction of task chains, from batch ``absent_from`` on, whose context lacks
+            some of the facts the question needs (``WarmStartMix``).
+        absent_from: the first batch with such chains (the SFT command sets it to
+            ``model.context_hygiene_from``).
         val_sets: held-out sets to validate on (names of ``HELD_OUT_SETS``).
         val_size: examples per held-out set.
         seed: seed of the training batches and of the held-out sets.
@@ -257,6 +293,8 @@ class WarmStartDataModule(LightningDataModule):
         modulus: int = 10,
         recall_steps: int = 300,
         ramp_steps: int = 500,
+        absent: float = 0.0,
+        absent_from: int = 0,
         val_sets: list[str] | None = None,
         val_size: int = 64,
         seed: int = 0,
@@ -266,7 +304,7 @@ class WarmStartDataModule(LightningDataModule):
         try:
             self.mix = WarmStartMix(
                 drill=drill, long_context=long_context, min_texts=min_texts, max_texts=max_texts, modulus=modulus,
-                recall_steps=recall_steps, ramp_steps=ramp_steps,
+                recall_steps=recall_steps, ramp_steps=ramp_steps, absent=absent, absent_from=absent_from,
             )
         except ValueError as err:
             raise UserError(f"data: {err}") from err

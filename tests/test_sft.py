@@ -31,7 +31,7 @@ trainer:
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64",
         "--model.batch_size=16", "--model.warmup_steps=1", "--model.val_max_new_tokens=8",
-        "--data.val_size=4", "--data.val_sets=[1op_8d, long_50]",
+        "--data.val_size=4", "--data.val_sets=[1op_8d, long_50]", "--model.context_hygiene_from=30",
     ])
     assert rc == 0
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
@@ -44,8 +44,10 @@ trainer:
     acc.Reload()
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert loss[-1] < loss[0] - 0.3, loss  # a fresh model learns the character distribution fast
-    lookup = [e.value for e in acc.Scalars("train/lookup_loss")]
+    lookup = [e.value for e in acc.Scalars("train/lookup_loss") if e.step < 30]
     assert lookup[-1] < lookup[0] - 0.3, lookup  # the supervised head moves onto the looked-up facts
+    hygiene = acc.Scalars("train/context_hygiene_loss")
+    assert min(e.step for e in hygiene) >= 30  # context hygiene starts at model.context_hygiene_from
     tags = acc.Tags()["scalars"]
     for name in ("1op_8d", "long_50"):
         for metric in ("pass@1", "lookup_accuracy", "fact_attention", "fact_attention_all_heads"):

@@ -15,6 +15,7 @@ from lit_attn.warm_start import (
     HELD_OUT_SETS,
     WarmStartDataModule,
     WarmStartMix,
+    drop_needed_facts,
     fact_span,
     held_out_set,
     lookup_attention_loss,
@@ -125,3 +126,47 @@ def test_context_hygiene_loss_counts_only_kept_rows_and_context_columns():
     both = context_hygiene_loss(attention, torch.tensor([[True, True]]), torch.tensor([2]))
     assert math.isclose(both.item(), -math.log(1 - 0.75) / 2, rel_tol=1e-5)
     assert context_hygiene_loss(attention, torch.tensor([[False, False]]), torch.tensor([2])).item() == 0.0
+
+
+def test_absent_facts_leave_the_context_and_keep_the_solution():
+    import random
+
+    from lit_attn.task import FactChainTask
+
+    rng = random.Random(0)
+    for _ in range(50):
+        rec = FactChainTask(num_ops=3, num_distractors=4).example(rng)
+        gapped = drop_needed_facts(rec, rng)
+        assert gapped["absent"], "at least one needed fact goes"
+        assert gapped["solution"] == rec["solution"] and gapped["question"] == rec["question"]
+        for name in gapped["absent"]:
+            assert f"{name}=" not in gapped["prompt"] and f"{name}=" in gapped["solution"]
+        assert len(gapped["contexts"]) == len(rec["contexts"]) - len(gapped["absent"])
+        needed = {rec["contexts"][i].split("=")[0] for i in rec["relevant"]}
+        assert {gapped["contexts"][i].split("=")[0] for i in gapped["relevant"]} == needed - set(gapped["absent"])
+
+
+def test_absent_facts_start_at_absent_from_and_leave_other_batches_alone():
+    plain = WarmStartMix(recall_steps=0, ramp_steps=0)
+    gapped = WarmStartMix(recall_steps=0, ramp_steps=0, absent=0.5, absent_from=40)
+    assert all(plain.batch(0, i, 4) == gapped.batch(0, i, 4) for i in range(40))
+    late = [(plain.batch(0, i, 4), gapped.batch(0, i, 4)) for i in range(40, 120)]
+    changed = [g for p, g in late for a, g in zip(p, g) if a != g]
+    assert changed and all(g.get("absent") for g in changed)
+    assert all("," not in g["question"] and not any(" " in c for c in g["contexts"]) for g in changed)  # chains only
+    with pytest.raises(UserError, match="absent must be in"):
+        WarmStartDataModule(absent=1.5)
+
+
+def test_a_solution_is_learned_up_to_the_key_of_its_first_absent_fact():
+    from lit_attn.sft import SFTModule
+
+    module = SFTModule(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32, lookup_supervision=1.0, lookup_layer=0)
+    whole = {"prompt": "a=3\nm=2\nk=7\na+m-k?\n\n", "solution": "a=3\n\na+m:3+(m=2)=5\n\na+m-k:5-(k=7)=8\n\nanswer 8"}
+    gapped = {**whole, "prompt": "a=3\nk=7\na+m-k?\n\n", "absent": ["m"]}
+    ids, _, labels, lookups = module.encode_lookups([whole, gapped])
+    learned = [TOK.decode([t for t in row if t != -100]) for row in labels.tolist()]
+    assert learned[0] == whole["solution"] + TOK.eos_token
+    assert learned[1] == "a=3\n\na+m:3+(m="  # nothing after the key of the missing fact
+    rows = lookups[0].tolist()
+    assert rows.count(0) == 3 and rows.count(1) == 2  # a= and k= still have a fact to read; m= has none
