@@ -44,16 +44,21 @@ def atb_branch_steps(
         step_spans: the spans of :func:`~lit_attn.attention.split_steps` (span 0 = the prompt).
         ratio: the top fraction of the response's step scores that are candidates (0.2 = the
             steps at or above the 0.8-quantile). A quantile of 0 becomes the smallest positive
-            score, so zero-score steps never qualify.
-        num_points: how many branch points per response (the N earliest candidates).
-        min_token_distance: optional spacing (reference code; 0 = off): a chosen step must start
-            at least this many response tokens in, and chosen steps at least this far apart.
-            When too few candidates qualify, the earliest remaining candidates fill up.
+            score, so zero-score steps are not candidates (unless no step scores above 0).
+        num_points: how many branch points per response.
+        min_token_distance: optional spacing (0 = off; the paper's setting used 512): a chosen
+            step must start at least this many tokens into the whole sequence (prompt
+            included), and the gap from one chosen step's end to the next one's start must be
+            at least this long.
 
     Returns:
-        Chosen step indices in increasing order (at most ``num_points``; fewer when there are
-        fewer candidates). The first response step (index 1) is never chosen: branching there
-        would regenerate the whole response.
+        Up to ``num_points`` step indices in increasing order: the earliest candidates (in
+        position order, not score order) that keep the spacing; when fewer qualify, the
+        earliest remaining eligible steps fill up, whatever their score or spacing — so a
+        response with at least ``num_points`` eligible steps always gets ``num_points``. The
+        first response step (index 1) is never eligible: branching there would regenerate the
+        whole response. (The authors' code repeats steps when a response has fewer eligible
+        steps than ``num_points``; here such a response gets fewer points.)
     """
     scores = torch.as_tensor(fci, dtype=torch.float64).reshape(-1)
     if scores.numel() != len(step_spans):
@@ -68,31 +73,26 @@ def atb_branch_steps(
     threshold = float(torch.quantile(response, 1.0 - ratio))
     if threshold <= 0:
         positive = response[response > 0]
-        if positive.numel() == 0:
-            return []
-        threshold = float(positive.min())
-    candidates = [k for k in range(2, len(step_spans)) if scores[k] >= threshold and scores[k] > 0]
-    return _space_out(candidates, step_spans, num_points, min_token_distance)
+        threshold = float(positive.min()) if positive.numel() else 0.0  # no positive score: every step
+    candidates = [k for k in range(2, len(step_spans)) if scores[k] >= threshold]
+    return _pick(candidates, step_spans, num_points, min_token_distance)
 
 
 def early_branch_steps(step_spans: Sequence[Span], *, num_points: int = 2, min_token_distance: int = 0) -> list[int]:
     """The "early steps" ablation (docs/attnrl.md §8): the first ``num_points`` eligible steps (index ≥ 2),
-    FCI ignored, with the same spacing rule as :func:`atb_branch_steps`."""
-    return _space_out(list(range(2, len(step_spans))), step_spans, num_points, min_token_distance)
+    FCI ignored, with the same spacing and fill-up rule as :func:`atb_branch_steps`."""
+    return _pick(list(range(2, len(step_spans))), step_spans, num_points, min_token_distance)
 
 
-def _space_out(candidates: list[int], step_spans: Sequence[Span], num_points: int, min_distance: int) -> list[int]:
-    if min_distance <= 0:
-        return candidates[:num_points]
-    prompt_end = step_spans[0][1]
+def _pick(candidates: list[int], step_spans: Sequence[Span], num_points: int, min_distance: int) -> list[int]:
+    """The earliest ``candidates`` that keep the spacing, then the earliest eligible steps."""
     chosen: list[int] = []
     for k in candidates:
-        start = step_spans[k][0] - prompt_end
-        if start >= min_distance and all(start - (step_spans[c][0] - prompt_end) >= min_distance for c in chosen):
-            chosen.append(k)
         if len(chosen) == num_points:
-            return chosen
-    for k in candidates:  # too few are far enough apart: the earliest remaining ones fill up
+            break
+        if _spaced(k, chosen, step_spans, min_distance):
+            chosen.append(k)
+    for k in range(2, len(step_spans)):
         if len(chosen) == num_points:
             break
         if k not in chosen:
@@ -100,20 +100,37 @@ def _space_out(candidates: list[int], step_spans: Sequence[Span], num_points: in
     return sorted(chosen)
 
 
+def _spaced(k: int, chosen: list[int], step_spans: Sequence[Span], min_distance: int) -> bool:
+    """Step ``k`` starts ``min_distance`` into the sequence and that far from every chosen step."""
+    if min_distance <= 0:
+        return True
+    start, end = step_spans[k]
+    if start < min_distance:
+        return False
+    for c in chosen:
+        other_start, other_end = step_spans[c]
+        gap = other_start - end if other_start >= end else start - other_end
+        if gap < min_distance:
+            return False
+    return True
+
+
 def entropy_branch_offsets(entropy: torch.Tensor | Sequence[float], *, num_points: int = 2) -> list[int]:
     """TreeRL's branch points (docs/attnrl.md §8): the ``num_points`` highest-entropy response tokens.
 
     ``entropy[t]`` is the entropy of the next-token distribution that produced response token
-    ``t``. Offset 0 (the whole response) is never chosen. Returns token offsets into the
-    response, in increasing order; ties go to the earlier token.
+    ``t``; branching at offset ``t`` samples new tokens from ``t`` on. As in the authors' code,
+    every token but the last may be chosen — offset 0 included (a continuation from the prompt
+    alone, a fresh response in the same tree). Returns token offsets in increasing order; ties
+    go to the earlier token.
     """
     values = torch.as_tensor(entropy, dtype=torch.float64).reshape(-1)
     if values.numel() < 2:
         return []
-    inside = values[1:]
+    inside = values[:-1]
     k = min(num_points, inside.numel())
     order = sorted(range(inside.numel()), key=lambda t: (-float(inside[t]), t))[:k]
-    return sorted(t + 1 for t in order)
+    return sorted(order)
 
 
 def expansion_count(num_correct: int, group_size: int) -> int:

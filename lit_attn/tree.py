@@ -55,8 +55,9 @@ Address = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Branch:
-    """A branch point: ``offset`` (token index in its rollout where the regenerated step
-    starts, strictly inside the rollout) and the continuations sampled from there, each a
+    """A branch point: ``offset`` (token index in its rollout where the regenerated part
+    starts, ``0 <= offset < length``; 0 = a fresh sample from the prompt, whose tree node above
+    the split holds no tokens) and the continuations sampled from there, each a
     ``(length, reward)`` pair or a :class:`ResponseRollout` (to branch it again)."""
 
     offset: int
@@ -216,10 +217,10 @@ def _build_rollout(rollout: ResponseRollout, address: Address) -> Node:
         if not isinstance(branch, Branch):
             raise UserError(f"{where}: branch {b} must be a Branch, got {type(branch).__name__}")
         off = branch.offset
-        if isinstance(off, bool) or not isinstance(off, numbers.Integral) or not 0 < off < length:
+        if isinstance(off, bool) or not isinstance(off, numbers.Integral) or not 0 <= off < length:
             raise UserError(
-                f"{where}: branch {b} offset {off!r} must be an int in 1..{length - 1} "
-                f"(strictly inside the rollout's {length} tokens)"
+                f"{where}: branch {b} offset {off!r} must be an int in 0..{length - 1} "
+                f"(inside the rollout's {length} tokens)"
             )
         if offsets and off <= offsets[-1]:
             raise UserError(

@@ -311,7 +311,7 @@ def test_split_steps_char_tokenizer() -> None:
     ids = prompt + response
     spans = split_steps(ids, tok, prompt_length=len(prompt))
     texts = [tok.decode(ids[s:e]) for s, e in spans]
-    assert texts == ["Q: 1+1?", "a b\n\n", "c\n\n\n\n", "d\n\n", "\ne"]
+    assert texts == ["Q: 1+1?", "a b\n\n", "c\n\n", "\n\n", "d\n\n", "\ne"]  # each delimiter token ends a step
     assert spans[0] == (0, len(prompt)) and spans[-1][1] == len(ids)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
     # A response ending with its delimiter has no empty trailing step; tensors are accepted.
@@ -348,6 +348,8 @@ def test_find_think_end_step() -> None:
     spans = split_steps(ids, tok, prompt_length=len(prompt))
     assert len(spans) == 5
     assert find_think_end_step(ids, spans, tok) == 2
+    twice = prompt + tok("a</think>\n\nb\n\nc</think>\n\nd")["input_ids"]
+    assert find_think_end_step(twice, split_steps(twice, tok, prompt_length=len(prompt)), tok) == 3  # the last tag
     assert find_think_end_step(ids, spans, tok, tag="more") == 4
     assert find_think_end_step(ids, spans, tok, tag="think a") == 1
     assert find_think_end_step(ids, spans, tok, tag="</answer>") is None

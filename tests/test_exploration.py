@@ -35,43 +35,49 @@ def test_atb_takes_the_earliest_candidates_not_the_highest():
     assert atb_branch_steps(fci, SPANS, ratio=0.4, num_points=1) == [3]
 
 
-def test_atb_never_picks_the_first_response_step_or_zero_scores():
+def test_atb_never_picks_the_first_response_step_and_fills_up_with_the_earliest_steps():
     fci = [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # only step 1 scores (it cannot be chosen)
-    assert atb_branch_steps(fci, SPANS) == []
-    # quantile 0 → the smallest positive score is the threshold: only positive steps qualify
+    assert atb_branch_steps(fci, SPANS) == [2, 3]  # too few candidates: the earliest eligible steps fill up
+    # quantile 0 → the smallest positive score is the threshold: only positive steps are candidates
     fci = [0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.2]
     assert atb_branch_steps(fci, SPANS, ratio=0.2) == [3, 7]
     assert atb_branch_steps([0.0, 0.0], SPANS[:2]) == []
+    assert atb_branch_steps([0.0, 0.0, 0.4], SPANS[:3]) == [2]  # one eligible step: one point
 
 
-def test_atb_min_token_distance_and_fill_up():
-    fci = [0.0, 0.0, 0.9, 0.9, 0.9, 0.0, 0.0, 0.0]
-    # response-relative step starts: step k starts at 5(k-1); steps 2,3,4 start at 5,10,15
-    # step 2 starts too early (5 < 10); step 3 (10) qualifies; step 4 (15) is only 5 after step 3;
-    # too few qualify, so the earliest remaining candidate (step 2) fills up
-    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=10) == [2, 3]
-    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=1, min_token_distance=10) == [3]
-    fci2 = [0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.0, 0.0]
-    assert atb_branch_steps(fci2, SPANS, ratio=0.6, num_points=2, min_token_distance=10) == [3, 5]
+def test_atb_gives_two_points_on_a_realistic_five_step_answer():
+    # prompt, then `a=3`, three arithmetic steps, `answer 8`: FCI scores 0 on the first step
+    # (never a target) and on the last (nothing comes after it), so one step is the lone
+    # candidate at the 0.8-quantile; the earliest remaining step fills up the second point.
+    spans = [(0, 30), (30, 35), (35, 52), (52, 71), (71, 90), (90, 99)]
+    fci = [0.0, 0.0, 0.21, 0.47, 0.18, 0.0]
+    assert atb_branch_steps(fci, spans) == [2, 3]
+
+
+def test_atb_spacing_counts_from_the_sequence_start_and_from_step_end_to_step_start():
+    # absolute spans: step k (1..7) is [10 + 5(k-1), 15 + 5(k-1)); steps 2, 4, 5 are candidates
+    fci = [0.0, 0.0, 0.9, 0.0, 0.9, 0.9, 0.0, 0.0]
+    # step 2 starts at 15 >= 10; step 4 starts 5 after step 2 ends (20 → 25): too close;
+    # step 5 starts 10 after it: chosen
+    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=10) == [2, 5]
+    # with 16: step 2 starts too early (15), step 4 qualifies, step 5 starts right at its end;
+    # the earliest remaining eligible step (2) fills up, spacing aside
+    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=16) == [2, 4]
     with pytest.raises(UserError, match="one score per span"):
         atb_branch_steps([0.1, 0.2], SPANS)
-
-
-def test_atb_fill_up_when_spacing_leaves_too_few():
-    fci = [0.0, 0.0, 0.9, 0.9, 0.0, 0.0, 0.0, 0.0]
-    # steps 2 (start 5) and 3 (start 10); with distance 10 only step 3 qualifies, step 2 fills up
-    assert atb_branch_steps(fci, SPANS, ratio=0.5, num_points=2, min_token_distance=10) == [2, 3]
 
 
 def test_early_steps_ablation():
     assert early_branch_steps(SPANS, num_points=2) == [2, 3]
     assert early_branch_steps(SPANS[:3], num_points=2) == [2]
+    assert early_branch_steps(SPANS, num_points=2, min_token_distance=10) == [2, 5]
 
 
-def test_entropy_offsets_are_the_highest_entropy_tokens_in_position_order():
+def test_entropy_offsets_are_the_highest_entropy_tokens_but_the_last_in_position_order():
     entropy = [9.0, 0.1, 2.0, 0.3, 3.0, 2.0]
-    assert entropy_branch_offsets(entropy, num_points=2) == [2, 4]  # offset 0 is never chosen
-    assert entropy_branch_offsets(entropy, num_points=1) == [4]
+    assert entropy_branch_offsets(entropy, num_points=2) == [0, 4]  # offset 0 may be chosen
+    assert entropy_branch_offsets(entropy, num_points=1) == [0]
+    assert entropy_branch_offsets([0.1, 0.2, 5.0], num_points=1) == [1]  # the last token never is
     assert entropy_branch_offsets([1.0], num_points=2) == []
 
 

@@ -296,8 +296,7 @@ def test_fractional_rewards_are_allowed() -> None:
         ([ResponseRollout(5, float("inf"))], r"reward must be a number"),
         ([ResponseRollout(5, "1")], r"reward must be a number"),
         ([ResponseRollout(-1, 1.0)], "length must be an int >= 0"),
-        ([ResponseRollout(5, 1.0, [Branch(5, [(2, 1.0)])])], r"branch 0 offset 5 must be an int in 1\.\.4"),
-        ([ResponseRollout(5, 1.0, [Branch(0, [(2, 1.0)])])], r"branch 0 offset 0 must be an int in 1\.\.4"),
+        ([ResponseRollout(5, 1.0, [Branch(5, [(2, 1.0)])])], r"branch 0 offset 5 must be an int in 0\.\.4"),
         ([ResponseRollout(5, 1.0, [Branch(-2, [(2, 1.0)])])], "offset -2"),
         (
             [ResponseRollout(9, 1.0, [Branch(4, [(2, 1.0)]), Branch(2, [(2, 1.0)])])],
@@ -315,7 +314,7 @@ def test_fractional_rewards_are_allowed() -> None:
         ([ResponseRollout(5, 1.0, [Branch(2, [(2,)])])], r"continuation must be \(length, reward\)"),
         (
             [ResponseRollout(5, 1.0, [Branch(2, [ResponseRollout(3, 0.0, [Branch(3, [(1, 0.0)])])])])],
-            r"response 0, branch 0 continuation 0: branch 0 offset 3 must be an int in 1\.\.2",
+            r"response 0, branch 0 continuation 0: branch 0 offset 3 must be an int in 0\.\.2",
         ),
         ([(5, 1.0)], "response 0 must be a ResponseRollout"),
     ],
@@ -325,3 +324,14 @@ def test_bad_input_is_one_line_value_error(responses: list, message: str) -> Non
         build_tree(responses)
     assert isinstance(info.value, UserError)
     assert "\n" not in str(info.value)
+
+
+def test_a_branch_at_offset_0_is_a_fresh_sample_under_an_empty_node():
+    tree = build_tree([ResponseRollout(4, 1.0, [Branch(0, [(3, 0.0), (5, 0.0)])]), ResponseRollout(2, 0.0)])
+    first = tree.root.children[0]
+    assert first.segment.num_tokens == 0 and len(first.children) == 3
+    # V(root) = 1/4; the empty node's value is 1/3; its children's advantages are measured against it
+    got = {p.leaf: p.advantages for p in paths(tree)}
+    assert got[(0,)].shape == (4,) and got[(0, 0, 0)].shape == (3,)
+    expected = ((1.0 - 0.25) + (1.0 - 1 / 3)) / 1.0
+    assert torch.allclose(got[(0,)], torch.full((4,), expected))

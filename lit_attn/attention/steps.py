@@ -3,8 +3,8 @@
 A sequence is ``prompt ‖ response``. The prompt is step 0. The response is cut at the step
 delimiter (``"\\n\\n"`` by default): a step ends with, and includes, its delimiter token(s);
 text after the last delimiter is the last step. A *delimiter token* is any vocabulary token
-whose decoded text contains the delimiter; a run of consecutive delimiter tokens closes one
-step (it never produces steps made only of delimiters).
+whose decoded text contains the delimiter, and every delimiter token closes a step, as in the
+authors' code (so ``"\n\n\n\n"`` written as two tokens gives a step that is only a delimiter).
 
 The set of delimiter token ids is computed once per (tokenizer, delimiter, vocabulary size) by
 decoding every vocabulary entry, and cached. With a large vocabulary (~150k entries) the first
@@ -99,13 +99,10 @@ def split_steps(
     delimiters = delimiter_token_ids(tokenizer, delimiter)
     spans: list[Span] = [(0, prompt_length)]
     start = prompt_length
-    in_delimiter_run = False
     for position in range(prompt_length, len(ids)):
-        is_delimiter = ids[position] in delimiters
-        if in_delimiter_run and not is_delimiter:
-            spans.append((start, position))
-            start = position
-        in_delimiter_run = is_delimiter
+        if ids[position] in delimiters:
+            spans.append((start, position + 1))
+            start = position + 1
     if start < len(ids):
         spans.append((start, len(ids)))
     return spans
@@ -117,7 +114,8 @@ def find_think_end_step(
     tokenizer: PreTrainedTokenizerBase,
     tag: str = "</think>",
 ) -> int | None:
-    """Index of the response step in which the text ``tag`` is complete, or ``None``.
+    """Index of the response step in which the *last* occurrence of ``tag`` is complete, or
+    ``None`` when the response never writes it (the authors' code takes the last closing tag).
 
     For thinking models, this step and every later one are not FCI targets
     (docs/attnrl.md §2): pass the result as ``think_end_step`` to the FCI functions. Found by
@@ -129,13 +127,17 @@ def find_think_end_step(
         return None
     prompt_end = step_spans[0][1]
 
-    def closed_by(step_index: int) -> bool:
-        text = tokenizer.decode(ids[prompt_end : step_spans[step_index][1]], skip_special_tokens=False)
-        return tag in text
+    def count_by(step_index: int) -> int:
+        return tokenizer.decode(ids[prompt_end : step_spans[step_index][1]], skip_special_tokens=False).count(tag)
 
     low, high = 1, len(step_spans) - 1
-    if not closed_by(high):
+    total = count_by(high)
+    if total == 0:
         return None
+
+    def closed_by(step_index: int) -> bool:
+        return count_by(step_index) == total
+
     while low < high:
         middle = (low + high) // 2
         if closed_by(middle):
