@@ -31,9 +31,10 @@ then calls ``experience_source.make_experience(module, records)`` and trains on 
 when there is no earlier batch to train on yet).
 
 Prompt batch: the data loader's batch (``prompts_per_step`` records) joins a queue; a step
-takes its current batch size ``B_m`` from the front (all of the queue if it holds fewer).
-The queue keeps at most ``4 × prompts_per_step`` records; older ones beyond that are dropped
-(counted in ``branching/prompts_skipped``). All of this state is in ``state_dict()``: a run
+takes its current batch size ``B_m`` from the front. When ``B_m`` has grown past what the
+queue holds, the missing prompts are drawn at random from the training dataset (the
+callback's own generator). The queue keeps at most ``4 × prompts_per_step`` records; older
+ones beyond that are dropped (counted in ``branching/prompts_skipped``). All of this state is in ``state_dict()``: a run
 killed and resumed from a checkpoint continues exactly.
 """
 
@@ -103,7 +104,15 @@ class BranchingCallback(Callback):
         all_correct_expand: responses expanded for an all-correct prompt kept by the filter (paper: 3).
         adaptive_batch: adapt the prompt batch size B_m with ``batch_lambda`` (docs/attnrl.md §4).
         batch_lambda: λ of the batch-size update (paper: 0.9).
-        target_sequences: B′, training sequences wanted per step; None = prompts_per_step × G.
+        target_sequences: B′, training sequences wanted per step; None = the loader's prompts
+            per step × G × (1 + num_points × continuations), the paths an expanded response
+            yields (the authors' B·G·5).
+        max_batch_prompts: the largest prompt batch B_m may grow to (None = 4 × the loader's
+            prompts per step). Prompts beyond what the loader gave are drawn at random from the
+            training dataset (a map-style dataset; with another kind B_m stays within the loader's).
+        train_unbranched: also train on responses that were not expanded, each as a one-node
+            path with advantage 2·(r − V(root)). Off by default, as in the authors' code: they
+            count only in V(root).
         correct_threshold: a reward at or above it counts as correct for ADS.
         seed: seed of this callback's own random choices and of the sampling of each step
             (so a resumed run samples exactly what the uninterrupted one would have).
@@ -119,6 +128,8 @@ class BranchingCallback(Callback):
         adaptive_batch: bool = True,
         batch_lambda: float = 0.9,
         target_sequences: int | None = None,
+        max_batch_prompts: int | None = None,
+        train_unbranched: bool = False,
         correct_threshold: float = 1.0,
         seed: int = 0,
     ) -> None:
@@ -129,6 +140,8 @@ class BranchingCallback(Callback):
             raise UserError(f"{type(self).__name__}: batch_lambda must be in [0, 1], got {batch_lambda} (paper: 0.9)")
         if target_sequences is not None and target_sequences < 1:
             raise UserError(f"{type(self).__name__}: target_sequences must be >= 1 or null, got {target_sequences}")
+        if max_batch_prompts is not None and max_batch_prompts < 1:
+            raise UserError(f"{type(self).__name__}: max_batch_prompts must be >= 1 or null, got {max_batch_prompts}")
         self.continuations = continuations
         self.num_points = num_points
         self.adaptive_sampling = adaptive_sampling
@@ -136,6 +149,8 @@ class BranchingCallback(Callback):
         self.adaptive_batch = adaptive_batch
         self.batch_lambda = batch_lambda
         self.target_sequences = target_sequences
+        self.max_batch_prompts = max_batch_prompts
+        self.train_unbranched = train_unbranched
         self.correct_threshold = correct_threshold
         self.seed = seed
         # State (all of it in state_dict()).
@@ -146,6 +161,7 @@ class BranchingCallback(Callback):
         self.fci_mean = RunningMean()
         self.generator = torch.Generator().manual_seed(seed)
         self._logged_histograms: dict[str, torch.Tensor] = {}
+        self._trainer: Trainer | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -162,6 +178,7 @@ class BranchingCallback(Callback):
                 f"two exploration callbacks on one module ({type(current).__name__} and {type(self).__name__}); keep one"
             )
         pl_module.experience_source = self
+        self._trainer = trainer
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if getattr(pl_module, "experience_source", None) is self:
@@ -282,14 +299,14 @@ class BranchingCallback(Callback):
         experience, tree_metrics = self._trees(module, continuations_of)
         metrics.update(tree_metrics)
         metrics["branching/prompts_skipped"] = float(skipped)
-        metrics["branching/prompt_batch_size"] = float(len(records_now))
+        metrics["branching/batch_prompts"] = float(len(records_now))
         metrics["branching/continuations"] = float(len(sampled) - num_new)
 
         if self.adaptive_batch and self.pending:
-            target = self.target_sequences or len(records) * G
-            self.batch_prompts = adaptive_batch_size(
-                self.batch_prompts or len(records), target, experience.num_sequences, lam=self.batch_lambda
-            )
+            # B_m from the prompts actually trained this step (batch m-1) and what the filter left
+            target = self.target_sequences or len(records) * G * (1 + self.num_points * T)
+            grown = adaptive_batch_size(len(self.pending), target, experience.num_sequences, lam=self.batch_lambda)
+            self.batch_prompts = min(grown, self.max_batch_prompts or 4 * max(len(records), 1))
         self.pending = new_batch
         self.rl_step += 1
         experience.generated_tokens = generated_tokens
@@ -300,12 +317,24 @@ class BranchingCallback(Callback):
         self.queue.extend(records)
         if self.batch_prompts is None:
             self.batch_prompts = len(records)
+        if len(self.queue) < self.batch_prompts:
+            self.queue.extend(self._draw_prompts(self.batch_prompts - len(self.queue)))
         taken, self.queue = self.queue[: self.batch_prompts], self.queue[self.batch_prompts :]
         limit = 4 * max(len(records), 1)
         skipped = max(0, len(self.queue) - limit)
         if skipped:
             self.queue = self.queue[skipped:]
         return taken, skipped
+
+    def _draw_prompts(self, count: int) -> list[dict]:
+        """``count`` extra prompts for a batch grown past the loader's, drawn at random (this
+        callback's generator, so a resumed run draws the same) from the training dataset."""
+        loader = self._trainer.train_dataloader if self._trainer is not None else None
+        pool = getattr(loader, "dataset", None)
+        if not (hasattr(pool, "__getitem__") and hasattr(pool, "__len__")) or len(pool) == 0:
+            return []
+        picks = torch.randint(len(pool), (count,), generator=self.generator).tolist()
+        return [pool[i] for i in picks]
 
     def _plan(self, module: LightningModule, batch: list[PendingPrompt]) -> dict[str, float]:
         """ADS (docs/attnrl.md §4): which responses of each prompt to expand; then the subclass's branch points."""
@@ -331,10 +360,12 @@ class BranchingCallback(Callback):
         responses = [r for prompt in batch for r in prompt.responses]
         positions = [off / max(len(r.tokens), 1) for r in responses for off in r.offsets]
         self._logged_histograms["branching/branch_position"] = torch.tensor(positions, dtype=torch.float32)
+        expanded = sum(1 for r in responses if r.offsets)
         return {
             **metrics,
-            "branching/responses_expanded": float(sum(1 for r in responses if r.offsets)),
+            "branching/responses_expanded": float(expanded),
             "branching/branch_points": float(len(positions)),
+            "branching/points_per_expanded_response": len(positions) / expanded if expanded else 0.0,
             "branching/fci_filter_kept": float(kept),
             "branching/fci_filter_dropped": float(dropped),
         }
@@ -360,7 +391,11 @@ class BranchingCallback(Callback):
             if all_leaves_equal(tree):
                 prompts_filtered += 1
                 continue
-            prompts_trained += 1
+            trained = [
+                path for path in paths(tree)
+                if self.train_unbranched or len(path.leaf) > 1 or rollouts[path.leaf[0]].branches
+            ]
+            prompts_trained += bool(trained)
 
             def source(address: tuple[int, ...]) -> Response:
                 response = prompt.responses[address[0]]
@@ -369,7 +404,7 @@ class BranchingCallback(Callback):
                 branch = [b for b in response.offsets if (p, address[0], b) in continuations_of][address[1]]
                 return continuations_of[(p, address[0], branch)][address[2]]
 
-            for path in paths(tree):
+            for path in trained:
                 tokens, lps, vers = [], [], []
                 for seg in path.segments:
                     src = source(seg.rollout)
@@ -390,6 +425,8 @@ class BranchingCallback(Callback):
             "branching/sequences_after_filter": float(len(completions)),
             "branching/prompts_trained": float(prompts_trained),
             "branching/prompts_zero_advantage": float(prompts_filtered),
+            # prompts of the trained batch that gave no sequence (FCI filter, zero advantage, none expanded)
+            "branching/prompts_dropped": float(len(self.pending) - prompts_trained),
         }
         if leaf_rewards:
             metrics["branching/tree_reward"] = sum(leaf_rewards) / len(leaf_rewards)
@@ -436,13 +473,16 @@ class AttentionBranchCallback(BranchingCallback):
         adaptive_batch: bool = True,
         batch_lambda: float = 0.9,
         target_sequences: int | None = None,
+        max_batch_prompts: int | None = None,
+        train_unbranched: bool = False,
         correct_threshold: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__(
             continuations=continuations, num_points=num_points, adaptive_sampling=adaptive_sampling,
             all_correct_expand=all_correct_expand, adaptive_batch=adaptive_batch, batch_lambda=batch_lambda,
-            target_sequences=target_sequences, correct_threshold=correct_threshold, seed=seed,
+            target_sequences=target_sequences, max_batch_prompts=max_batch_prompts,
+            train_unbranched=train_unbranched, correct_threshold=correct_threshold, seed=seed,
         )
         if selection not in ("fci", "early"):
             raise UserError(f"AttentionBranchCallback: selection must be 'fci' or 'early', got {selection!r}")
@@ -520,6 +560,8 @@ class EntropyBranchCallback(BranchingCallback):
         adaptive_batch: bool = False,
         batch_lambda: float = 0.9,
         target_sequences: int | None = None,
+        max_batch_prompts: int | None = None,
+        train_unbranched: bool = False,
         correct_threshold: float = 1.0,
         seed: int = 0,
         chunk_size: int = 256,
@@ -527,7 +569,8 @@ class EntropyBranchCallback(BranchingCallback):
         super().__init__(
             continuations=continuations, num_points=num_points, adaptive_sampling=adaptive_sampling,
             all_correct_expand=all_correct_expand, adaptive_batch=adaptive_batch, batch_lambda=batch_lambda,
-            target_sequences=target_sequences, correct_threshold=correct_threshold, seed=seed,
+            target_sequences=target_sequences, max_batch_prompts=max_batch_prompts,
+            train_unbranched=train_unbranched, correct_threshold=correct_threshold, seed=seed,
         )
         self.chunk_size = chunk_size
 

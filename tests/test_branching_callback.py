@@ -115,11 +115,14 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
     acc.Reload()
     scalars = acc.Tags()["scalars"]
     for tag in (
-        "reward", "tokens/generated", "branching/prompt_batch_size", "branching/responses_expanded",
+        "reward", "tokens/generated", "branching/batch_prompts", "branching/responses_expanded",
+        "branching/points_per_expanded_response", "branching/prompts_dropped",
         "branching/fci_filter_kept", "branching/fci_filter_dropped", "branching/sequences_after_filter",
         "branching/fci_mean", "loss", "clip_ratio/high_mean",
     ):
         assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
+    points = [e.value for e in acc.Scalars("branching/points_per_expanded_response")]
+    assert max(points) == 2.0, points  # the default model's 5-step answers: N = 2 points per expanded response
     histograms = acc.Tags()["histograms"]
     assert "branching/fci" in histograms and "branching/branch_position" in histograms
     positions = acc.Histograms("branching/branch_position")[-1].histogram_value
@@ -242,3 +245,40 @@ def test_state_dict_round_trip_restores_every_piece_of_state():
     assert b.state_dict()["pending"] == a.state_dict()["pending"] and b.queue == a.queue
     assert (b.rl_step, b.batch_prompts, b.fci_mean.value) == (7, 11, 1.0)
     assert torch.equal(torch.randperm(10, generator=a.generator), torch.randperm(10, generator=b.generator))
+
+
+class _Host:
+    tokenizer = type("Tok", (), {"pad_token_id": 0})()
+    device = torch.device("cpu")
+
+
+def test_unbranched_responses_count_in_the_root_value_but_give_no_sequence():
+    from lit_attn.callbacks.branching import Response
+
+    batch = pending([1.0, 0.0, 0.0])
+    batch.responses[0].offsets = [1]
+    continuations = {(0, 0, 1): [Response([8, 9], [0.0, 0.0], 0.0, 1), Response([8], [0.0], 1.0, 1)]}
+    counts = {}
+    for train_unbranched in (False, True):
+        callback = AttentionBranchCallback(train_unbranched=train_unbranched)
+        callback.pending = [copy.deepcopy(batch)]
+        experience, metrics = callback._trees(_Host(), continuations)
+        counts[train_unbranched] = experience.num_sequences
+        # V(root) = 2/5 (responses 1 and 2 count); response 0's first segment has V = 2/3
+        first = ((2 / 3 - 2 / 5) * 2) / 3**0.5
+        assert experience.advantages[0, 0].item() == pytest.approx(first, abs=1e-6)
+        assert metrics["branching/prompts_dropped"] == 0
+    assert counts == {False: 3, True: 5}  # the response and its two continuations; + the two unexpanded
+
+
+def test_the_prompt_batch_grows_when_the_filter_leaves_fewer_sequences_than_wanted(tiny_model_dir, reward_module):
+    module = small_module(tiny_model_dir, rewards=[reward_module])
+    callback = AttentionBranchCallback(min_gap=1, seed=1)
+    rec = Recorder(callback, module)
+    trainer(4, [callback]).fit(module, small_data())
+    sizes = [e.metrics["branching/batch_prompts"] for e in rec.experiences]
+    # B' = 2 prompts × G=4 × (1 + 2 points × 2 continuations) = 40 sequences, far more than a
+    # step of 2 prompts yields: B_m grows past the loader's 2 prompts (extra ones drawn from the dataset)
+    assert sizes[0] == 2 and max(sizes) > 2, sizes
+    assert max(sizes) <= 8  # at most 4 × the loader's batch
+    assert any(e.num_sequences for e in rec.experiences)
