@@ -109,7 +109,8 @@ class BranchingCallback(Callback):
             yields (the authors' B·G·5).
         max_batch_prompts: the largest prompt batch B_m may grow to (None = 4 × the loader's
             prompts per step). Prompts beyond what the loader gave are drawn at random from the
-            training dataset (a map-style dataset; with another kind B_m stays within the loader's).
+            training dataset when it is a map-style dataset of records batched by the loader;
+            otherwise a step takes at most what the queue holds.
         train_unbranched: also train on responses that were not expanded, each as a one-node
             path with advantage 2·(r − V(root)). Off by default, as in the authors' code: they
             count only in V(root).
@@ -331,7 +332,10 @@ class BranchingCallback(Callback):
         callback's generator, so a resumed run draws the same) from the training dataset."""
         loader = self._trainer.train_dataloader if self._trainer is not None else None
         pool = getattr(loader, "dataset", None)
-        if not (hasattr(pool, "__getitem__") and hasattr(pool, "__len__")) or len(pool) == 0:
+        # only a map-style dataset of records (a loader that batches them) can lend prompts
+        if getattr(loader, "batch_size", None) is None or not (hasattr(pool, "__getitem__") and hasattr(pool, "__len__")):
+            return []
+        if len(pool) == 0 or not isinstance(pool[0], dict):
             return []
         picks = torch.randint(len(pool), (count,), generator=self.generator).tolist()
         return [pool[i] for i in picks]
@@ -499,6 +503,21 @@ class AttentionBranchCallback(BranchingCallback):
         self.fci_block_size = fci_block_size
         self._fci: list[list[torch.Tensor]] = []
         self._spans: list[list[list[Span]]] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        from transformers import PreTrainedModel
+
+        from lit_attn.attention import capture_qk
+
+        model = pl_module.model
+        if not isinstance(model, PreTrainedModel):
+            raise UserError(
+                f"AttentionBranchCallback: {type(pl_module).__name__}.model is a {type(model).__name__}, not a "
+                "Hugging Face PreTrainedModel whose attention FCI can capture; hold the causal LM in `model`"
+            )
+        with capture_qk(model, lambda layer: None):  # raises a one-line UserError naming the architecture
+            pass
 
     def _score_steps(self, module: LightningModule, batch: list[PendingPrompt]) -> None:
         """FCI of every step of every new response, one capture forward for the whole batch."""
