@@ -5,12 +5,13 @@ teacher-forced; it copies every needed fact (``a+m:3+(m=2)=5``), so the ground t
 needed facts (lit_attn/attribution/longcontext.py explains why paraphrases and the injected
 text are not). Sets, all scored with the shipped default model:
 
-* ``built-in n=7`` / ``n=26``: the built-in task with 3 / 22 distractor facts (the model was
-  trained at n=7; 26 is every letter), inside the model's 256 positions;
-* ``long n=50`` / ``n=200``: :class:`~lit_attn.attribution.longcontext.LongContextTask`
-  (facts, paraphrases, an injected instruction, filler texts; ~0.5K / ~2K tokens): the
-  shipped model's RoPE position limit is lifted in its config (256 → 8192); it was never
-  trained past ~120 tokens.
+* ``built-in n=7`` / ``n=12`` / ``n=24``: the built-in task (3 operations, so 4 needed facts)
+  with 3 / 8 / 20 distractor facts, held-out seeds;
+* ``long n=50``: :class:`~lit_attn.attribution.longcontext.LongContextTask` (facts,
+  paraphrases, an injected instruction, filler texts; ~0.5K tokens), inside the model's
+  trained 1,024 positions;
+* ``long n=200``: the same at ~2.5K tokens, past the trained length (the RoPE position
+  limit is lifted in the config to 8192) — what happens beyond what the model saw.
 
 Methods: AttnTrace (K=5, ρ=0.4, B=30), its ablations "no top-K" (K = all tokens) and "no
 subsampling" (ρ=1), plain attention, leave-one-out, and ContextCite (PyPI ``context-cite``

@@ -184,67 +184,79 @@ def test_bad_arguments_are_one_line_errors():
         AttentionBranchCallback(batch_lambda=2.0)
 
 
-class FixedScores(AttentionBranchCallback):
-    """ADS of the real callback, with given per-prompt FCI means and a marker branch point."""
+class FixedScores:
+    """A branch rule with given per-prompt filter scores and a marker branch point."""
 
-    def __init__(self, scores, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, scores):
         self.scores = scores
 
-    def prompt_filter_scores(self, module, batch):
+    def filter_scores(self, host, groups):
         return self.scores
 
-    def choose_offsets(self, module, batch, expand):
-        for p, prompt in enumerate(batch):
+    def choose(self, host, groups, expand, num_points):
+        from lit_attn.tree_rl import Chosen
+
+        for p, group in enumerate(groups):
             for i in expand[p]:
-                prompt.responses[i].offsets = [1]
-        return {}
+                group.offsets[i] = [1]
+        return Chosen()
 
 
 def pending(rewards):
-    from lit_attn.callbacks.branching import PendingPrompt, Response
+    from lit_attn.tree import Rollout
+    from lit_attn.tree_rl import PromptGroup
 
-    return PendingPrompt({"prompt": "p"}, [1], [Response([5, 6, 7], [0.0] * 3, r, 0) for r in rewards])
+    return PromptGroup({"prompt": "p"}, [1], [Rollout((5, 6, 7), r, (0.0,) * 3, 0) for r in rewards])
+
+
+def plan(rule, state, batch):
+    from lit_attn.tree_rl import ExplorationSettings, choose_branch_points, plan_expansion
+
+    settings = ExplorationSettings()
+    expand, metrics = plan_expansion(None, batch, state, settings, rule)
+    choose_branch_points(None, batch, expand, settings, rule)
+    return metrics
 
 
 def test_ads_through_the_callback_fci_filter_and_expansion_counts():
-    class Host:
-        group_size = 6
+    from lit_attn.tree_rl import ExplorationState
 
     all_right = [1.0] * 6
     mostly_right = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # z = 4/6 → 3 expanded, both wrong ones among them
-    callback = FixedScores([1.0, 3.0, 9.0])
+    rule, state = FixedScores([1.0, 3.0, 9.0]), ExplorationState()
     batch = [pending(all_right), pending(all_right), pending(mostly_right)]
-    metrics = callback._plan(Host(), batch)
+    metrics = plan(rule, state, batch)
     # running mean over the all-correct prompts seen so far, this batch included: (1 + 3) / 2 = 2
-    assert callback.fci_mean.value == pytest.approx(2.0)
-    assert [bool(r.offsets) for r in batch[0].responses] == [False] * 6  # 1.0 ≤ 2: dropped
-    assert sum(bool(r.offsets) for r in batch[1].responses) == 3  # 3.0 > 2: kept, 3 expanded
-    expanded = [i for i, r in enumerate(batch[2].responses) if r.offsets]
+    assert state.fci_mean.value == pytest.approx(2.0)
+    assert [bool(o) for o in batch[0].offsets] == [False] * 6  # 1.0 ≤ 2: dropped
+    assert sum(bool(o) for o in batch[1].offsets) == 3  # 3.0 > 2: kept, 3 expanded
+    expanded = [i for i, o in enumerate(batch[2].offsets) if o]
     assert len(expanded) == 3 and {1, 4} <= set(expanded)
     assert metrics["branching/fci_filter_kept"] == 1 and metrics["branching/fci_filter_dropped"] == 1
 
     # the next batch compares against the mean of everything seen: (1 + 3 + 2.5) / 3
-    callback.scores = [2.5]
+    rule.scores = [2.5]
     later = [pending(all_right)]
-    callback._plan(Host(), later)
-    assert callback.fci_mean.value == pytest.approx(6.5 / 3)
-    assert sum(bool(r.offsets) for r in later[0].responses) == 3  # 2.5 > 2.1667: kept
+    plan(rule, state, later)
+    assert state.fci_mean.value == pytest.approx(6.5 / 3)
+    assert sum(bool(o) for o in later[0].offsets) == 3  # 2.5 > 2.1667: kept
 
 
 def test_state_dict_round_trip_restores_every_piece_of_state():
     a = AttentionBranchCallback(seed=5)
-    a.rl_step, a.batch_prompts, a.queue = 7, 11, [{"prompt": "q"}]
-    a.pending = [pending([1.0, 0.0])]
-    a.pending[0].responses[1].offsets = [2]
-    a.fci_mean.update([0.5, 1.5])
-    torch.randperm(10, generator=a.generator)  # the generator has moved on from its seed
-    state = copy.deepcopy(a.state_dict())
+    st = a.state
+    st.rl_step, st.batch_prompts, st.queue = 7, 11, [{"prompt": "q"}]
+    st.pending = [pending([1.0, 0.0])]
+    st.pending[0].offsets[1] = [2]
+    st.fci_mean.update([0.5, 1.5])
+    torch.randperm(10, generator=st.generator)  # the generator has moved on from its seed
+    saved = copy.deepcopy(a.state_dict())
     b = AttentionBranchCallback(seed=5)
-    b.load_state_dict(state)
-    assert b.state_dict()["pending"] == a.state_dict()["pending"] and b.queue == a.queue
-    assert (b.rl_step, b.batch_prompts, b.fci_mean.value) == (7, 11, 1.0)
-    assert torch.equal(torch.randperm(10, generator=a.generator), torch.randperm(10, generator=b.generator))
+    b.load_state_dict(saved)
+    assert b.state_dict()["pending"] == a.state_dict()["pending"] and b.state.queue == st.queue
+    assert b.state.pending[0].offsets == [[], [2]]
+    assert (b.rl_step, b.state.batch_prompts, b.state.fci_mean.value) == (7, 11, 1.0)
+    assert torch.equal(torch.randperm(10, generator=st.generator), torch.randperm(10, generator=b.state.generator))
 
 
 class _Host:
@@ -253,16 +265,16 @@ class _Host:
 
 
 def test_unbranched_responses_count_in_the_root_value_but_give_no_sequence():
-    from lit_attn.callbacks.branching import Response
+    from lit_attn.tree import Rollout
+    from lit_attn.tree_rl import ExplorationSettings, build_trees, training_sequences
 
     batch = pending([1.0, 0.0, 0.0])
-    batch.responses[0].offsets = [1]
-    continuations = {(0, 0, 1): [Response([8, 9], [0.0, 0.0], 0.0, 1), Response([8], [0.0], 1.0, 1)]}
+    batch.offsets[0] = [1]
+    continuations = {(0, 0, 1): [Rollout((8, 9), 0.0, (0.0, 0.0), 1), Rollout((8,), 1.0, (0.0,), 1)]}
     counts = {}
     for train_unbranched in (False, True):
-        callback = AttentionBranchCallback(train_unbranched=train_unbranched)
-        callback.pending = [copy.deepcopy(batch)]
-        experience, metrics = callback._trees(_Host(), continuations)
+        trees = build_trees([batch], continuations)
+        experience, metrics = training_sequences(_Host(), trees, [batch], ExplorationSettings(train_unbranched=train_unbranched))
         counts[train_unbranched] = experience.num_sequences
         # V(root) = 2/5 (responses 1 and 2 count); response 0's first segment has V = 2/3
         first = ((2 / 3 - 2 / 5) * 2) / 3**0.5

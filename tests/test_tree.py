@@ -1,7 +1,7 @@
 """Hand-computed checks of lit_attn.tree (TreeRL-style tree advantages, docs/attnrl.md §6).
 
 Notation: V(n) = mean leaf reward under n, A(n) = [(V(n)-V(root)) + (V(n)-V(parent))]/sqrt(#leaves(n)).
-Rollout addresses: (i,) = response i; a + (b, j) = continuation j of branch b of rollout a.
+Rollout addresses: (i,) = response i; (i, b, j) = continuation j of branch b of response i.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from lit_attn.tree import (
     Branch,
     Node,
     PathSample,
-    ResponseRollout,
+    Response,
+    Rollout,
     Segment,
     Tree,
     all_leaves_equal,
@@ -25,9 +26,19 @@ from lit_attn.tree import (
 )
 
 
+def C(length: int, reward: float) -> Rollout:
+    """A rollout of ``length`` tokens (ids 0, 1, ...) with ``reward``."""
+    return Rollout(tuple(range(length)), reward)
+
+
+def R(length: int, reward: float, branches: list | None = None) -> Response:
+    """A response of ``length`` tokens with ``reward`` and branch points."""
+    return Response(C(length, reward), branches or ())
+
+
 def _by_segment(tree: Tree) -> dict[tuple[tuple[int, ...], int], Node]:
     """Every non-root node, keyed by (rollout address, segment start)."""
-    return {(n.segment.rollout, n.segment.start): n for n in tree.nodes()}
+    return {(n.segment.rollout, n.segment.start): n for n in tree.root.walk() if n is not tree.root}
 
 
 def _by_leaf(tree: Tree) -> dict[tuple[int, ...], PathSample]:
@@ -54,9 +65,9 @@ def test_no_branches_is_grpo_like() -> None:
     # G = 4, rewards [1, 0, 0, 1], lengths [3, 2, 4, 1]. Every response is a leaf child of
     # the root. V(root) = 2/4 = 0.5; parent = root, one leaf each:
     #   A = [(r - 0.5) + (r - 0.5)] / sqrt(1) = +1 for r = 1, -1 for r = 0.
-    tree = build_tree([ResponseRollout(3, 1.0), ResponseRollout(2, 0.0), ResponseRollout(4, 0.0),
-                       ResponseRollout(1, 1.0)])
-    assert tree.num_responses == 4
+    tree = build_tree([R(3, 1.0), R(2, 0.0), R(4, 0.0),
+                       R(1, 1.0)])
+    assert len(tree.responses) == 4
     assert tree.root.value == 0.5
     assert tree.root.num_leaves == 4
     assert [c.advantage for c in tree.root.children] == [1.0, -1.0, -1.0, 1.0]
@@ -65,7 +76,7 @@ def test_no_branches_is_grpo_like() -> None:
     ps = paths(tree)
     assert [p.leaf for p in ps] == [(0,), (1,), (2,), (3,)]
     assert [p.reward for p in ps] == [1.0, 0.0, 0.0, 1.0]
-    assert [p.response_index for p in ps] == [0, 1, 2, 3]
+    assert not any(p.expanded for p in ps)
     assert ps[0].advantages.dtype == torch.float32
     assert ps[0].advantages.tolist() == [1.0, 1.0, 1.0]
     assert ps[1].advantages.tolist() == [-1.0, -1.0]
@@ -91,10 +102,10 @@ def test_one_branch_point() -> None:
     #   C1 = (0,0,1) [0, 3): leaf 1,             A = 5/6
     #   response 1 (leaf 1): A = (1/2 + 1/2) = 1; responses 2, 3 (leaf 0): A = -1
     tree = build_tree([
-        ResponseRollout(10, 0.0, [Branch(4, [(5, 1.0), (3, 1.0)])]),
-        ResponseRollout(6, 1.0),
-        ResponseRollout(7, 0.0),
-        ResponseRollout(8, 0.0),
+        R(10, 0.0, [Branch(4, [C(5, 1.0), C(3, 1.0)])]),
+        R(6, 1.0),
+        R(7, 0.0),
+        R(8, 0.0),
     ])
     a_p = (1 / 3) / math.sqrt(3)
     assert tree.root.value == pytest.approx(0.5)
@@ -124,14 +135,7 @@ def test_one_branch_point() -> None:
     _check_path(by[(3,)], (8, -1.0))
     assert [by[k].reward for k in [(0,), (0, 0, 0), (0, 0, 1)]] == [0.0, 1.0, 1.0]
     assert by[(0, 0, 1)].segments == (Segment((0,), 0, 4), Segment((0, 0, 1), 0, 3))
-    assert by[(0, 0, 1)].response_index == 0
-
-    # token ids: prefix of response 0, then the continuation's own tokens
-    tokens = {(0,): list(range(100, 110)), (0, 0, 0): [7, 7, 7, 7, 7], (0, 0, 1): [8, 9, 10]}
-    assert by[(0, 0, 1)].token_ids(tokens.__getitem__) == [100, 101, 102, 103, 8, 9, 10]
-    assert by[(0,)].token_ids(tokens.__getitem__) == tokens[(0,)]
-    with pytest.raises(UserError, match="has 3 tokens but the tree needs 5"):
-        by[(0, 0, 0)].token_ids(lambda a: [1, 2, 3] if a == (0, 0, 0) else tokens[a])
+    assert by[(0, 0, 1)].expanded and not by[(1,)].expanded
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,8 +153,8 @@ def test_two_branch_points() -> None:
     # A(S2) = A(0,1,0) = (1 - 1/3) + (1 - 2/3) = 1;  A(0,1,1) = (0 - 1/3) + (0 - 2/3) = -1
     # A(0,0,0) = A(0,0,1) = (0 - 1/3) + (0 - 2/5) = -11/15;  A(r1) = 2 (0 - 1/3) = -2/3
     tree = build_tree([
-        ResponseRollout(12, 1.0, [Branch(3, [(4, 0.0), (5, 0.0)]), Branch(8, [(2, 1.0), (6, 0.0)])]),
-        ResponseRollout(5, 0.0),
+        R(12, 1.0, [Branch(3, [C(4, 0.0), C(5, 0.0)]), Branch(8, [C(2, 1.0), C(6, 0.0)])]),
+        R(5, 0.0),
     ])
     a_p0, a_s1 = (2 / 15) / math.sqrt(5), (3 / 5) / math.sqrt(3)
     nodes = _by_segment(tree)
@@ -185,65 +189,16 @@ def test_two_branch_points() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# (4) nested branching inside a continuation
-
-
-def test_nested_branching() -> None:
-    # Response 0: 6 tokens, reward 0, branch at 2 with continuations
-    #   (0,0,0): 7 tokens, reward 1, itself branched at its offset 3 -> (2, 0), (4, 1)
-    #   (0,0,1): 5 tokens, reward 0.
-    # Response 1: 4 tokens, reward 1.
-    # Tree: P = r0[0,2) -> {S = r0[2,6) (0), C0 = (0,0,0)[0,3), C1 = (0,0,1) (0)}
-    #       C0 -> {T = (0,0,0)[3,7) (1), N0 = (0,0,0,0,0) 2 tok (0), N1 = (0,0,0,0,1) 4 tok (1)}
-    # Leaves: S 0, T 1, N0 0, N1 1, C1 0, r1 1 -> 3 / 6, V(root) = 1/2
-    # V(P) = 2/5 (n 5), V(C0) = 2/3 (n 3)
-    # A(P)  = 2 (2/5 - 1/2) / sqrt(5) = (-1/5)/sqrt(5)
-    # A(C0) = [(2/3 - 1/2) + (2/3 - 2/5)] / sqrt(3) = (1/6 + 4/15)/sqrt(3) = (13/30)/sqrt(3)
-    # A(T) = A(N1) = (1 - 1/2) + (1 - 2/3) = 5/6;  A(N0) = (0 - 1/2) + (0 - 2/3) = -7/6
-    # A(S) = A(C1) = (0 - 1/2) + (0 - 2/5) = -9/10;  A(r1) = 2 (1 - 1/2) = 1
-    inner = ResponseRollout(7, 1.0, [Branch(3, [(2, 0.0), ResponseRollout(4, 1.0)])])
-    tree = build_tree([
-        ResponseRollout(6, 0.0, [Branch(2, [inner, (5, 0.0)])]),
-        ResponseRollout(4, 1.0),
-    ])
-    a_p, a_c0 = (-1 / 5) / math.sqrt(5), (13 / 30) / math.sqrt(3)
-    nodes = _by_segment(tree)
-    p, c0, t = nodes[((0,), 0)], nodes[((0, 0, 0), 0)], nodes[((0, 0, 0), 3)]
-    assert c0 in p.children and t is c0.children[0]
-    assert c0.segment == Segment((0, 0, 0), 0, 3) and t.segment == Segment((0, 0, 0), 3, 7)
-    assert tree.root.value == pytest.approx(0.5)
-    assert (p.num_leaves, c0.num_leaves) == (5, 3)
-    assert p.value == pytest.approx(2 / 5) and c0.value == pytest.approx(2 / 3)
-    assert p.advantage == pytest.approx(a_p)
-    assert c0.advantage == pytest.approx(a_c0)
-    assert t.advantage == pytest.approx(5 / 6)
-    assert nodes[((0, 0, 0, 0, 0), 0)].advantage == pytest.approx(-7 / 6)
-    assert nodes[((0, 0, 0, 0, 1), 0)].advantage == pytest.approx(5 / 6)
-    assert nodes[((0,), 2)].advantage == pytest.approx(-9 / 10)
-    assert nodes[((0, 0, 1), 0)].advantage == pytest.approx(-9 / 10)
-    assert nodes[((1,), 0)].advantage == pytest.approx(1.0)
-
-    by = _by_leaf(tree)
-    assert list(by) == [(0,), (0, 0, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 1), (0, 0, 1), (1,)]
-    _check_path(by[(0,)], (2, a_p), (4, -9 / 10))
-    _check_path(by[(0, 0, 0)], (2, a_p), (3, a_c0), (4, 5 / 6))
-    _check_path(by[(0, 0, 0, 0, 0)], (2, a_p), (3, a_c0), (2, -7 / 6))
-    _check_path(by[(0, 0, 0, 0, 1)], (2, a_p), (3, a_c0), (4, 5 / 6))
-    _check_path(by[(0, 0, 1)], (2, a_p), (5, -9 / 10))
-    _check_path(by[(1,)], (4, 1.0))
-    assert by[(0, 0, 0, 0, 1)].segments == (
-        Segment((0,), 0, 2), Segment((0, 0, 0), 0, 3), Segment((0, 0, 0, 0, 1), 0, 4)
-    )
-    assert by[(0, 0, 0, 0, 1)].reward == 1.0
+# (4) coverage
 
 
 def test_paths_cover_every_leaf_once() -> None:
     tree = build_tree([
-        ResponseRollout(9, 1.0, [Branch(2, [(3, 0.0), (1, 1.0)]), Branch(5, [(4, 0.0)])]),
-        ResponseRollout(3, 0.0, [Branch(1, [(2, 1.0), (2, 0.5)])]),
+        R(9, 1.0, [Branch(2, [C(3, 0.0), C(1, 1.0)]), Branch(5, [C(4, 0.0)])]),
+        R(3, 0.0, [Branch(1, [C(2, 1.0), C(2, 0.5)])]),
     ])
     ps = paths(tree)
-    assert len(ps) == tree.root.num_leaves == len(tree.leaves()) == 7  # 1 + 2 + 1 and 1 + 2
+    assert len(ps) == tree.root.num_leaves == sum(n.is_leaf for n in tree.root.walk()) == 7  # 1 + 2 + 1 and 1 + 2
     assert len({p.leaf for p in ps}) == 7
     for p in ps:
         assert p.advantages.numel() == p.num_tokens
@@ -257,28 +212,28 @@ def test_paths_cover_every_leaf_once() -> None:
 @pytest.mark.parametrize("reward", [0.0, 1.0])
 def test_all_leaves_equal_true_means_zero_advantages(reward: float) -> None:
     tree = build_tree([
-        ResponseRollout(5, reward, [Branch(2, [(3, reward), (4, reward)])]),
-        ResponseRollout(4, reward),
+        R(5, reward, [Branch(2, [C(3, reward), C(4, reward)])]),
+        R(4, reward),
     ])
     assert all_leaves_equal(tree)
-    assert all(n.advantage == 0.0 for n in tree.nodes())
+    assert all(n.advantage == 0.0 for n in tree.root.walk())
     assert all(not p.advantages.any() for p in paths(tree))
 
 
 def test_all_leaves_equal_false() -> None:
     # only a continuation differs from the rest
     tree = build_tree([
-        ResponseRollout(5, 0.0, [Branch(2, [(3, 0.0), (4, 1.0)])]),
-        ResponseRollout(4, 0.0),
+        R(5, 0.0, [Branch(2, [C(3, 0.0), C(4, 1.0)])]),
+        R(4, 0.0),
     ])
     assert not all_leaves_equal(tree)
-    assert all_leaves_equal(build_tree([ResponseRollout(3, 1.0)]))
-    assert not all_leaves_equal(build_tree([ResponseRollout(3, 1.0), ResponseRollout(3, 0.0)]))
+    assert all_leaves_equal(build_tree([R(3, 1.0)]))
+    assert not all_leaves_equal(build_tree([R(3, 1.0), R(3, 0.0)]))
 
 
 def test_fractional_rewards_are_allowed() -> None:
     # V(root) = (0.5 + 0.25)/2 = 0.375; A(r0) = 2 (0.5 - 0.375) = 0.25, A(r1) = -0.25
-    tree = build_tree([ResponseRollout(2, 0.5), ResponseRollout(2, 0.25)])
+    tree = build_tree([R(2, 0.5), R(2, 0.25)])
     assert [c.advantage for c in tree.root.children] == pytest.approx([0.25, -0.25])
 
 
@@ -290,33 +245,29 @@ def test_fractional_rewards_are_allowed() -> None:
     ("responses", "message"),
     [
         ([], "at least one response"),
-        ([ResponseRollout(5, float("nan"))], r"response 0: reward must be a number in \[0, 1\], got nan"),
-        ([ResponseRollout(5, 1.5)], r"reward must be a number in \[0, 1\]"),
-        ([ResponseRollout(5, -0.1)], r"reward must be a number in \[0, 1\]"),
-        ([ResponseRollout(5, float("inf"))], r"reward must be a number"),
-        ([ResponseRollout(5, "1")], r"reward must be a number"),
-        ([ResponseRollout(-1, 1.0)], "length must be an int >= 0"),
-        ([ResponseRollout(5, 1.0, [Branch(5, [(2, 1.0)])])], r"branch 0 offset 5 must be an int in 0\.\.4"),
-        ([ResponseRollout(5, 1.0, [Branch(-2, [(2, 1.0)])])], "offset -2"),
+        ([R(5, float("nan"))], r"response 0: reward must be a number in \[0, 1\], got nan"),
+        ([R(5, 1.5)], r"reward must be a number in \[0, 1\]"),
+        ([R(5, -0.1)], r"reward must be a number in \[0, 1\]"),
+        ([R(5, float("inf"))], r"reward must be a number"),
+        ([R(5, "1")], r"reward must be a number"),
+        ([Response(Rollout((1, 2), 1.0, logprobs=(0.0,)))], "1 log-probs for 2 tokens"),
+        ([R(5, 1.0, [Branch(5, [C(2, 1.0)])])], r"branch 0 offset 5 must be an int in 0\.\.4"),
+        ([R(5, 1.0, [Branch(-2, [C(2, 1.0)])])], "offset -2"),
         (
-            [ResponseRollout(9, 1.0, [Branch(4, [(2, 1.0)]), Branch(2, [(2, 1.0)])])],
+            [R(9, 1.0, [Branch(4, [C(2, 1.0)]), Branch(2, [C(2, 1.0)])])],
             "branch offsets must be strictly increasing, got 4 then 2",
         ),
         (
-            [ResponseRollout(9, 1.0, [Branch(4, [(2, 1.0)]), Branch(4, [(2, 1.0)])])],
+            [R(9, 1.0, [Branch(4, [C(2, 1.0)]), Branch(4, [C(2, 1.0)])])],
             "strictly increasing, got 4 then 4",
         ),
-        ([ResponseRollout(5, 1.0, [Branch(2, [])])], "branch 0 at offset 2 has no continuations"),
+        ([R(5, 1.0, [Branch(2, [])])], "branch 0 at offset 2 has no continuations"),
         (
-            [ResponseRollout(3, 1.0), ResponseRollout(5, 1.0, [Branch(2, [(2, float("nan"))])])],
+            [R(3, 1.0), R(5, 1.0, [Branch(2, [C(2, float("nan"))])])],
             r"response 1, branch 0 continuation 0: reward must be a number in \[0, 1\], got nan",
         ),
-        ([ResponseRollout(5, 1.0, [Branch(2, [(2,)])])], r"continuation must be \(length, reward\)"),
-        (
-            [ResponseRollout(5, 1.0, [Branch(2, [ResponseRollout(3, 0.0, [Branch(3, [(1, 0.0)])])])])],
-            r"response 0, branch 0 continuation 0: branch 0 offset 3 must be an int in 0\.\.2",
-        ),
-        ([(5, 1.0)], "response 0 must be a ResponseRollout"),
+        ([R(5, 1.0, [Branch(2, [(2, 1.0)])])], "continuation 0: expected a Rollout, got tuple"),
+        ([(5, 1.0)], "response 0 must be a Response"),
     ],
 )
 def test_bad_input_is_one_line_value_error(responses: list, message: str) -> None:
@@ -327,7 +278,7 @@ def test_bad_input_is_one_line_value_error(responses: list, message: str) -> Non
 
 
 def test_a_branch_at_offset_0_is_a_fresh_sample_under_an_empty_node():
-    tree = build_tree([ResponseRollout(4, 1.0, [Branch(0, [(3, 0.0), (5, 0.0)])]), ResponseRollout(2, 0.0)])
+    tree = build_tree([R(4, 1.0, [Branch(0, [C(3, 0.0), C(5, 0.0)])]), R(2, 0.0)])
     first = tree.root.children[0]
     assert first.segment.num_tokens == 0 and len(first.children) == 3
     # V(root) = 1/4; the empty node's value is 1/3; its children's advantages are measured against it
@@ -335,3 +286,15 @@ def test_a_branch_at_offset_0_is_a_fresh_sample_under_an_empty_node():
     assert got[(0,)].shape == (4,) and got[(0, 0, 0)].shape == (3,)
     expected = ((1.0 - 0.25) + (1.0 - 1 / 3)) / 1.0
     assert torch.allclose(got[(0,)], torch.full((4,), expected))
+
+
+def test_paths_carry_the_tokens_logprobs_and_versions_of_their_segments():
+    response = Rollout((10, 11, 12, 13), 0.0, logprobs=(-0.1, -0.2, -0.3, -0.4), version=3)
+    continuation = Rollout((20, 21), 1.0, logprobs=(-1.0, -2.0), version=4)
+    tree = build_tree([Response(response, [Branch(2, [continuation])]), Response(Rollout((30,), 1.0), ())])
+    by = {p.leaf: p for p in paths(tree)}
+    branch = by[(0, 0, 0)]
+    assert branch.tokens == (10, 11, 20, 21) and branch.versions == (3, 3, 4, 4)
+    assert branch.logprobs == (-0.1, -0.2, -1.0, -2.0)
+    assert by[(0,)].tokens == (10, 11, 12, 13) and by[(0,)].logprobs == (-0.1, -0.2, -0.3, -0.4)
+    assert by[(1,)].logprobs is None  # a rollout without log-probs gives a path without them

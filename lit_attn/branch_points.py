@@ -1,0 +1,115 @@
+"""Where a tree step branches (the :class:`~lit_attn.tree_rl.BranchRule` implementations).
+
+* :class:`FCIBranching` — AttnRL (docs/attnrl.md §2-§3): Forward Context Influence of every
+  step of every response in one capture forward, then Attention-based Tree Branching (or the
+  early-steps ablation); the mean FCI of a prompt also feeds ADS's all-correct filter.
+* :class:`EntropyBranching` — TreeRL (docs/attnrl.md §8): the highest-entropy tokens.
+
+Both only read the host's model (no gradients, modes restored) and write branch offsets into
+the :class:`~lit_attn.tree_rl.PromptGroup` objects they are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lit_attn.attention import fci_scores_batch, find_think_end_step, split_steps
+from lit_attn.attention.steps import DEFAULT_DELIMITER, Span
+from lit_attn.exploration import atb_branch_steps, early_branch_steps, entropy_branch_offsets, prompt_mean_fci
+from lit_attn.logprobs import token_logprobs
+from lit_attn.models import eval_mode
+from lit_attn.rollout import left_pad
+from lit_attn.tree_rl import Chosen, Host, PromptGroup
+
+
+@dataclass
+class FCIBranching:
+    """AttnRL's rule: FCI per step, then ATB (``selection="fci"``) or the first eligible steps
+    (``"early"``). Arguments: see ``AttentionBranchCallback``."""
+
+    delimiter: str = DEFAULT_DELIMITER
+    min_gap: int = 4
+    ratio: float = 0.2
+    min_token_distance: int = 0
+    selection: str = "fci"
+    think_end_tag: str | None = None
+    fci_block_size: int = 256
+    _scored: tuple[list[list[torch.Tensor]], list[list[list[Span]]]] | None = field(default=None, repr=False)
+
+    def score(self, host: Host, groups: list[PromptGroup]) -> tuple[list[list[torch.Tensor]], list[list[list[Span]]]]:
+        """FCI of every step of every response (and the step spans), one capture forward."""
+        tokenizer = host.tokenizer
+        rows = [(g.prompt_ids, list(r.tokens)) for g in groups for r in g.responses]
+        spans = [split_steps(p + t, tokenizer, self.delimiter, prompt_length=len(p)) if t else [(0, len(p))] for p, t in rows]
+        think = None
+        if self.think_end_tag:
+            think = [find_think_end_step(p + t, s, tokenizer, self.think_end_tag) for (p, t), s in zip(rows, spans)]
+        ids, mask, _ = left_pad([p + t for p, t in rows], tokenizer.pad_token_id)
+        fci = fci_scores_batch(
+            host.model, ids, mask, spans, min_gap=self.min_gap, block_size=self.fci_block_size, think_end_steps=think,
+        )
+        G = len(groups[0].responses)
+        return [fci[p * G : (p + 1) * G] for p in range(len(groups))], [spans[p * G : (p + 1) * G] for p in range(len(groups))]
+
+    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> list[float]:
+        self._scored = self.score(host, groups)
+        return [prompt_mean_fci(per_prompt) for per_prompt in self._scored[0]]
+
+    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> Chosen:
+        fci, spans = self._scored if self._scored is not None else self.score(host, groups)
+        self._scored = None
+        for p, group in enumerate(groups):
+            for i in expand[p]:
+                if self.selection == "fci":
+                    steps = atb_branch_steps(
+                        fci[p][i], spans[p][i], ratio=self.ratio, num_points=num_points,
+                        min_token_distance=self.min_token_distance,
+                    )
+                else:
+                    steps = early_branch_steps(spans[p][i], num_points=num_points, min_token_distance=self.min_token_distance)
+                group.offsets[i] = [spans[p][i][k][0] - len(group.prompt_ids) for k in steps]
+        scores = torch.cat([y[1:] for per_prompt in fci for y in per_prompt if y.numel() > 1] or [torch.zeros(0)])
+        return Chosen(
+            metrics={"branching/fci_mean": float(scores.mean()) if scores.numel() else 0.0},
+            histograms={"branching/fci": scores},
+        )
+
+
+@dataclass
+class EntropyBranching:
+    """TreeRL's rule: the ``num_points`` highest-entropy tokens of each expanded response, from
+    one no-grad forward (``chunk_size`` positions per logits chunk)."""
+
+    chunk_size: int = 256
+
+    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> None:
+        return None
+
+    @torch.no_grad()
+    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> Chosen:
+        chosen = [(g, i) for p, g in enumerate(groups) for i in expand[p] if g.responses[i].tokens]
+        if not chosen:
+            return Chosen()
+        tokenizer = host.tokenizer
+        P = max(len(g.prompt_ids) for g, _ in chosen)
+        C = max(len(g.responses[i].tokens) for g, i in chosen)
+        ids = torch.full((len(chosen), P + C), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, (g, i) in enumerate(chosen):
+            p, t = g.prompt_ids, list(g.responses[i].tokens)
+            ids[b, P - len(p) : P + len(t)] = torch.tensor(p + t)
+            mask[b, P - len(p) : P + len(t)] = 1
+        with eval_mode(host.model):
+            _, entropy = token_logprobs(
+                host.model, ids.to(host.device), mask.to(host.device), chunk_size=self.chunk_size,
+                temperature=host.temperature, with_entropy=True,
+            )
+        entropy = entropy[:, P - 1 :].float().cpu()
+        values = []
+        for b, (g, i) in enumerate(chosen):
+            n = len(g.responses[i].tokens)
+            g.offsets[i] = entropy_branch_offsets(entropy[b, :n], num_points=num_points)
+            values.append(entropy[b, :n])
+        return Chosen(metrics={"branching/token_entropy_mean": float(torch.cat(values).mean())})

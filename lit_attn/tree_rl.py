@@ -1,0 +1,347 @@
+"""One step of tree RL on the one-step off-policy schedule (AttnRL, docs/attnrl.md §3-§6), as
+named stages a reader can follow top to bottom in :func:`explore_step`::
+
+    take_prompts → sample → plan_expansion (ADS) → choose_branch_points (FCI/entropy rule)
+                 → build_trees → training_sequences (filter, pack) → adapt the batch size
+
+At step m, with the current weights θ: one sampling call carries the G initial responses of
+batch m *and* the continuations at batch m−1's branch points (chosen at the previous step);
+batch m's branch points are chosen and kept as pending state; batch m−1's trees are built,
+filtered and packed into the :class:`~lit_attn.experience.Experience` the host trains on —
+with :func:`lit_attn.ppo.ppo_update` or its own update. Every token keeps the log-prob and the
+version of the policy that sampled it, carried by the tree from sampling to the experience.
+
+The stages are plain functions over values; the whole state between steps is one
+:class:`ExplorationState` (checkpointed by the Lightning adapters in
+``lit_attn.callbacks.branching``). Where to branch is a :class:`BranchRule`
+(``lit_attn.branch_points``: FCI for AttnRL, token entropy for TreeRL).
+
+    python -m lit_attn fit --config configs/attnrl.yaml
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from lit_attn.branching import sample_continuations
+from lit_attn.errors import UserError
+from lit_attn.experience import Experience, pack_sequences, rollout_metrics
+from lit_attn.exploration import RunningMean, adaptive_batch_size, choose_responses, expansion_count
+from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equal, build_tree, paths
+
+Host = Any
+"""The RL module: ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
+``score(records, completions)``, ``device`` (docs/attnrl.md, "Hosting the callback")."""
+
+
+@dataclass
+class PromptGroup:
+    """A prompt, its G sampled responses, and the branch offsets chosen for each (``[]`` = not
+    expanded)."""
+
+    record: dict
+    prompt_ids: list[int]
+    responses: list[Rollout]
+    offsets: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.offsets:
+            self.offsets = [[] for _ in self.responses]
+
+
+@dataclass(frozen=True)
+class ExplorationSettings:
+    """How the tree step explores (the arguments of ``BranchingCallback``, documented there)."""
+
+    continuations: int = 2
+    num_points: int = 2
+    adaptive_sampling: bool = True
+    all_correct_expand: int = 3
+    adaptive_batch: bool = True
+    batch_lambda: float = 0.9
+    target_sequences: int | None = None
+    max_batch_prompts: int | None = None
+    train_unbranched: bool = False
+    correct_threshold: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class ExplorationState:
+    """Everything that carries from one step to the next (all of it is checkpointed)."""
+
+    seed: int = 0
+    rl_step: int = 0
+    batch_prompts: int | None = None
+    queue: list[dict] = field(default_factory=list)
+    pending: list[PromptGroup] = field(default_factory=list)
+    fci_mean: RunningMean = field(default_factory=RunningMean)
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rl_step": self.rl_step,
+            "batch_prompts": self.batch_prompts,
+            "queue": list(self.queue),
+            "pending": [
+                {"record": g.record, "prompt_ids": g.prompt_ids, "responses": [asdict(r) for r in g.responses], "offsets": g.offsets}
+                for g in self.pending
+            ],
+            "fci_mean": asdict(self.fci_mean),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rl_step = state["rl_step"]
+        self.batch_prompts = state["batch_prompts"]
+        self.queue = list(state["queue"])
+        self.pending = [
+            PromptGroup(g["record"], g["prompt_ids"], [Rollout(**r) for r in g["responses"]], g["offsets"])
+            for g in state["pending"]
+        ]
+        self.fci_mean = RunningMean(**state["fci_mean"])
+        self.generator.set_state(state["generator"])
+
+
+class BranchRule(Protocol):
+    """Where a rule branches: FCI for AttnRL, token entropy for TreeRL (``lit_attn.branch_points``)."""
+
+    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> list[float] | None:
+        """Per-prompt score for ADS's all-correct filter (AttnRL: mean FCI); None = no filter."""
+
+    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> "Chosen":
+        """Fill ``groups[p].offsets[i]`` for each response ``i`` in ``expand[p]``."""
+
+
+@dataclass
+class Chosen:
+    """What a branch rule reports: scalars and histograms for TensorBoard."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Sampled:
+    """The output of the one sampling call of a step."""
+
+    groups: list[PromptGroup]  # batch m: G responses per prompt, no branch points yet
+    continuations: dict[tuple[int, int, int], list[Rollout]]  # (pending group, response, offset) → its continuations
+    generated_tokens: int
+    metrics: dict[str, float]
+
+
+# ------------------------------------------------------------------------------- the step
+
+
+def explore_step(
+    host: Host,
+    records: list[dict],
+    state: ExplorationState,
+    settings: ExplorationSettings,
+    rule: BranchRule,
+    draw_prompts: Callable[[int, torch.Generator], list[dict]] = lambda count, generator: [],
+) -> tuple[Experience, dict[str, torch.Tensor]]:
+    """Sample, choose branch points, build last step's trees: what this step trains on.
+
+    ``records`` is the data loader's batch; ``draw_prompts(count, generator)`` lends extra
+    prompts when the adaptive batch has grown past what the queue holds. Returns the
+    experience (its ``metrics`` filled) and histograms to log.
+    """
+    prompts, skipped = take_prompts(state, records, draw_prompts)
+    sampled = sample(host, prompts, state.pending, settings, state.rl_step)
+    expand, ads_metrics = plan_expansion(host, sampled.groups, state, settings, rule)
+    chosen = choose_branch_points(host, sampled.groups, expand, settings, rule)
+    trees = build_trees(state.pending, sampled.continuations)
+    experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
+
+    if settings.adaptive_batch and state.pending:
+        state.batch_prompts = next_batch_size(len(state.pending), experience.num_sequences, len(records), host.group_size, settings)
+    state.pending = sampled.groups
+    state.rl_step += 1
+    experience.generated_tokens = sampled.generated_tokens
+    experience.metrics = {
+        **sampled.metrics, **ads_metrics, **chosen.metrics, **tree_metrics,
+        "branching/prompts_skipped": float(skipped),
+        "branching/batch_prompts": float(len(prompts)),
+    }
+    return experience, chosen.histograms
+
+
+# ------------------------------------------------------------------------------- stages
+
+
+def take_prompts(
+    state: ExplorationState, records: list[dict], draw_prompts: Callable[[int, torch.Generator], list[dict]]
+) -> tuple[list[dict], int]:
+    """The step's ``B_m`` prompts from the front of the queue the loader's batch joins; extra
+    ones drawn when B_m exceeds the queue; returns them and how many old ones were dropped
+    (the queue keeps at most 4 × the loader's batch)."""
+    state.queue.extend(records)
+    if state.batch_prompts is None:
+        state.batch_prompts = len(records)
+    if len(state.queue) < state.batch_prompts:
+        state.queue.extend(draw_prompts(state.batch_prompts - len(state.queue), state.generator))
+    taken, state.queue = state.queue[: state.batch_prompts], state.queue[state.batch_prompts :]
+    skipped = max(0, len(state.queue) - 4 * max(len(records), 1))
+    state.queue = state.queue[skipped:]
+    return taken, skipped
+
+
+def sample(
+    host: Host, prompts: list[dict], pending: list[PromptGroup], settings: ExplorationSettings, step: int
+) -> Sampled:
+    """One sampling call: G responses per new prompt and T continuations per pending branch
+    point (prefix KV computed once per prefix), then the rewards of all of them in one call."""
+    tokenizer, G, T = host.tokenizer, host.group_size, settings.continuations
+    prompt_ids = [list(tokenizer(r["prompt"])["input_ids"]) for r in prompts]
+    branch_points = [(p, i, off) for p, g in enumerate(pending) for i, offs in enumerate(g.offsets) for off in offs]
+    prefixes = prompt_ids + [pending[p].prompt_ids + list(pending[p].responses[i].tokens[:off]) for p, i, off in branch_points]
+    counts = [G] * len(prompt_ids) + [T] * len(branch_points)
+    # a continuation gets what is left of its response's length budget after the branch point
+    budgets = [host.max_new_tokens] * len(prompt_ids) + [max(host.max_new_tokens - off, 1) for _, _, off in branch_points]
+    out = sample_continuations(
+        host.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
+        temperature=host.temperature, generator_seed=settings.seed * 1_000_003 + step,
+    )
+    records, texts, news = [], [], []
+    for row in range(len(out)):
+        src, new = int(out.prefix_index[row]), out.new_tokens(row)
+        if src < len(prompt_ids):
+            records.append(prompts[src])
+            texts.append(tokenizer.decode(new, skip_special_tokens=True))
+        else:
+            p, i, off = branch_points[src - len(prompt_ids)]
+            records.append(pending[p].record)  # scored as a whole response: the response's prefix + the continuation
+            texts.append(tokenizer.decode(list(pending[p].responses[i].tokens[:off]) + new, skip_special_tokens=True))
+        news.append(Rollout(tuple(new), 0.0, tuple(out.logprobs[row, : len(new)].tolist()), step))
+    rewards = host.score(records, texts).detach().float().cpu() if texts else torch.zeros(0)
+    rollouts = [Rollout(r.tokens, tree_reward(rewards[k]), r.logprobs, r.version) for k, r in enumerate(news)]
+
+    num_new = len(prompt_ids) * G
+    groups = [PromptGroup(rec, ids, rollouts[p * G : (p + 1) * G]) for p, (rec, ids) in enumerate(zip(prompts, prompt_ids))]
+    continuations: dict[tuple[int, int, int], list[Rollout]] = {}
+    for row in range(num_new, len(out)):
+        continuations.setdefault(branch_points[int(out.prefix_index[row]) - len(prompt_ids)], []).append(rollouts[row])
+    metrics = {"branching/continuations": float(len(out) - num_new)}
+    if groups:
+        metrics.update(rollout_metrics(rewards[:num_new], G, out.lengths[:num_new], out.clipped[:num_new]))
+    return Sampled(groups, continuations, int(out.lengths.sum()), metrics)
+
+
+def plan_expansion(
+    host: Host, groups: list[PromptGroup], state: ExplorationState, settings: ExplorationSettings, rule: BranchRule
+) -> tuple[list[list[int]], dict[str, float]]:
+    """ADS (docs/attnrl.md §4): which responses of each prompt to expand. ``round(exp(-z)·G)``
+    with the incorrect-first rule; an all-correct prompt is kept (3 expanded) only when its
+    filter score beats the running mean of all-correct prompts so far, this batch included."""
+    if not groups:
+        return [], {}
+    correct = [[r.reward >= settings.correct_threshold for r in g.responses] for g in groups]
+    if not settings.adaptive_sampling:
+        return [list(range(len(c))) for c in correct], {}
+    scores = rule.filter_scores(host, groups)
+    all_correct = [p for p, c in enumerate(correct) if all(c)]
+    if scores is not None and all_correct:
+        state.fci_mean.update([scores[p] for p in all_correct])
+    expand, kept, dropped = [], 0, 0
+    for p, c in enumerate(correct):
+        if p in all_correct and scores is not None:
+            keep = scores[p] > state.fci_mean.value
+            kept, dropped = kept + keep, dropped + (not keep)
+            expand.append(choose_responses(c, settings.all_correct_expand, state.generator) if keep else [])
+        else:
+            expand.append(choose_responses(c, expansion_count(sum(c), len(c)), state.generator))
+    return expand, {"branching/fci_filter_kept": float(kept), "branching/fci_filter_dropped": float(dropped)}
+
+
+def choose_branch_points(
+    host: Host, groups: list[PromptGroup], expand: list[list[int]], settings: ExplorationSettings, rule: BranchRule
+) -> Chosen:
+    """The rule's branch offsets for the expanded responses, and what to log about them."""
+    if not groups:
+        return Chosen()
+    chosen = rule.choose(host, groups, expand, settings.num_points)
+    responses = [(r, offs) for g in groups for r, offs in zip(g.responses, g.offsets)]
+    positions = [off / max(len(r.tokens), 1) for r, offs in responses for off in offs]
+    expanded = sum(1 for _, offs in responses if offs)
+    chosen.histograms["branching/branch_position"] = torch.tensor(positions, dtype=torch.float32)
+    chosen.metrics.update({
+        "branching/responses_expanded": float(expanded),
+        "branching/branch_points": float(len(positions)),
+        "branching/points_per_expanded_response": len(positions) / expanded if expanded else 0.0,
+    })
+    return chosen
+
+
+def build_trees(pending: list[PromptGroup], continuations: dict[tuple[int, int, int], list[Rollout]]) -> list:
+    """Batch m−1's trees: its responses cut at their branch points, the continuations as siblings
+    (docs/attnrl.md §6). A branch point whose continuations never came is left out."""
+    trees = []
+    for p, group in enumerate(pending):
+        responses = []
+        for i, (rollout, offsets) in enumerate(zip(group.responses, group.offsets)):
+            branches = [Branch(off, continuations[(p, i, off)]) for off in offsets if continuations.get((p, i, off))]
+            responses.append(Response(rollout, branches))
+        trees.append(build_tree(responses))
+    return trees
+
+
+def training_sequences(
+    host: Host, trees: list, pending: list[PromptGroup], settings: ExplorationSettings
+) -> tuple[Experience, dict[str, float]]:
+    """The zero-advantage filter, then one training sequence per root-to-leaf path of an
+    expanded response (all paths with ``train_unbranched``), packed into an experience."""
+    kept: list[tuple[PromptGroup, PathSample]] = []
+    zero_advantage = trained = 0
+    for group, tree in zip(pending, trees):
+        if all_leaves_equal(tree):
+            zero_advantage += 1
+            continue
+        chosen = [path for path in paths(tree) if settings.train_unbranched or path.expanded]
+        trained += bool(chosen)
+        kept += [(group, path) for path in chosen]
+    experience = pack_sequences(
+        [g.prompt_ids for g, _ in kept], [p.tokens for _, p in kept], host.tokenizer.pad_token_id,
+        advantages=[p.advantages for _, p in kept], old_logprobs=[p.logprobs for _, p in kept],
+        versions=[p.versions for _, p in kept], device=host.device,
+    )
+    metrics = {
+        "branching/sequences_after_filter": float(len(kept)),
+        "branching/prompts_trained": float(trained),
+        "branching/prompts_zero_advantage": float(zero_advantage),
+        # prompts of the trained batch that gave no sequence (FCI filter, zero advantage, none expanded)
+        "branching/prompts_dropped": float(len(pending) - trained),
+    }
+    if kept:
+        metrics["branching/tree_reward"] = sum(p.reward for _, p in kept) / len(kept)
+    return experience, metrics
+
+
+def next_batch_size(trained_prompts: int, sequences_left: int, loader_prompts: int, group_size: int, settings: ExplorationSettings) -> int:
+    """B_m from the prompts trained this step and the sequences the filter left (B″), toward
+    B′ = loader prompts × G × (1 + N·T), capped at ``max_batch_prompts`` (4 × the loader's)."""
+    target = settings.target_sequences or loader_prompts * group_size * (1 + settings.num_points * settings.continuations)
+    grown = adaptive_batch_size(trained_prompts, target, sequences_left, lam=settings.batch_lambda)
+    return min(grown, settings.max_batch_prompts or 4 * max(loader_prompts, 1))
+
+
+def tree_reward(value: torch.Tensor) -> float:
+    """A tree reward in [0, 1]; NaN (the reward function skipped the completion) counts as 0."""
+    v = float(value)
+    if math.isnan(v):
+        return 0.0
+    if not -1e-6 <= v <= 1 + 1e-6:
+        raise UserError(
+            f"tree advantages need rewards in [0, 1] (docs/attnrl.md §6), got {v}; use a 0/1 verifier as the "
+            "reward (e.g. lit_attn.rewards.task_reward) or rescale your reward weights"
+        )
+    return min(max(v, 0.0), 1.0)
