@@ -29,9 +29,9 @@ from torchmetrics import MeanMetric
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
-from lit_attn.logprobs import token_logprobs
-from lit_attn.loss import Aggregation, policy_loss
+from lit_attn.loss import Aggregation
 from lit_attn.models import load_policy
+from lit_attn.ppo import PPOSettings, ppo_update
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
 from lit_attn.rollout import Rollout, generate
@@ -227,19 +227,6 @@ class PolicyModule(LightningModule):
             },
         )
 
-    def completion_logprobs(
-        self, model: torch.nn.Module, batch: Rollout | Experience, *, with_entropy: bool = False,
-        rows: slice | torch.Tensor = slice(None),
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs (and entropies) of the completion tokens, shape (n, C)."""
-        lp, ent = token_logprobs(
-            model, batch.input_ids[rows], batch.attention_mask[rows],
-            chunk_size=self.hparams.logprob_chunk_size, temperature=self.hparams.temperature,
-            with_entropy=with_entropy,
-        )
-        start = batch.prompt_length - 1
-        return lp[:, start:], (ent[:, start:] if ent is not None else None)
-
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         source = self.experience_source
         experience = source.make_experience(self, batch) if source is not None else self.grpo_experience(batch)
@@ -256,42 +243,14 @@ class PolicyModule(LightningModule):
         self.log_step_metrics(experience, totals)
 
     def update(self, experience: Experience) -> dict[str, float]:
-        """PPO clip-higher updates over shuffled minibatches of ``minibatch_size`` sequences."""
+        """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
         hp = self.hparams
-        mask = experience.completion_mask.float()
-        advantages = experience.advantages
-        n = experience.num_sequences
-        order = torch.randperm(n, generator=self._shuffle).to(self.device)
-        minibatches = order.split(hp.minibatch_size)
-        old_lp = experience.old_logprobs
-        with torch.no_grad():
-            # Behaviour log-probs of tokens the current weights sampled. With one minibatch the
-            # update is on-policy: the first (and only) forward with gradients gives the same
-            # numbers, so that pass is skipped.
-            if old_lp is None and len(minibatches) > 1:
-                old_lp = self.completion_logprobs(self.model, experience)[0]
-            ref_lp = self.completion_logprobs(self.ref_model, experience)[0] if self.ref_model is not None else None
-
-        optimizer = self.optimizers()
-        totals: dict[str, float] = {}
-        for rows in minibatches:
-            lp, ent = self.completion_logprobs(self.model, experience, with_entropy=True, rows=rows)
-            loss, stats = policy_loss(
-                lp, old_lp[rows] if old_lp is not None else lp.detach(), advantages[rows], mask[rows],
-                clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
-                ref_logprobs=ref_lp[rows] if ref_lp is not None else None, kl_coef=hp.kl_coef,
-                aggregation=hp.aggregation,
-            )
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            if hp.grad_clip > 0:
-                self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-            optimizer.step()
-            m = mask[rows]
-            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / len(minibatches)
-        return totals
+        settings = PPOSettings(
+            minibatch_size=hp.minibatch_size, clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
+            kl_coef=hp.kl_coef, aggregation=hp.aggregation, grad_clip=hp.grad_clip, temperature=hp.temperature,
+            logprob_chunk_size=hp.logprob_chunk_size,
+        )
+        return ppo_update(self, self.model, experience, settings, ref_model=self.ref_model, generator=self._shuffle)
 
     def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
         generated = torch.tensor(float(experience.generated_tokens), device=self.device)

@@ -1,6 +1,6 @@
 """AttentionBranchCallback hosted by a LightningModule lit_attn did not write: only the
 documented contract (docs/attnrl.md, "Hosting the callback in your own RL module") and the
-public pure functions (token log-probs, the policy loss)."""
+public update functions (the PPO update, or token log-probs and the policy loss)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lit_attn.callbacks import AttentionBranchCallback
 from lit_attn.errors import UserError
 from lit_attn.logprobs import token_logprobs
 from lit_attn.loss import policy_loss
+from lit_attn.ppo import PPOSettings, ppo_update
 
 PROMPTS = [{"prompt": "a=3\nb=4\na+b?\n\n", "answer": "7"}, {"prompt": "k=1\nm=5\nk+m?\n\n", "answer": "6"}]
 
@@ -24,8 +25,9 @@ PROMPTS = [{"prompt": "a=3\nb=4\na+b?\n\n", "answer": "7"}, {"prompt": "k=1\nm=5
 class DigitRL(LightningModule):
     """A user's own RL module: rewards the share of digits in a completion."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, own_loss: bool = True) -> None:
         super().__init__()
+        self.own_loss = own_loss
         self.automatic_optimization = False
         self.model = AutoModelForCausalLM.from_pretrained(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -37,6 +39,12 @@ class DigitRL(LightningModule):
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         experience = self.experience_source.make_experience(self, batch)
+        if not self.own_loss:
+            if experience.num_sequences:
+                ppo_update(self, self.model, experience, PPOSettings(minibatch_size=64, kl_coef=0.0))
+            else:
+                self.optimizers().step()
+            return
         optimizer = self.optimizers()
         optimizer.zero_grad()
         if experience.num_sequences:
@@ -55,9 +63,9 @@ def loader() -> DataLoader:
     return DataLoader([PROMPTS] * 50, batch_size=None, collate_fn=lambda batch: batch)
 
 
-def fit(model_dir: Path, steps: int, ckpt_dir: Path | None = None, ckpt_in: Path | None = None):
+def fit(model_dir: Path, steps: int, ckpt_dir: Path | None = None, ckpt_in: Path | None = None, own_loss: bool = True):
     torch.manual_seed(0)
-    module = DigitRL(model_dir)
+    module = DigitRL(model_dir, own_loss)
     callback = AttentionBranchCallback(min_gap=1, seed=5, correct_threshold=0.1)
     callbacks: list = [callback]
     if ckpt_dir is not None:
@@ -88,3 +96,10 @@ def test_setup_refuses_a_model_whose_attention_cannot_be_captured(tiny_model_dir
     module.model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     with pytest.raises(UserError, match="AttentionBranchCallback"):
         AttentionBranchCallback().setup(Trainer(logger=False), module, "fit")
+
+
+def test_a_foreign_module_can_train_with_the_library_ppo_update(tiny_model_dir):
+    before = {k: v.clone() for k, v in DigitRL(tiny_model_dir).model.state_dict().items()}
+    module, callback = fit(tiny_model_dir, 3, own_loss=False)
+    assert callback.rl_step == 3
+    assert any(not torch.equal(before[k], v) for k, v in module.model.state_dict().items())
