@@ -1,15 +1,17 @@
-"""AttnRL vs GRPO vs TreeRL on the embedded default: held-out accuracy against generated tokens.
+"""AttnRL vs GRPO vs TreeRL vs the early-steps ablation: held-out accuracy against generated tokens.
 
 Each method runs its shipped config (configs/default.yaml = GRPO, configs/attnrl.yaml,
-configs/treerl.yaml) on the same shipped model and built-in task, with the same budget of
-generated tokens, for several seeds. A probe callback measures held-out greedy pass@1 (all
-held-out prompts) every ``budget / points`` generated tokens and stops the run at the budget.
-Prints a markdown table and writes docs/bench_efficiency.md (+ .json, + .png):
+configs/treerl.yaml; ``early`` = configs/attnrl.yaml with ``selection: early``) on the same
+shipped model and the same built-in task setting (``--data``, applied to every method), with
+the same budget of generated tokens, for several seeds. A probe callback measures held-out
+greedy pass@1 (all held-out prompts) every ``budget / points`` generated tokens and stops the
+run at the budget. Prints a markdown table and writes docs/bench_efficiency.md (+ .json, +
+.png with accuracy against tokens and against training seconds):
 
-    python bench/efficiency.py                          # 3 seeds, 1.2M tokens each, 2 runs at a time
-    python bench/efficiency.py --budget 300000 --seeds 0 --points 3      # a quick look
+    python bench/efficiency.py                          # 3 seeds, 4 methods, 2 runs at a time
+    python bench/efficiency.py --budget 300000 --seeds 0 --points 3 --methods grpo attnrl   # a quick look
 
-Goal (issue): AttnRL reaches GRPO's final accuracy with ≤ 0.6× the tokens.
+Goal (issue): AttnRL reaches GRPO's final accuracy with ≤ 0.6× the tokens and beats TreeRL.
 Each run is a subprocess with one torch thread; ``--parallel`` runs go side by side.
 """
 
@@ -28,7 +30,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"grpo": "default.yaml", "attnrl": "attnrl.yaml", "treerl": "treerl.yaml"}
+METHODS = {"grpo": "default.yaml", "attnrl": "attnrl.yaml", "treerl": "treerl.yaml", "early": "attnrl.yaml"}
+COLORS = {"grpo": "C0", "attnrl": "C3", "treerl": "C2", "early": "C1"}
+DEFAULT_DATA = "num_texts=30,num_ops=3,num_distractors=12"
 KEEP_CALLBACKS = ("AttentionBranchCallback", "EntropyBranchCallback")
 
 # ---------------------------------------------------------------------------------------------
@@ -83,13 +87,16 @@ class TokenBudgetProbe(Callback):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_config(method: str, seed: int, budget: int, points: int, workdir: Path) -> Path:
+def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, data: dict) -> Path:
     """Write the merged YAML of one run; returns the JSON path the probe will write."""
     config = yaml.safe_load((ROOT / "configs" / METHODS[method]).read_text())
     out = workdir / f"{method}_seed{seed}.json"
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].split(".")[-1] in KEEP_CALLBACKS]
     for c in callbacks:
         c.setdefault("init_args", {})["seed"] = seed
+        if method == "early":
+            c["init_args"]["selection"] = "early"
+    config["data"].update(data)
     callbacks.append({
         "class_path": "efficiency.TokenBudgetProbe",
         "init_args": {"budget": budget, "every": budget // points, "out": str(out)},
@@ -138,16 +145,17 @@ def std(values: list[float]) -> float:
 
 def report(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, wall: float) -> str:
     lines = [
-        "# AttnRL vs GRPO vs TreeRL: held-out accuracy against generated tokens",
+        "# AttnRL vs GRPO vs TreeRL vs early steps: held-out accuracy against generated tokens",
         "",
         f"Command: `python bench/efficiency.py --budget {args.budget} --seeds {' '.join(map(str, args.seeds))} "
-        f"--points {args.points} --parallel {args.parallel}`",
+        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)} --data {args.data}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; each run one "
         f"torch thread, {args.parallel} runs side by side; whole benchmark {wall / 60:.1f} min. Model: the shipped tiny "
-        "Qwen2; task: the built-in facts + arithmetic chain; held-out greedy pass@1 over the 200 held-out prompts. "
-        "Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; AttnRL: configs/attnrl.yaml and "
-        "TreeRL: configs/treerl.yaml, G = 6 with trees) and the same budget of generated tokens.",
+        f"Qwen2; task: the built-in facts + arithmetic chain with `{args.data}` for every method; held-out greedy "
+        "pass@1 over the held-out prompts. Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; "
+        "AttnRL: configs/attnrl.yaml, TreeRL: configs/treerl.yaml and the early-steps ablation (AttnRL with "
+        "`selection: early`), G = 6 with trees) and the same budget of generated tokens.",
         "",
         "| method | seeds | " + " | ".join(f"acc @ {p}" for p in _grid(args)) + " | RL steps | train s (no eval) |",
         "|---|---|" + "---|" * len(_grid(args)) + "---|---|",
@@ -188,16 +196,19 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for method, runs in results.items():
         for seed, curve in runs.items():
-            ax.plot([p["tokens"] / 1e6 for p in curve], [p["accuracy"] for p in curve], marker="o",
-                    color={"grpo": "C0", "attnrl": "C3", "treerl": "C2"}[method], alpha=0.7,
-                    label=method if seed == min(runs) else None)
-    ax.set_xlabel("generated tokens (M)")
-    ax.set_ylabel("held-out pass@1")
-    ax.legend()
-    ax.grid(alpha=0.3)
+            label = method if seed == min(runs) else None
+            acc = [p["accuracy"] for p in curve]
+            axes[0].plot([p["tokens"] / 1e6 for p in curve], acc, marker="o", color=COLORS[method], alpha=0.7, label=label)
+            axes[1].plot([p["seconds"] / 60 for p in curve], acc, marker="o", color=COLORS[method], alpha=0.7, label=label)
+    axes[0].set_xlabel("generated tokens (M)")
+    axes[1].set_xlabel("training minutes (evaluation excluded)")
+    axes[0].set_ylabel("held-out pass@1")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -210,12 +221,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="task settings for every method, key=value,...")
     args = parser.parse_args()
+    data = {k: yaml.safe_load(v) for k, v in (item.split("=") for item in args.data.split(","))}
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        jobs = [(m, s, run_config(m, s, args.budget, args.points, workdir)) for s in args.seeds for m in args.methods]
+        jobs = [(m, s, run_config(m, s, args.budget, args.points, workdir, data)) for s in args.seeds for m in args.methods]
         running: list[tuple[str, int, subprocess.Popen, Path]] = []
         while jobs or running:
             while jobs and len(running) < args.parallel:
@@ -238,7 +251,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     text = report(results, args, wall)
     print(text)
-    args.out.write_text(text + f"\n![accuracy vs tokens]({args.out.with_suffix('.png').name})\n")
+    args.out.write_text(text + f"\n![accuracy vs tokens and vs training time]({args.out.with_suffix('.png').name})\n")
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, args.out.with_suffix(".png"))
 
