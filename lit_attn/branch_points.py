@@ -11,7 +11,7 @@ the :class:`~lit_attn.tree_rl.PromptGroup` objects they are given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,10 +36,10 @@ class FCIBranching:
     selection: str = "fci"
     think_end_tag: str | None = None
     fci_block_size: int = 256
-    _scored: tuple[list[list[torch.Tensor]], list[list[list[Span]]]] | None = field(default=None, repr=False)
 
     def score(self, host: Host, groups: list[PromptGroup]) -> tuple[list[list[torch.Tensor]], list[list[list[Span]]]]:
-        """FCI of every step of every response (and the step spans), one capture forward."""
+        """FCI of every step of every response, and the step spans (per prompt, per response),
+        from one capture forward."""
         tokenizer = host.tokenizer
         rows = [(g.prompt_ids, list(r.tokens)) for g in groups for r in g.responses]
         spans = [split_steps(p + t, tokenizer, self.delimiter, prompt_length=len(p)) if t else [(0, len(p))] for p, t in rows]
@@ -53,13 +53,14 @@ class FCIBranching:
         G = len(groups[0].responses)
         return [fci[p * G : (p + 1) * G] for p in range(len(groups))], [spans[p * G : (p + 1) * G] for p in range(len(groups))]
 
-    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> list[float]:
-        self._scored = self.score(host, groups)
-        return [prompt_mean_fci(per_prompt) for per_prompt in self._scored[0]]
+    def filter_scores(self, scores: tuple[list[list[torch.Tensor]], list[list[list[Span]]]] | None) -> list[float] | None:
+        return None if scores is None else [prompt_mean_fci(per_prompt) for per_prompt in scores[0]]
 
-    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> Chosen:
-        fci, spans = self._scored if self._scored is not None else self.score(host, groups)
-        self._scored = None
+    def choose(
+        self, host: Host, groups: list[PromptGroup], expand: list[list[int]],
+        scores: tuple[list[list[torch.Tensor]], list[list[list[Span]]]], num_points: int,
+    ) -> Chosen:
+        fci, spans = scores
         for p, group in enumerate(groups):
             for i in expand[p]:
                 if self.selection == "fci":
@@ -84,11 +85,14 @@ class EntropyBranching:
 
     chunk_size: int = 256
 
-    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> None:
+    def score(self, host: Host, groups: list[PromptGroup]) -> None:
+        return None  # entropy is computed for the expanded responses only, in choose()
+
+    def filter_scores(self, scores: None) -> None:
         return None
 
     @torch.no_grad()
-    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> Chosen:
+    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], scores: None, num_points: int) -> Chosen:
         chosen = [(g, i) for p, g in enumerate(groups) for i in expand[p] if g.responses[i].tokens]
         if not chosen:
             return Chosen()

@@ -1,7 +1,7 @@
 """One step of tree RL on the one-step off-policy schedule (AttnRL, docs/attnrl.md §3-§6), as
 named stages a reader can follow top to bottom in :func:`explore_step`::
 
-    take_prompts → sample → plan_expansion (ADS) → choose_branch_points (FCI/entropy rule)
+    take_prompts → sample → rule.score (FCI) → plan_expansion (ADS) → choose_branch_points
                  → build_trees → training_sequences (filter, pack) → adapt the batch size
 
 At step m, with the current weights θ: one sampling call carries the G initial responses of
@@ -114,10 +114,14 @@ class ExplorationState:
 class BranchRule(Protocol):
     """Where a rule branches: FCI for AttnRL, token entropy for TreeRL (``lit_attn.branch_points``)."""
 
-    def filter_scores(self, host: Host, groups: list[PromptGroup]) -> list[float] | None:
+    def score(self, host: Host, groups: list[PromptGroup]) -> Any:
+        """Whatever the rule computes over all new responses (AttnRL: FCI per step; None when
+        it needs nothing before the expanded responses are known)."""
+
+    def filter_scores(self, scores: Any) -> list[float] | None:
         """Per-prompt score for ADS's all-correct filter (AttnRL: mean FCI); None = no filter."""
 
-    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], num_points: int) -> "Chosen":
+    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], scores: Any, num_points: int) -> "Chosen":
         """Fill ``groups[p].offsets[i]`` for each response ``i`` in ``expand[p]``."""
 
 
@@ -158,8 +162,9 @@ def explore_step(
     """
     prompts, skipped = take_prompts(state, records, draw_prompts)
     sampled = sample(host, prompts, state.pending, settings, state.rl_step)
-    expand, ads_metrics = plan_expansion(host, sampled.groups, state, settings, rule)
-    chosen = choose_branch_points(host, sampled.groups, expand, settings, rule)
+    scores = rule.score(host, sampled.groups) if sampled.groups else None
+    expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings)
+    chosen = choose_branch_points(host, sampled.groups, expand, scores, settings, rule)
     trees = build_trees(state.pending, sampled.continuations)
     experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
 
@@ -238,17 +243,17 @@ def sample(
 
 
 def plan_expansion(
-    host: Host, groups: list[PromptGroup], state: ExplorationState, settings: ExplorationSettings, rule: BranchRule
+    groups: list[PromptGroup], scores: list[float] | None, state: ExplorationState, settings: ExplorationSettings
 ) -> tuple[list[list[int]], dict[str, float]]:
     """ADS (docs/attnrl.md §4): which responses of each prompt to expand. ``round(exp(-z)·G)``
     with the incorrect-first rule; an all-correct prompt is kept (3 expanded) only when its
-    filter score beats the running mean of all-correct prompts so far, this batch included."""
+    filter score (``scores[p]``; None = no filter) beats the running mean of all-correct
+    prompts so far, this batch included."""
     if not groups:
         return [], {}
     correct = [[r.reward >= settings.correct_threshold for r in g.responses] for g in groups]
     if not settings.adaptive_sampling:
         return [list(range(len(c))) for c in correct], {}
-    scores = rule.filter_scores(host, groups)
     all_correct = [p for p, c in enumerate(correct) if all(c)]
     if scores is not None and all_correct:
         state.fci_mean.update([scores[p] for p in all_correct])
@@ -264,12 +269,13 @@ def plan_expansion(
 
 
 def choose_branch_points(
-    host: Host, groups: list[PromptGroup], expand: list[list[int]], settings: ExplorationSettings, rule: BranchRule
+    host: Host, groups: list[PromptGroup], expand: list[list[int]], scores: Any, settings: ExplorationSettings,
+    rule: BranchRule,
 ) -> Chosen:
     """The rule's branch offsets for the expanded responses, and what to log about them."""
     if not groups:
         return Chosen()
-    chosen = rule.choose(host, groups, expand, settings.num_points)
+    chosen = rule.choose(host, groups, expand, scores, settings.num_points)
     responses = [(r, offs) for g in groups for r, offs in zip(g.responses, g.offsets)]
     positions = [off / max(len(r.tokens), 1) for r, offs in responses for off in offs]
     expanded = sum(1 for _, offs in responses if offs)

@@ -190,10 +190,13 @@ class FixedScores:
     def __init__(self, scores):
         self.scores = scores
 
-    def filter_scores(self, host, groups):
+    def score(self, host, groups):
         return self.scores
 
-    def choose(self, host, groups, expand, num_points):
+    def filter_scores(self, scores):
+        return scores
+
+    def choose(self, host, groups, expand, scores, num_points):
         from lit_attn.tree_rl import Chosen
 
         for p, group in enumerate(groups):
@@ -213,8 +216,9 @@ def plan(rule, state, batch):
     from lit_attn.tree_rl import ExplorationSettings, choose_branch_points, plan_expansion
 
     settings = ExplorationSettings()
-    expand, metrics = plan_expansion(None, batch, state, settings, rule)
-    choose_branch_points(None, batch, expand, settings, rule)
+    scores = rule.score(None, batch)
+    expand, metrics = plan_expansion(batch, rule.filter_scores(scores), state, settings)
+    choose_branch_points(None, batch, expand, scores, settings, rule)
     return metrics
 
 
