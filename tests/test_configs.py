@@ -40,3 +40,14 @@ def test_every_key_is_commented(config):
         if key in ("trainer", "model", "data", "logger", "callbacks", "init_args", "class_path"):
             continue
         assert "#" in line, f"{config.name}:{number}: key {key!r} has no comment"
+
+
+def test_attnrl_config_keeps_the_papers_values_where_the_tiny_model_allows():
+    config = yaml.safe_load((CONFIGS[0].parent / "attnrl.yaml").read_text())
+    branch = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttentionBranchCallback"))
+    assert (branch["ratio"], branch["num_points"], branch["continuations"], branch["batch_lambda"]) == (0.2, 2, 2, 0.9)
+    assert branch["adaptive_sampling"] and branch["adaptive_batch"] and branch["all_correct_expand"] == 3
+    assert branch["train_unbranched"] is False and branch["target_sequences"] is None
+    model = config["model"]
+    assert (model["group_size"], model["kl_coef"], model["weight_decay"]) == (6, 0.001, 0.01)
+    assert (model["clip_low"], model["clip_high"], model["dual_clip"], model["grad_clip"]) == (0.2, 0.28, 3.0, 1.0)
