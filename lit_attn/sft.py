@@ -62,9 +62,12 @@ class SFTModule(LightningModule):
             heads spread attention over all facts at the other ~60 solution positions, and an
             average over every head and position (AttnTrace) found the needed facts at chance
             with 20 distractors (docs/default_model.md).
-        context_hygiene_from: the first step with the context-hygiene loss (the retrieval
-            heads form first; measured here, the loss from step 0 is not needed and a run that
-            adds it after the lookups formed reached full lookup accuracy).
+        context_hygiene_from: the first step with the context-hygiene loss: the shipped model
+            learns its retrieval heads, the task and the arithmetic first, then the hygiene
+            (docs/default_model.md).
+        context_hygiene_lr: the learning rate from ``context_hygiene_from`` on (constant); the
+            schedule above then ends at ``context_hygiene_from``. None = one schedule over all
+            ``max_steps``.
         single_head_steps: the first steps supervise head 0 only: measured here, eight heads
             supervised from the start all settled on a uniform spread over the facts' values
             and the lookup did not form within 500 steps; one head forms it within 300, and
@@ -96,6 +99,7 @@ class SFTModule(LightningModule):
         single_head_steps: int = 0,
         context_hygiene: float = 0.0,
         context_hygiene_from: int = 0,
+        context_hygiene_lr: float | None = None,
         verifier: str = "lit_attn.rewards.task_reward",
         val_max_new_tokens: int = 64,
         val_batch_size: int = 100,
@@ -293,8 +297,13 @@ class SFTModule(LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(self.trainer.max_steps, 1) if self.trainer.max_steps > 0 else 10_000
+        phase = hp.context_hygiene_lr is not None and hp.context_hygiene > 0 and hp.context_hygiene_from > 0
+        if phase:  # the schedule runs up to the hygiene phase, which has a learning rate of its own
+            total = hp.context_hygiene_from
 
         def factor(step: int) -> float:
+            if phase and step >= hp.context_hygiene_from:
+                return hp.context_hygiene_lr / hp.lr
             if step < hp.warmup_steps:
                 return (step + 1) / hp.warmup_steps
             if hp.schedule == "constant":

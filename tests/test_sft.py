@@ -84,3 +84,25 @@ def test_sft_is_reproducible_for_a_seed(tmp_path):
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_the_hygiene_phase_has_its_own_learning_rate_after_the_schedule():
+    from lightning import Trainer
+
+    from lit_attn.sft import SFTModule
+
+    module = SFTModule(
+        hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32, lr=1e-3, warmup_steps=2,
+        schedule="cosine", context_hygiene=1.0, context_hygiene_from=10, context_hygiene_lr=3e-4, lookup_layer=0,
+    )
+    module.trainer = Trainer(max_steps=14, logger=False)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert abs(rates[2] - 1e-3) < 1e-12  # warm-up done: the peak
+    assert 1e-4 < rates[9] < 1.5e-4  # the cosine nears its 10% floor at context_hygiene_from, not at max_steps
+    assert all(abs(r - 3e-4) < 1e-12 for r in rates[10:])
