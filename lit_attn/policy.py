@@ -90,7 +90,7 @@ class PolicyModule(LightningModule):
         validate_at_start: measure held-out pass@1 once before the first training step.
         disable_dropout: set every dropout probability to 0 so that behaviour and training
             log-probs agree (as TRL does).
-        seed: seed of the minibatch shuffling.
+        seed: seed of the minibatch shuffling and of the GRPO rollouts (one private generator per step).
     """
 
     def __init__(
@@ -205,9 +205,12 @@ class PolicyModule(LightningModule):
         """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
         hp = self.hparams
         prompts = [r["prompt"] for r in records]
+        # A private generator per step (and rank): a run resumed from a checkpoint samples what
+        # the uninterrupted run sampled; the global RNG, which no checkpoint holds, is not used.
+        seed = (hp.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
         rollout = generate(
             self.model, self.tokenizer, prompts, num_samples=hp.group_size,
-            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
+            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, generator_seed=seed,
         )
         rewards = self.score([r for r in records for _ in range(hp.group_size)], rollout.completions)
         return rollout, rewards

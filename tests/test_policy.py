@@ -96,3 +96,30 @@ def test_saved_char_tokenizer_round_trips_through_load_policy(tiny_model_dir):
     for text in ["a=1\n", "k=7\nq+k=?\n\n", "  spaced  \n\nanswer 3"]:
         assert loaded(text)["input_ids"] == fresh(text)["input_ids"]
         assert loaded.decode(loaded(text)["input_ids"]) == text
+
+
+def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, tmp_path):
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_attn import PolicyModule, PromptDataModule
+
+    def run(steps, ckpt_dir=None, ckpt_in=None):
+        torch.manual_seed(123 if ckpt_in is None else 456)  # the global RNG must not matter
+        module = PolicyModule(
+            name_or_path=str(tiny_model_dir), group_size=4, prompts_per_step=2, minibatch_size=4, max_new_tokens=10,
+            lr=0.01, validate_at_start=False, rewards=[reward_module],
+        )
+        data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+        callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)] if ckpt_dir else []
+        trainer = Trainer(
+            max_steps=steps, callbacks=callbacks, logger=False, limit_val_batches=0, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", devices=1, enable_checkpointing=bool(ckpt_dir),
+        )
+        trainer.fit(module, data, ckpt_path=ckpt_in)
+        return module
+
+    straight = run(8, ckpt_dir=tmp_path)  # two minibatches per step: 4 RL steps
+    resumed = run(8, ckpt_in=next(tmp_path.glob("*step=4*.ckpt")))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
