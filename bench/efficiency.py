@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"grpo": "default.yaml", "attnrl": "attnrl.yaml", "treerl": "treerl.yaml", "early": "attnrl.yaml"}
 COLORS = {"grpo": "C0", "attnrl": "C3", "treerl": "C2", "early": "C1"}
-DEFAULT_DATA = "num_texts=30,num_ops=3,num_distractors=12"
+DEFAULT_DATA = "num_texts=30,num_ops=6,num_distractors=12"
 KEEP_CALLBACKS = ("AttentionBranchCallback", "EntropyBranchCallback")
 
 # ---------------------------------------------------------------------------------------------

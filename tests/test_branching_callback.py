@@ -104,7 +104,7 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--config={CONFIGS / 'attnrl.yaml'}", "--model.prompts_per_step=4", "--model.group_size=4",
-        "--model.minibatch_size=8", "--model.max_new_tokens=80", "--model.val_batch_size=4",
+        "--model.minibatch_size=8", "--model.max_new_tokens=128", "--model.val_batch_size=4",
         "--data.train_size=40", "--data.val_size=4", "--trainer.max_steps=3",
         "--trainer.val_check_interval=3", f"--trainer.default_root_dir={run_dir}",
         f"--trainer.logger.init_args.save_dir={run_dir}",
