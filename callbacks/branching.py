@@ -192,7 +192,7 @@ class AttentionBranchCallback(BranchingCallback):
 
     Args:
         delimiter: step delimiter (paper: "\\n\\n").
-        min_gap: Δ of FCI (paper: 4; the built-in task's 5-step answers need 1).
+        min_gap: Δ of FCI (paper: 4; the built-in task's short answers need 1).
         ratio: top fraction of a response's step scores that are candidates (paper: 0.2).
         min_token_distance: spacing of branch points in tokens (paper setting: 512; 0 = off).
         selection: ``"fci"`` (AttnRL) or ``"early"`` (the early-steps ablation: the first
