@@ -145,6 +145,11 @@ class PolicyModule(LightningModule):
             {split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")}
         )
         self._shuffle = torch.Generator().manual_seed(seed)
+        self.ppo_settings = PPOSettings(
+            minibatch_size=minibatch_size, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
+            kl_coef=kl_coef, aggregation=aggregation, grad_clip=grad_clip, temperature=temperature,
+            logprob_chunk_size=logprob_chunk_size,
+        )
         self.experience_source: Any = None
         """Set by an exploration callback in its ``setup``; None = GRPO."""
 
@@ -247,13 +252,7 @@ class PolicyModule(LightningModule):
 
     def update(self, experience: Experience) -> dict[str, float]:
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
-        hp = self.hparams
-        settings = PPOSettings(
-            minibatch_size=hp.minibatch_size, clip_low=hp.clip_low, clip_high=hp.clip_high, dual_clip=hp.dual_clip,
-            kl_coef=hp.kl_coef, aggregation=hp.aggregation, grad_clip=hp.grad_clip, temperature=hp.temperature,
-            logprob_chunk_size=hp.logprob_chunk_size,
-        )
-        return ppo_update(self, self.model, experience, settings, ref_model=self.ref_model, generator=self._shuffle)
+        return ppo_update(self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, generator=self._shuffle)
 
     def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
         generated = torch.tensor(float(experience.generated_tokens), device=self.device)

@@ -217,7 +217,7 @@ def sample(
         host.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
         temperature=host.temperature, generator_seed=settings.seed * 1_000_003 + step,
     )
-    records, texts, news = [], [], []
+    records, texts, new_tokens = [], [], []
     for row in range(len(out)):
         src, new = int(out.prefix_index[row]), out.new_tokens(row)
         if src < len(prompt_ids):
@@ -227,9 +227,12 @@ def sample(
             p, i, off = branch_points[src - len(prompt_ids)]
             records.append(pending[p].record)  # scored as a whole response: the response's prefix + the continuation
             texts.append(tokenizer.decode(list(pending[p].responses[i].tokens[:off]) + new, skip_special_tokens=True))
-        news.append(Rollout(tuple(new), 0.0, tuple(out.logprobs[row, : len(new)].tolist()), step))
+        new_tokens.append(new)
     rewards = host.score(records, texts).detach().float().cpu() if texts else torch.zeros(0)
-    rollouts = [Rollout(r.tokens, tree_reward(rewards[k]), r.logprobs, r.version) for k, r in enumerate(news)]
+    rollouts = [
+        Rollout(tuple(new), tree_reward(rewards[row]), tuple(out.logprobs[row, : len(new)].tolist()), step)
+        for row, new in enumerate(new_tokens)
+    ]
 
     num_new = len(prompt_ids) * G
     groups = [PromptGroup(rec, ids, rollouts[p * G : (p + 1) * G]) for p, (rec, ids) in enumerate(zip(prompts, prompt_ids))]
