@@ -10,6 +10,11 @@ run at the budget. Prints a markdown table and writes docs/bench_efficiency.md (
 
     python bench/efficiency.py                          # 3 seeds, 4 methods, 2 runs at a time
     python bench/efficiency.py --budget 300000 --seeds 0 --points 3 --methods grpo attnrl   # a quick look
+    python bench/efficiency.py --hard --budget 300000 --points 3   # hard prompts only (see below)
+
+``--hard`` keeps only the prompts the shipped model answers wrong greedily, for training and
+held out alike: on the default setting their sampled pass rate is about 0.18 and about a third
+of groups of 8 are all wrong — the regime exploration is for. Held-out accuracy then starts at 0.
 
 Goal (issue): AttnRL reaches GRPO's final accuracy with ≤ 0.6× the tokens and beats TreeRL.
 Each run is a subprocess with one torch thread; ``--parallel`` runs go side by side.
@@ -87,6 +92,35 @@ class TokenBudgetProbe(Callback):
 # ---------------------------------------------------------------------------------------------
 
 
+def hard_split(data: dict, pool: int, held_out: int, workdir: Path) -> dict:
+    """Rate ``pool`` training and ``held_out`` held-out prompts of the built-in task with the
+    shipped model (greedy), keep the wrong ones, write them as JSONL; returns the data overrides
+    that point every run at them."""
+    import torch
+
+    from lit_attn.data import PromptDataModule
+    from lit_attn.evaluation import greedy_pass_at_1
+    from lit_attn.models import load_policy
+    from lit_attn.rewards import task_reward
+
+    torch.manual_seed(0)
+    model, tokenizer = load_policy()
+    max_new_tokens = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["model"]["max_new_tokens"]
+    splits = PromptDataModule(**{**data, "train_size": pool, "val_size": held_out})._load()
+    counts: list[str] = []
+    out: dict = {"counts": counts}
+    for name in ("train", "val"):
+        records = splits[name]
+        scores, _ = greedy_pass_at_1(model, tokenizer, records, task_reward, max_new_tokens=max_new_tokens)
+        hard = [r for r, s in zip(records, scores.tolist()) if s < 1.0]
+        counts.append(f"{len(hard)} of {len(records)} {'training' if name == 'train' else 'held-out'} prompts")
+        path = workdir / f"hard_{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in hard))
+        print(f"hard {name}: {len(hard)} of {len(records)} prompts answered wrong greedily", flush=True)
+        out[f"{name}_path"] = str(path)
+    return out
+
+
 def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, data: dict) -> Path:
     """Write the merged YAML of one run; returns the JSON path the probe will write."""
     config = yaml.safe_load((ROOT / "configs" / METHODS[method]).read_text())
@@ -148,12 +182,15 @@ def report(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, 
         "# AttnRL vs GRPO vs TreeRL vs early steps: held-out accuracy against generated tokens",
         "",
         f"Command: `python bench/efficiency.py --budget {args.budget} --seeds {' '.join(map(str, args.seeds))} "
-        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)} --data {args.data}`",
+        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)} --data {args.data}"
+        + (f" --hard --hard-pool {' '.join(map(str, args.hard_pool))}`" if args.hard else "`"),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; each run one "
         f"torch thread, {args.parallel} runs side by side; whole benchmark {wall / 60:.1f} min. Model: the shipped tiny "
-        f"Qwen2; task: the built-in facts + arithmetic chain with `{args.data}` for every method; held-out greedy "
-        "pass@1 over the held-out prompts. Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; "
+        f"Qwen2; task: the built-in facts + arithmetic chain with `{args.data}` for every method"
+        + (f", hard prompts only (those the shipped model answers wrong greedily: {args.hard_counts})" if args.hard else "")
+        + "; held-out greedy pass@1 over the held-out prompts. "
+        "Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; "
         "AttnRL: configs/attnrl.yaml, TreeRL: configs/treerl.yaml and the early-steps ablation (AttnRL with "
         "`selection: early`), G = 6 with trees) and the same budget of generated tokens.",
         "",
@@ -222,12 +259,20 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
     parser.add_argument("--data", default=DEFAULT_DATA, help="task settings for every method, key=value,...")
+    parser.add_argument("--hard", action="store_true",
+                        help="train and hold out only prompts the shipped model answers wrong greedily")
+    parser.add_argument("--hard-pool", type=int, nargs=2, default=[2400, 440], metavar=("TRAIN", "HELD_OUT"),
+                        help="with --hard: built-in prompts rated for each split")
     args = parser.parse_args()
     data = {k: yaml.safe_load(v) for k, v in (item.split("=") for item in args.data.split(","))}
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        if args.hard:
+            paths = hard_split(data, *args.hard_pool, workdir)
+            args.hard_counts = ", ".join(paths.pop("counts"))
+            data.update(paths)
         jobs = [(m, s, run_config(m, s, args.budget, args.points, workdir, data)) for s in args.seeds for m in args.methods]
         running: list[tuple[str, int, subprocess.Popen, Path]] = []
         while jobs or running:
