@@ -21,7 +21,7 @@ from lit_attn.exploration import atb_branch_steps, early_branch_steps, entropy_b
 from lit_attn.logprobs import token_logprobs
 from lit_attn.models import eval_mode
 from lit_attn.rollout import left_pad
-from lit_attn.tree_rl import Chosen, Host, PromptGroup
+from lit_attn.tree_rl import Chosen, Host, PromptGroup, rollout_batch_size, row_chunks
 
 
 @dataclass
@@ -46,10 +46,13 @@ class FCIBranching:
         think = None
         if self.think_end_tag:
             think = [find_think_end_step(p + t, s, tokenizer, self.think_end_tag) for (p, t), s in zip(rows, spans)]
-        ids, mask, _ = left_pad([p + t for p, t in rows], tokenizer.pad_token_id)
-        fci = fci_scores_batch(
-            host.model, ids, mask, spans, min_gap=self.min_gap, block_size=self.fci_block_size, think_end_steps=think,
-        )
+        fci: list[torch.Tensor] = []
+        for chunk in row_chunks(len(rows), rollout_batch_size(host)):
+            ids, mask, _ = left_pad([rows[r][0] + rows[r][1] for r in chunk], tokenizer.pad_token_id)
+            fci += fci_scores_batch(
+                host.model, ids, mask, [spans[r] for r in chunk], min_gap=self.min_gap, block_size=self.fci_block_size,
+                think_end_steps=[think[r] for r in chunk] if think is not None else None,
+            )
         G = len(groups[0].responses)
         return [fci[p * G : (p + 1) * G] for p in range(len(groups))], [spans[p * G : (p + 1) * G] for p in range(len(groups))]
 
@@ -96,24 +99,25 @@ class EntropyBranching:
         chosen = [(g, i) for p, g in enumerate(groups) for i in expand[p] if g.responses[i].tokens]
         if not chosen:
             return Chosen()
-        tokenizer = host.tokenizer
-        P = max(len(g.prompt_ids) for g, _ in chosen)
-        C = max(len(g.responses[i].tokens) for g, i in chosen)
-        ids = torch.full((len(chosen), P + C), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, (g, i) in enumerate(chosen):
-            p, t = g.prompt_ids, list(g.responses[i].tokens)
-            ids[b, P - len(p) : P + len(t)] = torch.tensor(p + t)
-            mask[b, P - len(p) : P + len(t)] = 1
-        with eval_mode(host.model):
-            _, entropy = token_logprobs(
-                host.model, ids.to(host.device), mask.to(host.device), chunk_size=self.chunk_size,
-                temperature=host.temperature, with_entropy=True,
-            )
-        entropy = entropy[:, P - 1 :].float().cpu()
         values = []
-        for b, (g, i) in enumerate(chosen):
-            n = len(g.responses[i].tokens)
-            g.offsets[i] = entropy_branch_offsets(entropy[b, :n], num_points=num_points)
-            values.append(entropy[b, :n])
+        for chunk in row_chunks(len(chosen), rollout_batch_size(host)):
+            part = [chosen[b] for b in chunk]
+            P = max(len(g.prompt_ids) for g, _ in part)
+            C = max(len(g.responses[i].tokens) for g, i in part)
+            ids = torch.full((len(part), P + C), host.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, (g, i) in enumerate(part):
+                p, t = g.prompt_ids, list(g.responses[i].tokens)
+                ids[b, P - len(p) : P + len(t)] = torch.tensor(p + t)
+                mask[b, P - len(p) : P + len(t)] = 1
+            with eval_mode(host.model):
+                _, entropy = token_logprobs(
+                    host.model, ids.to(host.device), mask.to(host.device), chunk_size=self.chunk_size,
+                    temperature=host.temperature, with_entropy=True,
+                )
+            entropy = entropy[:, P - 1 :].float().cpu()
+            for b, (g, i) in enumerate(part):
+                n = len(g.responses[i].tokens)
+                g.offsets[i] = entropy_branch_offsets(entropy[b, :n], num_points=num_points)
+                values.append(entropy[b, :n])
         return Chosen(metrics={"branching/token_entropy_mean": float(torch.cat(values).mean())})

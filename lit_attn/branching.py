@@ -35,7 +35,7 @@ from transformers.cache_utils import DynamicLayer
 
 from lit_attn.errors import UserError
 from lit_attn.models import eval_mode
-from lit_attn.rollout import eos_ids, left_pad
+from lit_attn.rollout import Rollout, eos_ids, left_pad
 
 
 @dataclass
@@ -80,6 +80,17 @@ class Continuations:
     def sequence(self, i: int) -> list[int]:
         """Full token ids of continuation ``i``: its prefix followed by its new tokens."""
         return list(self.prefixes[int(self.prefix_index[i])]) + self.new_tokens(i)
+
+    def to_rollout(self, pad_id: int) -> Rollout:
+        """The continuations packed as a :class:`~lit_attn.rollout.Rollout`: each row's prefix
+        left-padded to the longest, its new tokens after it."""
+        ids, prefix_mask, _ = left_pad([self.prefixes[int(i)] for i in self.prefix_index], pad_id)
+        device = self.tokens.device
+        return Rollout(
+            input_ids=torch.cat([ids.to(device), self.tokens], dim=1),
+            attention_mask=torch.cat([prefix_mask.to(device), self.mask], dim=1),
+            prompt_length=ids.shape[1], completion_mask=self.mask, completions=list(self.texts), clipped=self.clipped,
+        )
 
 
 def _context_length(model: nn.Module) -> int | None:
@@ -240,6 +251,33 @@ def _next_tokens(
 
 
 @torch.no_grad()
+def _concatenate(
+    prefixes: list[list[int]], parts: list[Continuations], firsts: list[int], tokenizer: PreTrainedTokenizerBase
+) -> Continuations:
+    """One :class:`Continuations` from calls over consecutive groups of prefixes (group ``k``
+    starts at prefix ``firsts[k]``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    kept = [(part, first) for part, first in zip(parts, firsts) if len(part)]
+    if not kept:
+        parts[0].prefixes = prefixes
+        return parts[0]
+    parts, firsts = [part for part, _ in kept], [first for _, first in kept]
+    width = max(part.tokens.shape[1] for part in parts)
+
+    def padded(t: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Continuations(
+        prefixes=prefixes,
+        tokens=torch.cat([padded(p.tokens, pad_id) for p in parts]),
+        logprobs=torch.cat([padded(p.logprobs, 0.0) for p in parts]),
+        mask=torch.cat([padded(p.mask, 0) for p in parts]),
+        prefix_index=torch.cat([p.prefix_index.cpu() + first for p, first in zip(parts, firsts)]).to(parts[0].tokens.device),
+        clipped=torch.cat([p.clipped for p in parts]),
+        texts=[t for p in parts for t in p.texts],
+    )
+
+
 def sample_continuations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -250,6 +288,7 @@ def sample_continuations(
     temperature: float = 1.0,
     do_sample: bool = True,
     generator_seed: int | None = None,
+    batch_size: int | None = None,
 ) -> Continuations:
     """Sample ``counts[i]`` continuations of each prefix, encoding every distinct prefix once.
 
@@ -267,12 +306,33 @@ def sample_continuations(
         do_sample: False decodes greedily (every continuation of a prefix is then the same).
         generator_seed: seed of a private ``torch.Generator`` (reproducible, the global RNG
             is not touched); ``None`` samples from the global RNG.
+        batch_size: most continuations sampled at once (bounds the KV cache and the prefill):
+            consecutive prefixes are grouped up to it (a prefix with more continuations goes
+            alone) and each group is one call, seeded ``generator_seed + group``. None = one call.
 
     Returns:
         :class:`Continuations`, rows grouped by prefix in prefix order.
     """
     counts, budgets = _check_inputs(model, prefixes, counts, max_new_tokens, temperature)
     prefixes = [[int(t) for t in prefix] for prefix in prefixes]
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1 (or None for one call), got {batch_size}")
+        groups: list[list[int]] = [[]]
+        for i, count in enumerate(counts):
+            if groups[-1] and sum(counts[j] for j in groups[-1]) + count > batch_size:
+                groups.append([])
+            groups[-1].append(i)
+        if len(groups) > 1:
+            parts = [
+                sample_continuations(
+                    model, tokenizer, [prefixes[i] for i in group], [counts[i] for i in group],
+                    max_new_tokens=[budgets[i] for i in group], temperature=temperature, do_sample=do_sample,
+                    generator_seed=None if generator_seed is None else generator_seed + k,
+                )
+                for k, group in enumerate(groups)
+            ]
+            return _concatenate(prefixes, parts, [group[0] for group in groups], tokenizer)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop = torch.tensor(eos_ids(model, tokenizer), dtype=torch.long, device=device)

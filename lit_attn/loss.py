@@ -26,8 +26,12 @@ The per-token losses are reduced in one of three ways:
   constant ``T`` (the mask's second dimension), then mean over all ``B`` sequences. No
   length-dependent normaliser, so no bias towards long wrong / short right answers.
 
-Note that every reduction normalises by quantities of the batch it is given: with gradient
-accumulation, "token_mean" of each micro-batch is not the token mean of the whole batch.
+Every reduction divides a sum by a quantity of the batch (its token count, its number of
+sequences with tokens, or ``B·T``). With gradient accumulation the micro-batches must share
+the *whole* minibatch's quantity, or "token_mean" of each micro-batch is not the token mean of
+the batch: :func:`loss_normaliser` computes it for the whole minibatch (summed over processes
+under data parallelism), and ``aggregate(..., normaliser=...)`` divides a micro-batch's sum by
+it, so the micro-batches' losses add up to the whole minibatch's loss exactly.
 """
 
 from __future__ import annotations
@@ -69,22 +73,42 @@ def _masked_token_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation) -> torch.Tensor:
+def loss_normaliser(mask: torch.Tensor, aggregation: Aggregation, *, length: int | None = None) -> torch.Tensor:
+    """The quantity ``aggregation`` divides by, for the (B, T) ``mask`` of a whole minibatch:
+    its masked tokens (``token_mean``), its sequences with at least one masked token
+    (``seq_mean_token_mean``) or ``B · length`` (``seq_mean_token_sum_norm``; ``length``
+    defaults to T). A float tensor; sum it over processes for a global minibatch."""
+    weights = mask.float()
+    if aggregation == "token_mean":
+        return weights.sum()
+    if aggregation == "seq_mean_token_mean":
+        return (weights.sum(dim=-1) > 0).float().sum()
+    if aggregation == "seq_mean_token_sum_norm":
+        return torch.tensor(float(mask.shape[0] * (mask.shape[-1] if length is None else length)), device=mask.device)
+    raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation, *, normaliser: torch.Tensor | float | None = None
+) -> torch.Tensor:
     """Reduce a (B, T) tensor of per-token losses to a scalar (see the module docstring).
 
-    Returns 0 (still attached to ``per_token``'s graph) when the mask is all zeros.
+    ``normaliser``: the whole minibatch's :func:`loss_normaliser` when this is one micro-batch
+    of it (None = this batch's own). Returns 0 (still attached to ``per_token``'s graph) when
+    the mask is all zeros.
     """
     weights = mask.to(per_token.dtype)
+    if normaliser is None:
+        normaliser = loss_normaliser(mask, aggregation)
+    normaliser = torch.as_tensor(normaliser, dtype=per_token.dtype, device=per_token.device).clamp(min=1.0)
     if aggregation == "token_mean":
-        return _masked_token_mean(per_token, weights)
+        return (per_token * weights).sum() / normaliser
     if aggregation == "seq_mean_token_mean":
         tokens_per_seq = weights.sum(dim=-1)
         seq_loss = (per_token * weights).sum(dim=-1) / tokens_per_seq.clamp(min=1.0)
-        has_tokens = (tokens_per_seq > 0).to(per_token.dtype)
-        return (seq_loss * has_tokens).sum() / has_tokens.sum().clamp(min=1.0)
+        return seq_loss.sum() / normaliser  # sequences without tokens add 0
     if aggregation == "seq_mean_token_sum_norm":
-        seq_loss = (per_token * weights).sum(dim=-1) / per_token.shape[-1]
-        return seq_loss.mean()
+        return (per_token * weights).sum() / normaliser
     raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
 
 
@@ -100,6 +124,7 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     aggregation: Aggregation = "token_mean",
+    normaliser: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy-gradient loss (to minimise) and detached scalar statistics.
 
@@ -118,6 +143,8 @@ def policy_loss(
             ``kl_coef > 0``; if given with ``kl_coef == 0`` the KL is only reported.
         kl_coef: weight of the k3 KL penalty added to every token's loss.
         aggregation: "token_mean", "seq_mean_token_mean" or "seq_mean_token_sum_norm".
+        normaliser: with gradient accumulation, the whole minibatch's :func:`loss_normaliser`
+            (then the micro-batches' losses sum to the minibatch's loss); None = this batch's.
 
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars, each a mean over masked tokens:
@@ -169,7 +196,7 @@ def policy_loss(
         if kl_coef > 0.0:
             per_token = pg + kl_coef * kl
 
-    loss = aggregate(per_token, weights, aggregation)
+    loss = aggregate(per_token, weights, aggregation, normaliser=normaliser)
 
     with torch.no_grad():
         ratio_d = ratio.detach()

@@ -34,6 +34,7 @@ from lit_attn.models import load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
+from lit_attn.branching import sample_continuations
 from lit_attn.rollout import Rollout, generate
 
 
@@ -67,6 +68,13 @@ class PolicyModule(LightningModule):
         group_size: completions sampled per prompt (G).
         prompts_per_step: prompts per training step, per device; the data module's batch size.
         minibatch_size: completions per optimiser step; must divide prompts_per_step × group_size.
+        micro_batch_size: most sequences per forward/backward of the update (gradients
+            accumulate over a minibatch's micro-batches, exactly); also bounds the no-grad
+            behaviour and reference log-prob forwards. None = a whole minibatch at once.
+        micro_batch_tokens: most padded tokens (rows × longest row) per micro-batch, for
+            responses whose lengths vary. None = no token limit.
+        rollout_batch_size: most sequences sampled (or scored without gradients: FCI,
+            entropy) at once. None = the whole step's batch in one call.
         max_new_tokens: completion length limit during training.
         temperature: sampling temperature (log-probs are computed at the same temperature).
         lr: AdamW learning rate (constant).
@@ -101,6 +109,9 @@ class PolicyModule(LightningModule):
         group_size: int = 8,
         prompts_per_step: int = 16,
         minibatch_size: int = 64,
+        micro_batch_size: int | None = None,
+        micro_batch_tokens: int | None = None,
+        rollout_batch_size: int | None = None,
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         lr: float = 1e-6,
@@ -125,7 +136,8 @@ class PolicyModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_batch_arithmetic(group_size, prompts_per_step, minibatch_size)
-        for name, value in (("max_new_tokens", max_new_tokens), ("logprob_chunk_size", logprob_chunk_size)):
+        for name, value in (("max_new_tokens", max_new_tokens), ("logprob_chunk_size", logprob_chunk_size),
+                            ("rollout_batch_size", rollout_batch_size or 1)):
             if value < 1:
                 raise UserError(f"model.{name} must be >= 1, got {value}")
         if temperature <= 0:
@@ -148,7 +160,8 @@ class PolicyModule(LightningModule):
         self.ppo_settings = PPOSettings(
             minibatch_size=minibatch_size, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
             kl_coef=kl_coef, aggregation=aggregation, grad_clip=grad_clip, temperature=temperature,
-            logprob_chunk_size=logprob_chunk_size,
+            logprob_chunk_size=logprob_chunk_size, micro_batch_size=micro_batch_size,
+            micro_batch_tokens=micro_batch_tokens,
         )
         self.experience_source: Any = None
         """Set by an exploration callback in its ``setup``; None = GRPO."""
@@ -197,6 +210,11 @@ class PolicyModule(LightningModule):
         return int(self.hparams.max_new_tokens)
 
     @property
+    def rollout_batch_size(self) -> int | None:
+        """Most sequences sampled or scored without gradients at once (None = no limit)."""
+        return self.hparams.rollout_batch_size
+
+    @property
     def temperature(self) -> float:
         """Sampling temperature (log-probs use the same one)."""
         return float(self.hparams.temperature)
@@ -209,14 +227,14 @@ class PolicyModule(LightningModule):
     def rollout(self, records: list[dict]) -> tuple[Rollout, torch.Tensor]:
         """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
         hp = self.hparams
-        prompts = [r["prompt"] for r in records]
+        prompt_ids = [list(self.tokenizer(r["prompt"])["input_ids"]) for r in records]
         # A private generator per step (and rank): a run resumed from a checkpoint samples what
         # the uninterrupted run sampled; the global RNG, which no checkpoint holds, is not used.
         seed = (hp.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
-        rollout = generate(
-            self.model, self.tokenizer, prompts, num_samples=hp.group_size,
-            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, generator_seed=seed,
-        )
+        rollout = sample_continuations(
+            self.model, self.tokenizer, prompt_ids, hp.group_size, max_new_tokens=hp.max_new_tokens,
+            temperature=hp.temperature, generator_seed=seed, batch_size=hp.rollout_batch_size,
+        ).to_rollout(self.tokenizer.pad_token_id)
         rewards = self.score([r for r in records for _ in range(hp.group_size)], rollout.completions)
         return rollout, rewards
 
@@ -238,16 +256,11 @@ class PolicyModule(LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         source = self.experience_source
         experience = source.make_experience(self, batch) if source is not None else self.grpo_experience(batch)
-        if experience.num_sequences:
-            totals = self.update(experience)
-        else:
-            # Nothing to train on (the first step of the one-step off-policy schedule, or every
-            # prompt filtered out): an optimiser step with no gradients leaves the weights and
-            # AdamW's state untouched but still counts, so trainer.max_steps always ends the run.
-            optimizer = self.optimizers()
-            optimizer.zero_grad(set_to_none=True)
-            optimizer.step()
-            totals = {}
+        # With nothing to train on (the first step of the one-step off-policy schedule, or every
+        # prompt filtered out) ppo_update still steps the optimiser (no gradients: weights and
+        # AdamW's state untouched), so trainer.max_steps always ends the run, and under DDP it
+        # runs as many backward passes as the other ranks.
+        totals = self.update(experience)
         self.log_step_metrics(experience, totals)
 
     def update(self, experience: Experience) -> dict[str, float]:

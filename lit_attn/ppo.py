@@ -5,21 +5,37 @@ LightningModule with manual optimisation can call (docs/attnrl.md §7)::
 
     def training_step(self, batch, batch_idx):
         experience = self.experience_source.make_experience(self, batch)
-        ppo_update(self, self.model, experience, PPOSettings(minibatch_size=64))
+        ppo_update(self, self.model, experience, PPOSettings(minibatch_size=64, micro_batch_size=8))
 
 :class:`~lit_attn.PolicyModule` trains this way for GRPO and for the tree callbacks alike.
+
+**Bounded memory.** A minibatch (one optimiser step) is split into micro-batches of at most
+``micro_batch_size`` sequences and ``micro_batch_tokens`` padded tokens (each micro-batch is
+cut to its own longest row); their gradients accumulate. Every loss aggregation divides by
+the whole minibatch's normaliser (:func:`lit_attn.loss.loss_normaliser`), so the accumulated
+gradient is the one-piece minibatch gradient exactly. The no-grad forwards (behaviour and
+reference log-probs) use the same micro-batches.
+
+**Several processes.** Under data parallelism every rank must run the same number of
+backward passes (each one all-reduces gradients) and optimiser steps, whatever number of
+sequences it holds — tree exploration gives ranks different counts. The number of
+minibatches and of micro-batches in each is the maximum over ranks; a rank with fewer runs
+zero-weight backward passes, and the normaliser is summed over ranks (the loss is scaled by
+the world size, which the gradient all-reduce averages away).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from lightning import LightningModule
 
+from lit_attn.errors import UserError
 from lit_attn.experience import Experience
 from lit_attn.logprobs import token_logprobs
-from lit_attn.loss import Aggregation, policy_loss
+from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
 
 
 @dataclass(frozen=True)
@@ -35,19 +51,107 @@ class PPOSettings:
     grad_clip: float = 1.0
     temperature: float = 1.0
     logprob_chunk_size: int = 256
+    micro_batch_size: int | None = None
+    micro_batch_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("minibatch_size", "micro_batch_size", "micro_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"model.{name} must be >= 1 (or null for no limit), got {value}")
+
+
+# ------------------------------------------------------------------------------ micro-batches
+
+
+def micro_batches(attention_mask: torch.Tensor, rows: torch.Tensor, settings: PPOSettings) -> list[torch.Tensor]:
+    """Split ``rows`` (in order) into consecutive micro-batches of at most ``micro_batch_size``
+    rows and ``micro_batch_tokens`` padded tokens (rows × the longest row's length; a row
+    longer than the budget goes alone)."""
+    size = settings.micro_batch_size or max(len(rows), 1)
+    budget = settings.micro_batch_tokens
+    if budget is None:
+        return list(rows.split(size))
+    lengths = attention_mask[rows].sum(-1).tolist()
+    chunks: list[list[int]] = []
+    longest = 0
+    for row, length in zip(rows.tolist(), lengths):
+        if chunks and len(chunks[-1]) < size and max(longest, length) * (len(chunks[-1]) + 1) <= budget:
+            chunks[-1].append(row)
+            longest = max(longest, length)
+        else:
+            chunks.append([row])
+            longest = length
+    return [torch.tensor(c, dtype=torch.long, device=rows.device) for c in chunks]
+
+
+def _columns(batch: Experience, rows: torch.Tensor) -> tuple[slice, int]:
+    """The columns ``rows`` use (left prompt padding and right completion padding cut away):
+    a slice of the packed width, and how many completion columns it keeps."""
+    used = batch.attention_mask[rows].sum(0) > 0
+    P = batch.prompt_length
+    first = int(used[:P].nonzero()[0]) if bool(used[:P].any()) else P - 1
+    first = min(first, P - 1)  # the last prompt token predicts the first completion token
+    completion = int(used[P:].nonzero()[-1]) + 1 if bool(used[P:].any()) else 1
+    return slice(first, P + completion), completion
 
 
 def completion_logprobs(
     model: torch.nn.Module, batch: Experience, settings: PPOSettings, *, with_entropy: bool = False,
-    rows: slice | torch.Tensor = slice(None),
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs (and entropies) of the completion tokens of ``batch``, shape (n, C)."""
+    """Per-token log-probs (and entropies) of the completion tokens of ``batch[rows]``, shape
+    (len(rows), C′): the rows are cut to the columns they use, so C′ ≤ C (their longest
+    completion); the entries past C′ would be masked anyway."""
+    if rows is None:
+        rows = torch.arange(batch.num_sequences, device=batch.input_ids.device)
+    cols, completion = _columns(batch, rows)
     lp, ent = token_logprobs(
-        model, batch.input_ids[rows], batch.attention_mask[rows],
+        model, batch.input_ids[rows][:, cols], batch.attention_mask[rows][:, cols],
         chunk_size=settings.logprob_chunk_size, temperature=settings.temperature, with_entropy=with_entropy,
     )
-    start = batch.prompt_length - 1
+    start = lp.shape[1] - completion
     return lp[:, start:], (ent[:, start:] if ent is not None else None)
+
+
+@torch.no_grad()
+def batched_completion_logprobs(model: torch.nn.Module, batch: Experience, settings: PPOSettings) -> torch.Tensor:
+    """Completion log-probs of every row, (N, C), computed one micro-batch at a time."""
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.input_ids.device)
+    rows = torch.arange(batch.num_sequences, device=batch.input_ids.device)
+    for chunk in micro_batches(batch.attention_mask, rows, settings):
+        lp = completion_logprobs(model, batch, settings, rows=chunk)[0]
+        out[chunk, : lp.shape[1]] = lp.float()
+    return out
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def _world(host: LightningModule) -> tuple[int, object | None]:
+    trainer = getattr(host, "_trainer", None)
+    if trainer is None or trainer.world_size <= 1:
+        return 1, None
+    return trainer.world_size, trainer.strategy
+
+
+def _reduce(strategy: object | None, value: float, op: str, device: torch.device) -> float:
+    if strategy is None:
+        return value
+    return float(strategy.reduce(torch.tensor(float(value), device=device), reduce_op=op))
+
+
+def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experience, settings: PPOSettings) -> None:
+    """A backward pass whose gradient is zero: what a rank with no rows left runs so that its
+    gradient all-reduces pair up with the other ranks'."""
+    pad = batch.input_ids.new_zeros((1, 2))
+    dummy = Experience(input_ids=pad, attention_mask=torch.ones_like(pad), prompt_length=1,
+                       completion_mask=pad.new_ones((1, 1)), advantages=torch.zeros(1, device=pad.device))
+    lp, _ = completion_logprobs(model, dummy, settings)
+    host.manual_backward(lp.sum() * 0.0)
+
+
+# ------------------------------------------------------------------------------ the update
 
 
 def ppo_update(
@@ -65,35 +169,60 @@ def ppo_update(
     clipping, so Lightning's strategy and precision apply. Behaviour log-probs come from the
     experience (the tree step records them); when it has none, the current weights sampled it
     and they are computed here (skipped with a single minibatch, where the first forward with
-    gradients gives the same numbers). Returns each statistic averaged over the minibatches.
+    gradients gives the same numbers). Each minibatch is one optimiser step, accumulated over
+    its micro-batches. With nothing to train on any rank, one optimiser step with no
+    gradients is taken (weights and AdamW state unchanged), so the step still counts.
+    Returns each statistic averaged over the micro-batches, weighted by their tokens.
     """
+    world, strategy = _world(host)
+    device = experience.input_ids.device
     mask = experience.completion_mask.float()
     n = experience.num_sequences
-    order = torch.randperm(n, generator=generator).to(experience.input_ids.device)
-    minibatches = order.split(settings.minibatch_size)
-    old_lp = experience.old_logprobs
-    with torch.no_grad():
-        if old_lp is None and len(minibatches) > 1:
-            old_lp = completion_logprobs(model, experience, settings)[0]
-        ref_lp = completion_logprobs(ref_model, experience, settings)[0] if ref_model is not None else None
-
+    order = torch.randperm(n, generator=generator).to(device)
+    count = int(_reduce(strategy, math.ceil(n / settings.minibatch_size), "max", device))
     optimizer = host.optimizers()
+    if count == 0:
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        return {}
+    minibatches = [order[j * settings.minibatch_size : (j + 1) * settings.minibatch_size] for j in range(count)]
+    old_lp = experience.old_logprobs
+    if old_lp is None and count > 1 and n:
+        old_lp = batched_completion_logprobs(model, experience, settings)
+    ref_lp = batched_completion_logprobs(ref_model, experience, settings) if ref_model is not None and n else None
+    length = int(_reduce(strategy, mask.shape[-1], "max", device))  # Dr. GRPO's constant T
+
     totals: dict[str, float] = {}
+    weight = 0.0
     for rows in minibatches:
-        lp, ent = completion_logprobs(model, experience, settings, with_entropy=True, rows=rows)
-        loss, stats = policy_loss(
-            lp, old_lp[rows] if old_lp is not None else lp.detach(), experience.advantages[rows], mask[rows],
-            clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
-            ref_logprobs=ref_lp[rows] if ref_lp is not None else None, kl_coef=settings.kl_coef,
-            aggregation=settings.aggregation,
-        )
+        normaliser = loss_normaliser(mask[rows], settings.aggregation, length=length)
+        normaliser = _reduce(strategy, float(normaliser), "sum", device)
+        chunks = micro_batches(experience.attention_mask, rows, settings) if len(rows) else []
+        steps = int(_reduce(strategy, len(chunks), "max", device))
         optimizer.zero_grad()
-        host.manual_backward(loss)
+        for k in range(steps):
+            if k >= len(chunks):
+                _zero_backward(host, model, experience, settings)
+                continue
+            chunk = chunks[k]
+            lp, ent = completion_logprobs(model, experience, settings, with_entropy=True, rows=chunk)
+            width = lp.shape[1]
+            m = mask[chunk, :width]
+            loss, stats = policy_loss(
+                lp, old_lp[chunk, :width] if old_lp is not None else lp.detach(),
+                experience.advantages[chunk] if experience.advantages.dim() == 1 else experience.advantages[chunk, :width],
+                m, clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
+                ref_logprobs=ref_lp[chunk, :width] if ref_lp is not None else None, kl_coef=settings.kl_coef,
+                aggregation=settings.aggregation, normaliser=normaliser,
+            )
+            host.manual_backward(loss * world)  # the all-reduce averages over ranks; the normaliser is global
+            tokens = float(m.sum())
+            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * (1.0 if key == "loss" else tokens)
+            weight += tokens
         if settings.grad_clip > 0:
             host.clip_gradients(optimizer, gradient_clip_val=settings.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
-        m = mask[rows]
-        stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + float(v) / len(minibatches)
-    return totals
+    # the loss of a minibatch is the sum of its micro-batches'; report the mean over minibatches
+    return {k: v / len(minibatches) if k == "loss" else v / max(weight, 1.0) for k, v in totals.items()}

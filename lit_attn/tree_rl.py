@@ -36,7 +36,19 @@ from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equa
 
 Host = Any
 """The RL module: ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
-``score(records, completions)``, ``device`` (docs/attnrl.md, "Hosting the callback")."""
+``score(records, completions)``, ``device``, optionally ``rollout_batch_size``
+(docs/attnrl.md, "Hosting the callback")."""
+
+
+def rollout_batch_size(host: Host) -> int | None:
+    """Most sequences the host lets one no-grad call sample or score (None = no limit)."""
+    return getattr(host, "rollout_batch_size", None)
+
+
+def row_chunks(count: int, size: int | None) -> list[range]:
+    """``range(count)`` in consecutive pieces of at most ``size`` (one piece when None)."""
+    size = size or max(count, 1)
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 @dataclass
@@ -216,6 +228,7 @@ def sample(
     out = sample_continuations(
         host.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
         temperature=host.temperature, generator_seed=settings.seed * 1_000_003 + step,
+        batch_size=rollout_batch_size(host),
     )
     records, texts, new_tokens = [], [], []
     for row in range(len(out)):
