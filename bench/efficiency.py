@@ -149,6 +149,11 @@ def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, 
     return path
 
 
+def finished(out: Path, budget: int) -> bool:
+    """Whether a run's probe file already reaches the budget (a run to reuse with --workdir)."""
+    return out.exists() and json.loads(out.read_text())[-1]["tokens"] >= budget
+
+
 def launch(config: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -259,6 +264,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
     parser.add_argument("--data", default=DEFAULT_DATA, help="task settings for every method, key=value,...")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep every run's files here (default: a temporary folder); runs already finished there are reused")
     parser.add_argument("--hard", action="store_true",
                         help="train and hold out only prompts the shipped model answers wrong greedily")
     parser.add_argument("--hard-pool", type=int, nargs=2, default=[2400, 440], metavar=("TRAIN", "HELD_OUT"),
@@ -268,12 +275,21 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         if args.hard:
-            paths = hard_split(data, *args.hard_pool, workdir)
+            saved = workdir / "hard.json"
+            if saved.exists():
+                paths = json.loads(saved.read_text())
+            else:
+                paths = hard_split(data, *args.hard_pool, workdir)
+                saved.write_text(json.dumps(paths))
             args.hard_counts = ", ".join(paths.pop("counts"))
             data.update(paths)
-        jobs = [(m, s, run_config(m, s, args.budget, args.points, workdir, data)) for s in args.seeds for m in args.methods]
+        jobs = [
+            (m, s, run_config(m, s, args.budget, args.points, workdir, data))
+            for s in args.seeds for m in args.methods if not finished(workdir / f"{m}_seed{s}.json", args.budget)
+        ]
         running: list[tuple[str, int, subprocess.Popen, Path]] = []
         while jobs or running:
             while jobs and len(running) < args.parallel:

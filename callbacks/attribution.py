@@ -73,6 +73,7 @@ from lit_attn.attribution import (
     leave_one_out,
 )
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
+from lit_attn.seeding import mix_seed
 from lit_attn.errors import UserError
 from lit_attn.records import jsonl_rows
 
@@ -201,7 +202,7 @@ def builtin_examples(
         train = {r["prompt"] for r in datamodule.records("fit").get("train", [])}
         try:
             task = replace(datamodule.task, num_distractors=num_distractors)
-            records = make_split(task, size, seed=hp.seed * 1_000_003 + 3, exclude=train)
+            records = make_split(task, size, seed=mix_seed(hp.seed, 3), exclude=train)
         except ValueError as err:
             raise UserError(f"AttributionCallback num_distractors={num_distractors}: {err}") from err
     else:

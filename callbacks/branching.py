@@ -139,6 +139,8 @@ class BranchingCallback(Callback):
             )
         pl_module.experience_source = self
         self._trainer = trainer
+        if trainer.global_rank != self.state.rank:  # each rank draws its own numbers
+            self.state = ExplorationState(seed=self.settings.seed, rank=trainer.global_rank)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if getattr(pl_module, "experience_source", None) is self:
@@ -155,17 +157,43 @@ class BranchingCallback(Callback):
         self._histograms = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return self.state.state_dict()
+        """This rank's state; under DDP every rank's, gathered (the checkpoint is written by rank
+        0 alone, and each rank resumes from its own)."""
+        state = self.state.state_dict()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return state
+        states: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(states, state)
+        return {"per_rank": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "per_rank" in state_dict:
+            states = state_dict["per_rank"]
+            if len(states) != (self._trainer.world_size if self._trainer is not None else 1):
+                raise UserError(
+                    f"{type(self).__name__}: the checkpoint holds the exploration state of {len(states)} processes; "
+                    f"resume with --trainer.devices={len(states)} (and the same number of nodes)"
+                )
+            state_dict = states[self.state.rank]
         self.state.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ one step
 
     def make_experience(self, module: LightningModule, records: list[dict]) -> Experience:
         """What this step trains on (:func:`lit_attn.tree_rl.explore_step`)."""
-        experience, self._histograms = explore_step(module, records, self.state, self.settings, self.rule, self._draw_prompts)
+        experience, self._histograms = explore_step(
+            module, records, self.state, self.settings, self.rule, self._draw_prompts, self._reduce
+        )
         return experience
+
+    def _reduce(self, values: list[float], op: str) -> list[float]:
+        """``values`` summed over the ranks of a data-parallel run (as they are in one process)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return list(values)
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=trainer.strategy.root_device)
+        return trainer.strategy.reduce(tensor, reduce_op=op).tolist()
 
     def _draw_prompts(self, count: int, generator: torch.Generator) -> list[dict]:
         """``count`` extra prompts for a batch grown past the loader's, drawn at random (the

@@ -45,9 +45,12 @@ class ExportPolicy(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "policy"
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        target = self.target(trainer)
+        target = self.target(trainer)  # on every rank: finding the log dir is a collective call
+        if trainer.is_global_zero:
+            self._export(pl_module, target)
+        trainer.strategy.barrier("ExportPolicy")  # no rank leaves (closing the group) mid-export
+
+    def _export(self, pl_module: LightningModule, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
         try:

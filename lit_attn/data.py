@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_attn.errors import UserError
 from lit_attn.records import load_records
@@ -37,31 +37,54 @@ def collate_records(batch: list[dict]) -> list[dict]:
     return list(batch)
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh permutation per epoch from ``seed + epoch``; can start part-way into an epoch."""
+class EpochShuffle(DistributedSampler):
+    """A fresh permutation per epoch from ``seed + epoch``, this rank's strided share of it,
+    and a start part-way into an epoch (resume).
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-        self.epoch = 0
+    Being a ``DistributedSampler`` (rank and world size are read from ``torch.distributed``
+    when it is initialised), Lightning keeps it under DDP instead of replacing it: every rank
+    gets a disjoint share of the same permutation, the same number of prompts (the tail
+    that does not divide evenly is dropped), and the position is checkpointed by
+    :class:`ResumableLoader`.
+    """
+
+    def __init__(self, size: int, seed: int, num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.size = size
         self.skip = 0
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        mine = order[self.rank : len(self) * self.num_replicas : self.num_replicas]
         skip, self.skip = self.skip, 0
-        yield from order[skip:]
+        yield from mine[skip:]
         self.epoch += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this with the fit loop's epoch at every epoch start; the sampler keeps
+        its own count (restored from the checkpoint), which it matches."""
 
 
 class ResumableLoader(DataLoader):
     """Shuffled training batches whose position is checkpointed: Lightning saves ``state_dict()``
     with the fit loop, so a run resumed mid-epoch sees exactly the prompts an uninterrupted run
-    would have seen next (no global RNG involved)."""
+    would have seen next (no global RNG involved). Under DDP each rank reads its own share."""
 
     def __init__(self, records: list[dict], batch_size: int, seed: int, num_workers: int = 0) -> None:
         self.shuffle = EpochShuffle(len(records), seed)
+        if len(self.shuffle) < batch_size:
+            raise UserError(
+                f"{len(records)} training prompts over {self.shuffle.num_replicas} process(es) is fewer than one batch of "
+                f"data.prompts_per_step={batch_size} per process; lower prompts_per_step or add prompts"
+            )
         super().__init__(
             records, batch_size=batch_size, sampler=self.shuffle, collate_fn=collate_records,
             num_workers=num_workers, drop_last=True,

@@ -33,6 +33,8 @@ class Experience:
             ``None`` when all were sampled by the current one. For inspection and tests.
         generated_tokens: tokens generated for this step (the x-axis of efficiency plots).
         metrics: scalars to log for this step (rewards, lengths, exploration statistics).
+        count_metrics: the keys of ``metrics`` that are counts: summed over the processes of a
+            data-parallel run when logged (the others are averaged).
     """
 
     input_ids: torch.Tensor
@@ -44,6 +46,7 @@ class Experience:
     versions: torch.Tensor | None = None
     generated_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    count_metrics: frozenset[str] = frozenset()
 
     @property
     def num_sequences(self) -> int:

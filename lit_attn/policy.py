@@ -36,6 +36,7 @@ from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
 from lit_attn.branching import sample_continuations
 from lit_attn.rollout import Rollout, generate
+from lit_attn.seeding import mix_seed
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -98,7 +99,8 @@ class PolicyModule(LightningModule):
         validate_at_start: measure held-out pass@1 once before the first training step.
         disable_dropout: set every dropout probability to 0 so that behaviour and training
             log-probs agree (as TRL does).
-        seed: seed of the minibatch shuffling and of the GRPO rollouts (one private generator per step).
+        seed: seed of the minibatch shuffling and of the GRPO rollouts (private generators seeded
+            from (seed, step, rank): resumable, and different on every rank).
     """
 
     def __init__(
@@ -156,7 +158,6 @@ class PolicyModule(LightningModule):
         self.pass_at_1 = torch.nn.ModuleDict(
             {split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")}
         )
-        self._shuffle = torch.Generator().manual_seed(seed)
         self.ppo_settings = PPOSettings(
             minibatch_size=minibatch_size, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
             kl_coef=kl_coef, aggregation=aggregation, grad_clip=grad_clip, temperature=temperature,
@@ -230,7 +231,7 @@ class PolicyModule(LightningModule):
         prompt_ids = [list(self.tokenizer(r["prompt"])["input_ids"]) for r in records]
         # A private generator per step (and rank): a run resumed from a checkpoint samples what
         # the uninterrupted run sampled; the global RNG, which no checkpoint holds, is not used.
-        seed = (hp.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank
+        seed = mix_seed(hp.seed, self.global_step, self.global_rank)
         rollout = sample_continuations(
             self.model, self.tokenizer, prompt_ids, hp.group_size, max_new_tokens=hp.max_new_tokens,
             temperature=hp.temperature, generator_seed=seed, batch_size=hp.rollout_batch_size,
@@ -265,14 +266,18 @@ class PolicyModule(LightningModule):
 
     def update(self, experience: Experience) -> dict[str, float]:
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
-        return ppo_update(self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, generator=self._shuffle)
+        # minibatch order from (seed, step, rank): a resumed run shuffles as the uninterrupted one did
+        shuffle = torch.Generator().manual_seed(mix_seed(self.hparams.seed, self.global_step, self.global_rank, 1))
+        return ppo_update(self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, generator=shuffle)
 
     def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
-        generated = torch.tensor(float(experience.generated_tokens), device=self.device)
+        """Log the step's metrics; under DDP they are global: counts (and generated tokens)
+        summed over ranks, everything else averaged over the ranks that have it."""
+        metrics = {**{k: float(v) for k, v in experience.metrics.items()}, **totals}
+        generated = float(experience.generated_tokens)
         if self.trainer.world_size > 1:
-            generated = self.trainer.strategy.reduce(generated, reduce_op="sum")
-        self.tokens_generated += int(generated.item())
-        metrics = {**experience.metrics, **totals}
+            metrics, generated = merge_rank_metrics(metrics, generated, experience.count_metrics, self.trainer.world_size)
+        self.tokens_generated += int(generated)
         n = max(experience.num_sequences, 1)
         if "reward" in metrics:
             self.log("reward", float(metrics.pop("reward")), prog_bar=True, batch_size=n)
@@ -331,7 +336,7 @@ class PolicyModule(LightningModule):
 
     def _eval_epoch_end(self, prefix: str) -> None:
         metric = self.pass_at_1[prefix]
-        self.log(f"{prefix}/pass@1", metric.compute(), prog_bar=True)
+        self.log(f"{prefix}/pass@1", metric.compute(), prog_bar=True, sync_dist=True)  # already global: compute() syncs
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -351,13 +356,27 @@ class PolicyModule(LightningModule):
     # ------------------------------------------------------------------ state
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_attn"] = {"tokens_generated": self.tokens_generated, "shuffle_rng": self._shuffle.get_state()}
+        checkpoint["lit_attn"] = {"tokens_generated": self.tokens_generated}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_attn", {})
         self.tokens_generated = state.get("tokens_generated", 0)
-        if "shuffle_rng" in state:
-            self._shuffle.set_state(state["shuffle_rng"])
+
+
+def merge_rank_metrics(
+    metrics: dict[str, float], generated: float, counts: frozenset[str], world_size: int
+) -> tuple[dict[str, float], float]:
+    """Every rank's step metrics merged (a collective call): the keys in ``counts`` and the
+    generated tokens summed, the other keys averaged over the ranks that report them (ranks
+    may report different keys, e.g. a rank with nothing to train has no loss)."""
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, (metrics, generated))
+    merged: dict[str, list[float]] = {}
+    for rank_metrics, _ in gathered:
+        for key, value in rank_metrics.items():
+            merged.setdefault(key, []).append(value)
+    out = {k: sum(v) if k in counts else sum(v) / len(v) for k, v in merged.items()}
+    return out, sum(g for _, g in gathered)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

@@ -39,6 +39,8 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from lit_attn.seeding import mix_seed
+
 STEP = "\n\n"
 MAX_OPS = 6
 """Most arithmetic steps a question may chain (the shipped model is trained on 1 to 6)."""
@@ -204,6 +206,6 @@ def make_splits(
     ``train_task`` (default: ``task``) lets the training split differ, e.g. a warm-start
     curriculum with lookup drills, while the held-out split stays the task being measured.
     """
-    val = make_split(task, val_size, seed=seed * 1_000_003 + 1)
-    train = make_split(train_task or task, train_size, seed=seed * 1_000_003 + 2, exclude={e["prompt"] for e in val})
+    val = make_split(task, val_size, seed=mix_seed(seed, 1))
+    train = make_split(train_task or task, train_size, seed=mix_seed(seed, 2), exclude={e["prompt"] for e in val})
     return train, val

@@ -30,6 +30,7 @@ import torch
 
 from lit_attn.branching import sample_continuations
 from lit_attn.errors import UserError
+from lit_attn.seeding import mix_seed
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
 from lit_attn.exploration import RunningMean, adaptive_batch_size, choose_responses, expansion_count
 from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equal, build_tree, paths
@@ -49,6 +50,18 @@ def row_chunks(count: int, size: int | None) -> list[range]:
     """``range(count)`` in consecutive pieces of at most ``size`` (one piece when None)."""
     size = size or max(count, 1)
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+Reduce = Callable[[list[float], str], list[float]]
+"""Sums (``"sum"``) a list of numbers over the processes of a data-parallel run."""
+
+COUNT_METRICS = frozenset({
+    "branching/continuations", "branching/fci_filter_kept", "branching/fci_filter_dropped",
+    "branching/responses_expanded", "branching/branch_points", "branching/sequences_after_filter",
+    "branching/prompts_trained", "branching/prompts_zero_advantage", "branching/prompts_dropped",
+    "branching/prompts_skipped", "branching/batch_prompts",
+})
+"""The step metrics that are counts: summed over ranks when logged (the others are averaged)."""
 
 
 @dataclass
@@ -88,6 +101,7 @@ class ExplorationState:
     """Everything that carries from one step to the next (all of it is checkpointed)."""
 
     seed: int = 0
+    rank: int = 0  # this process's rank (not checkpointed: each rank's state is saved under its rank)
     rl_step: int = 0
     batch_prompts: int | None = None
     queue: list[dict] = field(default_factory=list)
@@ -96,7 +110,7 @@ class ExplorationState:
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = torch.Generator().manual_seed(mix_seed(self.seed, self.rank))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -165,23 +179,32 @@ def explore_step(
     settings: ExplorationSettings,
     rule: BranchRule,
     draw_prompts: Callable[[int, torch.Generator], list[dict]] = lambda count, generator: [],
+    reduce: Reduce = lambda values, op: list(values),
 ) -> tuple[Experience, dict[str, torch.Tensor]]:
     """Sample, choose branch points, build last step's trees: what this step trains on.
 
-    ``records`` is the data loader's batch; ``draw_prompts(count, generator)`` lends extra
-    prompts when the adaptive batch has grown past what the queue holds. Returns the
-    experience (its ``metrics`` filled) and histograms to log.
+    ``records`` is the data loader's batch (this rank's); ``draw_prompts(count, generator)``
+    lends extra prompts when the adaptive batch has grown past what the queue holds;
+    ``reduce(values, "sum")`` sums numbers over the processes of a data-parallel run, so ADS's
+    running mean and the batch size are global (identity in one process). Returns the
+    experience (its ``metrics`` filled; the counts among them listed in ``count_metrics``)
+    and histograms to log.
     """
     prompts, skipped = take_prompts(state, records, draw_prompts)
-    sampled = sample(host, prompts, state.pending, settings, state.rl_step)
+    sampled = sample(host, prompts, state.pending, settings, state.rl_step, state.rank)
     scores = rule.score(host, sampled.groups) if sampled.groups else None
-    expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings)
+    expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings, reduce)
     chosen = choose_branch_points(host, sampled.groups, expand, scores, settings, rule)
     trees = build_trees(state.pending, sampled.continuations)
     experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
 
-    if settings.adaptive_batch and state.pending:
-        state.batch_prompts = next_batch_size(len(state.pending), experience.num_sequences, len(records), host.group_size, settings)
+    if settings.adaptive_batch:
+        # every rank gets the same B_m: the update reads the ranks' mean prompts and sequences
+        trained, left, active = reduce([len(state.pending), experience.num_sequences, float(bool(state.pending))], "sum")
+        if active:
+            state.batch_prompts = next_batch_size(
+                round(trained / active), round(left / active), len(records), host.group_size, settings
+            )
     state.pending = sampled.groups
     state.rl_step += 1
     experience.generated_tokens = sampled.generated_tokens
@@ -190,6 +213,7 @@ def explore_step(
         "branching/prompts_skipped": float(skipped),
         "branching/batch_prompts": float(len(prompts)),
     }
+    experience.count_metrics = COUNT_METRICS
     return experience, chosen.histograms
 
 
@@ -214,7 +238,7 @@ def take_prompts(
 
 
 def sample(
-    host: Host, prompts: list[dict], pending: list[PromptGroup], settings: ExplorationSettings, step: int
+    host: Host, prompts: list[dict], pending: list[PromptGroup], settings: ExplorationSettings, step: int, rank: int = 0,
 ) -> Sampled:
     """One sampling call: G responses per new prompt and T continuations per pending branch
     point (prefix KV computed once per prefix), then the rewards of all of them in one call."""
@@ -227,7 +251,7 @@ def sample(
     budgets = [host.max_new_tokens] * len(prompt_ids) + [max(host.max_new_tokens - off, 1) for _, _, off in branch_points]
     out = sample_continuations(
         host.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
-        temperature=host.temperature, generator_seed=settings.seed * 1_000_003 + step,
+        temperature=host.temperature, generator_seed=mix_seed(settings.seed, step, rank),
         batch_size=rollout_batch_size(host),
     )
     records, texts, new_tokens = [], [], []
@@ -259,20 +283,26 @@ def sample(
 
 
 def plan_expansion(
-    groups: list[PromptGroup], scores: list[float] | None, state: ExplorationState, settings: ExplorationSettings
+    groups: list[PromptGroup], scores: list[float] | None, state: ExplorationState, settings: ExplorationSettings,
+    reduce: Reduce = lambda values, op: list(values),
 ) -> tuple[list[list[int]], dict[str, float]]:
     """ADS (docs/attnrl.md §4): which responses of each prompt to expand. ``round(exp(-z)·G)``
     with the incorrect-first rule; an all-correct prompt is kept (3 expanded) only when its
     filter score (``scores[p]``; None = no filter) beats the running mean of all-correct
-    prompts so far, this batch included."""
+    prompts so far, this batch included — on every rank (``reduce`` sums over ranks)."""
+    correct = [[r.reward >= settings.correct_threshold for r in g.responses] for g in groups]
+    all_correct = [p for p, c in enumerate(correct) if all(c)]
+    if settings.adaptive_sampling:
+        # a collective call: every rank makes it, even one with no prompts (or no scores) this step
+        mine = [sum(scores[p] for p in all_correct), len(all_correct), 1] if scores is not None else [0.0, 0, 0]
+        total, count, scored = reduce(mine, "sum")
+        if scored:
+            state.fci_mean.total += total
+            state.fci_mean.count += int(count)
     if not groups:
         return [], {}
-    correct = [[r.reward >= settings.correct_threshold for r in g.responses] for g in groups]
     if not settings.adaptive_sampling:
         return [list(range(len(c))) for c in correct], {}
-    all_correct = [p for p, c in enumerate(correct) if all(c)]
-    if scores is not None and all_correct:
-        state.fci_mean.update([scores[p] for p in all_correct])
     expand, kept, dropped = [], 0, 0
     for p, c in enumerate(correct):
         if p in all_correct and scores is not None:

@@ -66,7 +66,7 @@ def loader() -> DataLoader:
 def fit(model_dir: Path, steps: int, ckpt_dir: Path | None = None, ckpt_in: Path | None = None, own_loss: bool = True):
     torch.manual_seed(0)
     module = DigitRL(model_dir, own_loss)
-    callback = AttentionBranchCallback(min_gap=1, seed=5, correct_threshold=0.1)
+    callback = AttentionBranchCallback(min_gap=1, seed=1, correct_threshold=0.1)
     callbacks: list = [callback]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1))

@@ -67,15 +67,12 @@ def test_generate_groups_rows_by_prompt_and_is_seeded(tiny_model_dir):
 def test_checkpoint_state_round_trip(tiny_model_dir):
     module = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
     module.tokens_generated = 1234
-    torch.randperm(10, generator=module._shuffle)
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
-    expected = torch.randperm(10, generator=module._shuffle)
 
     restored = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
     restored.on_load_checkpoint(checkpoint)
     assert restored.tokens_generated == 1234
-    assert torch.equal(torch.randperm(10, generator=restored._shuffle), expected)
 
 
 def test_kl_reference_model_only_loaded_when_needed(tiny_model_dir):
