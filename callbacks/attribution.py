@@ -73,6 +73,7 @@ from lit_attn.attribution import (
     leave_one_out,
 )
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
+from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
 from lit_attn.errors import UserError
 from lit_attn.records import jsonl_rows
@@ -462,10 +463,10 @@ class AttributionCallback(Callback):
                 f"{where} has no attribute {self.model_attr!r} (the Hugging Face causal LM to attribute); "
                 "set model_attr to the attribute that holds it"
             )
-        if not isinstance(model, PreTrainedModel):
+        if not isinstance(unwrap(model), PreTrainedModel):
             raise UserError(
-                f"{where}.{self.model_attr} is a {type(model).__name__}, not a Hugging Face PreTrainedModel; "
-                "set model_attr to the attribute that holds the causal LM"
+                f"{where}.{self.model_attr} is a {type(model).__name__}, not a Hugging Face PreTrainedModel "
+                "(or a PEFT model around one); set model_attr to the attribute that holds the causal LM"
             )
         tokenizer = getattr(pl_module, self.tokenizer_attr, None)
         if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
@@ -531,7 +532,7 @@ class AttributionCallback(Callback):
 
     def attribute_examples(self, pl_module: LightningModule) -> list[AttributionResult]:
         """Attribute every example with the module's current model (isolated; see the module docstring)."""
-        model = getattr(pl_module, self.model_attr)
+        model = unwrap(getattr(pl_module, self.model_attr))  # a PEFT model's own layers carry the adapters
         tokenizer = getattr(pl_module, self.tokenizer_attr)
         results = []
         with isolated(model):

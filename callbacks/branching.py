@@ -45,6 +45,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_attn.attention.steps import DEFAULT_DELIMITER
 from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
+from lit_attn.lora import unwrap
 from lit_attn.experience import Experience
 from lit_attn.tree_rl import BranchRule, ExplorationSettings, ExplorationState, explore_step
 
@@ -276,11 +277,12 @@ class AttentionBranchCallback(BranchingCallback):
 
         from lit_attn.attention import capture_qk
 
-        model = pl_module.model
+        model = unwrap(pl_module.model)
         if not isinstance(model, PreTrainedModel):
             raise UserError(
-                f"AttentionBranchCallback: {type(pl_module).__name__}.model is a {type(model).__name__}, not a "
-                "Hugging Face PreTrainedModel whose attention FCI can capture; hold the causal LM in `model`"
+                f"AttentionBranchCallback: {type(pl_module).__name__}.model is a {type(pl_module.model).__name__}, not a "
+                "Hugging Face PreTrainedModel (or a PEFT model around one) whose attention FCI can capture; "
+                "hold the causal LM in `model`"
             )
         with capture_qk(model, lambda layer: None):  # raises a one-line UserError naming the architecture
             pass

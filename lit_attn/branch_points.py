@@ -19,6 +19,7 @@ from lit_attn.attention import fci_scores_batch, find_think_end_step, split_step
 from lit_attn.attention.steps import DEFAULT_DELIMITER, Span
 from lit_attn.exploration import atb_branch_steps, early_branch_steps, entropy_branch_offsets, prompt_mean_fci
 from lit_attn.logprobs import token_logprobs
+from lit_attn.lora import unwrap
 from lit_attn.models import eval_mode
 from lit_attn.rollout import left_pad
 from lit_attn.tree_rl import Chosen, Host, PromptGroup, rollout_batch_size, row_chunks
@@ -50,7 +51,7 @@ class FCIBranching:
         for chunk in row_chunks(len(rows), rollout_batch_size(host)):
             ids, mask, _ = left_pad([rows[r][0] + rows[r][1] for r in chunk], tokenizer.pad_token_id)
             fci += fci_scores_batch(
-                host.model, ids, mask, [spans[r] for r in chunk], min_gap=self.min_gap, block_size=self.fci_block_size,
+                unwrap(host.model), ids, mask, [spans[r] for r in chunk], min_gap=self.min_gap, block_size=self.fci_block_size,
                 think_end_steps=[think[r] for r in chunk] if think is not None else None,
             )
         G = len(groups[0].responses)

@@ -29,6 +29,7 @@ from torchmetrics import MeanMetric
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
+from lit_attn.lora import LoraSettings, adapters_off, add_adapters
 from lit_attn.loss import Aggregation
 from lit_attn.models import load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
@@ -65,7 +66,12 @@ class PolicyModule(LightningModule):
         name_or_path: local directory of a Hugging Face causal LM, or ``"default"`` for the
             shipped tiny model. Never downloaded.
         trust_remote_code: allow the model directory's own Python code (off by default).
-        dtype: parameter dtype (``float32``, ``bfloat16``).
+        dtype: parameter dtype (``float32``, ``bfloat16``); for mixed precision keep float32 and
+            set ``trainer.precision: bf16-mixed``.
+        lora: train LoRA adapters (PEFT) instead of every weight; None = full fine-tuning. The
+            KL reference is then the model with its adapters off (no second copy).
+        gradient_checkpointing: recompute each layer's activations in the backward pass
+            (less memory, about a third more compute).
         group_size: completions sampled per prompt (G).
         prompts_per_step: prompts per training step, per device; the data module's batch size.
         minibatch_size: completions per optimiser step; must divide prompts_per_step × group_size.
@@ -108,6 +114,8 @@ class PolicyModule(LightningModule):
         name_or_path: str = "default",
         trust_remote_code: bool = False,
         dtype: str = "float32",
+        lora: LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
         group_size: int = 8,
         prompts_per_step: int = 16,
         minibatch_size: int = 64,
@@ -146,11 +154,16 @@ class PolicyModule(LightningModule):
             raise UserError(f"model.temperature must be > 0, got {temperature}; use a small value such as 0.7 for sharper sampling")
         self.automatic_optimization = False
         self.model, self.tokenizer = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # With LoRA, self.model stays the Hugging Face model (its layers now carry the adapters);
+        # the PeftModel around it is kept outside the module tree, so no weight is registered twice.
+        object.__setattr__(self, "_peft", add_adapters(self.model, lora) if lora is not None else None)
         self.model.train()
         if disable_dropout:
             _disable_dropout(self.model)
         self.ref_model = None
-        if kl_coef > 0:
+        if kl_coef > 0 and self._peft is None:
             self.ref_model, _ = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
             self.ref_model.requires_grad_(False).eval()
         self.reward_set = RewardSet(rewards or ["lit_attn.rewards.task_reward"], reward_weights)
@@ -189,10 +202,14 @@ class PolicyModule(LightningModule):
     def setup(self, stage: str) -> None:
         self.check_data(getattr(self.trainer, "datamodule", None), stage)
 
+    @property
+    def peft_model(self) -> torch.nn.Module | None:
+        """The ``PeftModel`` around ``model`` when training LoRA adapters (None otherwise)."""
+        return self._peft
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.model.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        return torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     # ------------------------------------------------------------------ training
 
@@ -268,7 +285,11 @@ class PolicyModule(LightningModule):
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
         # minibatch order from (seed, step, rank): a resumed run shuffles as the uninterrupted one did
         shuffle = torch.Generator().manual_seed(mix_seed(self.hparams.seed, self.global_step, self.global_rank, 1))
-        return ppo_update(self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, generator=shuffle)
+        ref_context = (lambda: adapters_off(self._peft)) if self._peft is not None and self.hparams.kl_coef > 0 else None
+        return ppo_update(
+            self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, ref_context=ref_context,
+            generator=shuffle,
+        )
 
     def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
         """Log the step's metrics; under DDP they are global: counts (and generated tokens)

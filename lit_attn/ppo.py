@@ -27,6 +27,8 @@ the world size, which the gradient all-reduce averages away).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -161,6 +163,7 @@ def ppo_update(
     settings: PPOSettings,
     *,
     ref_model: torch.nn.Module | None = None,
+    ref_context: Callable[[], AbstractContextManager] | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """PPO clip-higher updates of ``model`` over shuffled minibatches of ``experience``.
@@ -169,7 +172,9 @@ def ppo_update(
     clipping, so Lightning's strategy and precision apply. Behaviour log-probs come from the
     experience (the tree step records them); when it has none, the current weights sampled it
     and they are computed here (skipped with a single minibatch, where the first forward with
-    gradients gives the same numbers). Each minibatch is one optimiser step, accumulated over
+    gradients gives the same numbers). The reference policy of the KL penalty is ``ref_model``,
+    or ``model`` itself inside ``ref_context()`` (LoRA: the adapters switched off, no second
+    copy). Each minibatch is one optimiser step, accumulated over
     its micro-batches. With nothing to train on any rank, one optimiser step with no
     gradients is taken (weights and AdamW state unchanged), so the step still counts.
     Returns each statistic averaged over the micro-batches, weighted by their tokens.
@@ -189,7 +194,12 @@ def ppo_update(
     old_lp = experience.old_logprobs
     if old_lp is None and count > 1 and n:
         old_lp = batched_completion_logprobs(model, experience, settings)
-    ref_lp = batched_completion_logprobs(ref_model, experience, settings) if ref_model is not None and n else None
+    ref_lp = None
+    if ref_context is not None and n:
+        with ref_context():
+            ref_lp = batched_completion_logprobs(model, experience, settings)
+    elif ref_model is not None and n:
+        ref_lp = batched_completion_logprobs(ref_model, experience, settings)
     length = int(_reduce(strategy, mask.shape[-1], "max", device))  # Dr. GRPO's constant T
 
     totals: dict[str, float] = {}

@@ -30,6 +30,7 @@ import torch
 
 from lit_attn.branching import sample_continuations
 from lit_attn.errors import UserError
+from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
 from lit_attn.exploration import RunningMean, adaptive_batch_size, choose_responses, expansion_count
@@ -250,7 +251,7 @@ def sample(
     # a continuation gets what is left of its response's length budget after the branch point
     budgets = [host.max_new_tokens] * len(prompt_ids) + [max(host.max_new_tokens - off, 1) for _, _, off in branch_points]
     out = sample_continuations(
-        host.model, tokenizer, prefixes, counts, max_new_tokens=budgets,
+        unwrap(host.model), tokenizer, prefixes, counts, max_new_tokens=budgets,
         temperature=host.temperature, generator_seed=mix_seed(settings.seed, step, rank),
         batch_size=rollout_batch_size(host),
     )

@@ -37,6 +37,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from lit_attn.errors import UserError
+from lit_attn.lora import unwrap
 from lit_attn.models import eval_mode, model_device
 
 CAPTURE_ATTN_IMPLEMENTATION = "lit_attn_capture"
@@ -302,8 +303,10 @@ def capture_qk(model: PreTrainedModel, consumer: LayerConsumer) -> Iterator[Capt
     the attention implementation of every config of the model is put back exactly as it was.
 
     Raises :class:`UserError` for an architecture whose attention layers do not use the
-    AttentionInterface (also detectable afterwards: no layer in ``session.layers_seen``).
+    AttentionInterface (also detectable afterwards: no layer in ``session.layers_seen``). A
+    PEFT model is read through the Hugging Face model inside it (whose layers carry the adapters).
     """
+    model = unwrap(model)
     if not isinstance(model, PreTrainedModel):
         raise UserError(f"capture needs a transformers PreTrainedModel, got {type(model).__name__}")
     can_set = getattr(type(model), "_can_set_attn_implementation", None)
