@@ -75,6 +75,7 @@ from lit_attn.attribution import (
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
+from lit_attn.strategy import check_strategy
 from lit_attn.errors import UserError
 from lit_attn.records import jsonl_rows
 
@@ -456,6 +457,7 @@ class AttributionCallback(Callback):
         """Check the module offers a causal LM and a tokenizer; resolve ``"builtin"`` examples."""
         from transformers import PreTrainedModel
 
+        check_strategy(trainer, "AttributionCallback")
         where = f"AttributionCallback: {type(pl_module).__name__}"
         model = getattr(pl_module, self.model_attr, None)
         if model is None:

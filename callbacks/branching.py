@@ -46,6 +46,7 @@ from lit_attn.attention.steps import DEFAULT_DELIMITER
 from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
+from lit_attn.strategy import check_strategy
 from lit_attn.experience import Experience
 from lit_attn.tree_rl import BranchRule, ExplorationSettings, ExplorationState, explore_step
 
@@ -127,6 +128,7 @@ class BranchingCallback(Callback):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_strategy(trainer, type(self).__name__)
         missing = [name for name in REQUIRED if not hasattr(pl_module, name)]
         if missing:
             raise UserError(

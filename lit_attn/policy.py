@@ -38,6 +38,7 @@ from lit_attn.rewards import RewardSet
 from lit_attn.branching import sample_continuations
 from lit_attn.rollout import Rollout, generate
 from lit_attn.seeding import mix_seed
+from lit_attn.strategy import check_strategy
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -200,6 +201,7 @@ class PolicyModule(LightningModule):
             validate_prompt_lengths(records, self.tokenizer, budget, path_hint=split)
 
     def setup(self, stage: str) -> None:
+        check_strategy(self.trainer, "PolicyModule")
         self.check_data(getattr(self.trainer, "datamodule", None), stage)
 
     @property

@@ -130,3 +130,19 @@ def test_one_process_kill_and_resume_through_the_cli(name, tiny_model_dir, tmp_p
     done, resumed = kill_and_resume(name, tiny_model_dir, tmp_path, devices=1)
     assert len(done) == 2
     same_metrics(probe(straight), resumed, skip=2)
+
+
+def test_sharded_strategies_are_refused_in_one_line(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    from lit_attn.errors import UserError
+    from lit_attn.strategy import check_strategy
+
+    for strategy in (FSDPStrategy, DeepSpeedStrategy):
+        fake = SimpleNamespace(strategy=strategy.__new__(strategy))  # no process group needed to be refused
+        with pytest.raises(UserError, match=r"does not run under .*use --trainer.strategy=ddp") as err:
+            check_strategy(fake, "AttentionBranchCallback")
+        assert "\n" not in str(err.value)
+    check_strategy(SimpleNamespace(strategy=object()), "PolicyModule")  # anything else passes
