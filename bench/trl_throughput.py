@@ -1,7 +1,7 @@
 """GRPO training throughput: lit_attn's PolicyModule step vs TRL's GRPOTrainer step, same everything.
 
-Both sides train the shipped default model (lit_attn/default_model, a 0.8M-parameter Qwen2 with
-a character tokenizer) on the same prompts of the built-in task (``FactChainTask(num_distractors=0)``,
+Both sides train the shipped default model (lit_attn/default_model, a small Qwen2 with a
+character tokenizer) on the same prompts of the built-in task (``FactChainTask(num_distractors=0)``,
 the training split of ``make_splits``, in the same order, unshuffled), with the same batch
 (``--prompts`` prompts × ``--group-size`` completions per step, one optimiser step per generation:
 lit_attn ``minibatch_size`` = the whole batch; TRL ``steps_per_generation=1``,
@@ -11,9 +11,9 @@ top-k / top-p), the same completion limit (``--max-new-tokens``), the same 0/1 r
 grad-norm clip 1, token-mean loss (lit_attn ``token_mean``, TRL ``loss_type="dapo"``), fp32, and
 the same torch thread count.
 
-Each side runs in its own fresh subprocess: lit_attn in this interpreter, TRL in the one given by
-``--trl-python`` (a separate venv holding ``trl``; TRL is an optional bench dependency, never a
-project requirement). Each runs ``1 + --steps`` training steps through its own trainer
+Each side runs in its own fresh subprocess: lit_attn in this interpreter, TRL in this one too
+when it has ``trl`` (``pip install -e '.[bench]'`` pins the version measured here; TRL is never a
+project requirement), or in the one given by ``--trl-python``. Each runs ``1 + --steps`` training steps through its own trainer
 (Lightning ``Trainer.fit`` / ``GRPOTrainer.train``); the first is a warm-up and is not counted.
 A callback times every step (wall clock and the process's CPU time) and counts the completion
 tokens generated in it (end-of-sequence token included, as both libraries count them).
@@ -27,16 +27,11 @@ Reported: completions per second and generated tokens per second, over the measu
 rounds, per wall-clock second and per CPU second of the process, per side, and the ratios. Tested
 with trl 1.16.0 and transformers 5.24.0. About 3.5 minutes on 2 shared cores. Run::
 
-    python bench/trl_throughput.py --trl-python /work/trl-venv/bin/python   # writes docs/bench_trl_throughput.md
+    pip install -e '.[bench]'                # once: TRL and the other benchmark peers
+    python bench/trl_throughput.py           # writes docs/bench_trl_throughput.md
     python bench/trl_throughput.py --no-write                               # prints only
     python bench/trl_throughput.py --profile                                # + cProfile top functions per side
     python bench/trl_throughput.py --render    # rewrite the page from docs/bench_trl_throughput.json
-
-Make the TRL venv without touching the project venv (torch first, so that pip keeps the CPU wheel)::
-
-    python3 -m venv /work/trl-venv
-    /work/trl-venv/bin/pip install torch==2.13.0
-    /work/trl-venv/bin/pip install -e . trl
 """
 
 from __future__ import annotations
@@ -403,7 +398,10 @@ def ratios(by_side: dict[str, list[dict]]) -> list[str]:
 def page(spec: dict, by_side: dict, order: list, command: str, started: datetime.datetime, skipped: str | None) -> str:
     import torch
 
+    from lit_attn.models import load_policy
+
     batch = spec["prompts"] * spec["group_size"]
+    params = f"{sum(p.numel() for p in load_policy()[0].parameters()) / 1e6:.1f}M parameters"
     lines = [
         "# GRPO training throughput: lit_attn vs TRL's GRPOTrainer",
         "",
@@ -413,10 +411,10 @@ def page(spec: dict, by_side: dict, order: list, command: str, started: datetime
         f"benchmarks running at the same time** (1-minute load average {spec['load'][0]:.1f} at the start of the run, "
         f"{spec['load'][1]:.1f} at the end), torch "
         f"{torch.__version__}, {spec['threads']} torch thread(s) on every side, fp32. Date: {started:%Y-%m-%d %H:%M} UTC. "
-        "TRL ran in a separate venv (torch 2.13.0 CPU wheel, the same transformers as the project venv, "
-        "`pip install -e . trl`); TRL is not a project dependency.",
+        "TRL came from the bench extra (`pip install -e '.[bench]'`), in the same venv as the project; it is not a "
+        "project dependency.",
         "",
-        f"Setup: the shipped default model (`lit_attn/default_model`, Qwen2, 0.8M parameters, character tokenizer), "
+        f"Setup: the shipped default model (`lit_attn/default_model`, Qwen2, {params}, character tokenizer), "
         f"{spec['prompts']} prompts × {spec['group_size']} completions = {batch} completions per step, one optimiser step "
         f"per generation, at most {spec['max_new_tokens']} new tokens, temperature 1 (no top-k / top-p), reward "
         "`lit_attn.rewards.task_reward` (0/1), prompts from `make_splits(FactChainTask(num_distractors=0), ...)` in the "

@@ -123,7 +123,7 @@ def test_two_processes_train_in_step_and_resume_exactly(name, tiny_model_dir, tm
     same_metrics(ranks[1], probe(tmp_path / "resumed", 1), skip=2)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS + ["grpo.yaml", "lora.yaml"])
 def test_one_process_kill_and_resume_through_the_cli(name, tiny_model_dir, tmp_path):
     straight = tmp_path / "straight"
     fit(write_config(name, tiny_model_dir, straight, devices=1))
