@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -112,8 +113,16 @@ class _Tokenizer:
         return ["" for _ in rows]
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+"""glibc's mmap threshold fixed at its initial 128 KiB: by default it grows after large frees, so
+freed micro-batch buffers stay on the heap and the resident peak creeps up with the number of
+micro-batches although the live tensors do not; fixed, buffers go back to the system when freed
+and ru_maxrss follows live memory."""
+
+
 def child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, **MALLOC_ENV}
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode:
         sys.exit(f"run {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -156,7 +165,9 @@ def main() -> None:
         "process's peak resident memory during the step minus what it held before (model, reference model, AdamW "
         "state). `grpo`: behaviour + reference log-probs and one PPO update over the B sequences; `attnrl`: FCI "
         "capture over the B responses, prefill of B branch prefixes (half a response each) with 2 continuations, and "
-        "the update with per-token advantages.",
+        "the update with per-token advantages. Each run is a fresh process with `MALLOC_MMAP_THRESHOLD_=131072` (see "
+        "`MALLOC_ENV` in the script: without it glibc keeps freed buffers and the resident peak measures the allocator, "
+        "not the tensors).",
         "",
         "| method | B (sequences per step) | micro-batch | peak MiB above baseline | seconds |",
         "|---|---|---|---|---|",

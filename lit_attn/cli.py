@@ -49,6 +49,7 @@ class PolicyCLI(LightningCLI):
 
     def _check(self, stage: str) -> None:
         # Before the Trainer writes anything (config.yaml, logs): bad data fails with nothing on disk.
+        check_checkpoint_path(self.config[self.subcommand].get("ckpt_path"))
         self.datamodule.setup(stage)
         self.model.check_data(self.datamodule, stage)
 
@@ -65,6 +66,20 @@ class PolicyCLI(LightningCLI):
         self._check("predict")
 
 
+CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_path(path: str | None) -> None:
+    """``--ckpt_path`` must name an existing file (or one of Lightning's aliases)."""
+    if path is None or str(path) in CHECKPOINT_ALIASES or str(path).startswith("registry:"):
+        return
+    if not Path(path).is_file():
+        raise UserError(
+            f"checkpoint not found: {path}; pass an existing .ckpt file (e.g. runs/default/version_0/checkpoints/"
+            "last.ckpt) or --ckpt_path=last for the newest checkpoint of this run directory"
+        )
+
+
 class SFTCLI(LightningCLI):
     """LightningCLI of the warm start."""
 
@@ -74,8 +89,21 @@ class SFTCLI(LightningCLI):
         parser.link_arguments("model.context_hygiene_from", "data.absent_from")
 
 
+USAGE = """usage: python -m lit_attn {fit,validate,test,predict,sft,attribute} [options]
+
+  fit         train a policy with RL (GRPO; AttnRL / TreeRL with configs/attnrl.yaml, treerl.yaml)
+  validate    held-out pass@1 of a policy or checkpoint
+  test        pass@1 on the test split
+  predict     greedy answers to the prediction prompts, written as JSONL
+  sft         the warm start that built the shipped model (configs/sft.yaml)
+  attribute   which context texts drove each answer (AttnTrace), from a JSONL file
+
+`python -m lit_attn <command> --help` lists a command's options; `fit --print_config` prints the
+full default configuration. Docs: docs/README.md."""
+
+
 def _parser_kwargs(default_config: Path) -> dict:
-    common = {"parser_mode": "omegaconf", "exit_on_error": False}
+    common = {"parser_mode": "omegaconf", "exit_on_error": False, "prog": "python -m lit_attn"}
     kwargs = {sub: {**common, "default_config_files": [str(default_config)]} for sub in SUBCOMMANDS}
     kwargs.update(common)
     return kwargs
@@ -112,6 +140,9 @@ def run(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit status (0 ok, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
     try:
         run(argv)
     except UserError as err:

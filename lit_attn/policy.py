@@ -151,6 +151,11 @@ class PolicyModule(LightningModule):
                             ("rollout_batch_size", rollout_batch_size or 1)):
             if value < 1:
                 raise UserError(f"model.{name} must be >= 1, got {value}")
+        if not lr > 0:
+            raise UserError(f"model.lr must be > 0, got {lr}; the paper uses 1e-6, the tiny default 1e-4")
+        for name, value in (("weight_decay", weight_decay), ("grad_clip", grad_clip)):
+            if value < 0:
+                raise UserError(f"model.{name} must be >= 0 (0 turns it off), got {value}")
         if temperature <= 0:
             raise UserError(f"model.temperature must be > 0, got {temperature}; use a small value such as 0.7 for sharper sampling")
         self.automatic_optimization = False

@@ -81,8 +81,23 @@ def test_prompt_longer_than_the_model_context(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("arg", "named"),
-    [("--model.temperature=0", "temperature"), ("--model.group_size=1", "group_size"), ("--data.num_ops=0", "num_ops")],
+    [("--model.temperature=0", "temperature"), ("--model.group_size=1", "group_size"), ("--data.num_ops=0", "num_ops"),
+     ("--model.lr=-1", "model.lr"), ("--model.grad_clip=-1", "grad_clip"), ("--model.micro_batch_size=0", "micro_batch_size")],
 )
 def test_out_of_range_values(arg, named, tmp_path, capsys, tiny_model_dir):
     line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", arg], tmp_path, capsys)
     assert named in line
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys, tiny_model_dir):
+    line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", "--ckpt_path=nope.ckpt"], tmp_path, capsys)
+    assert "checkpoint not found: nope.ckpt" in line and "--ckpt_path=last" in line
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m lit_attn")
+    for command in ("fit", "validate", "test", "predict", "sft", "attribute"):
+        assert f"\n  {command} " in out
+    assert main([]) == 2  # no command: the same list, and a failing status
