@@ -101,3 +101,9 @@ def test_top_level_help_lists_every_command(capsys):
     for command in ("fit", "validate", "test", "predict", "sft", "attribute"):
         assert f"\n  {command} " in out
     assert main([]) == 2  # no command: the same list, and a failing status
+
+
+def test_grpo_recipe_on_the_tiny_default_says_why_it_cannot_run(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1]
+    line = run_bad(["fit", "--config", str(root / "configs" / "grpo.yaml"), "--trainer.accelerator=cpu"], tmp_path, capsys)
+    assert "prompt budget" in line
