@@ -88,19 +88,22 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     baseline = peak_mib()
 
     start = time.perf_counter()
+    phases = {}
     if method == "attnrl":
         spans = [[(0, PROMPT)] + [(PROMPT + s, PROMPT + s + 256) for s in range(0, RESPONSE, 256)]] * batch
         ids = experience.input_ids
         for chunk in row_chunks(batch, micro):
             rows = list(chunk)
             fci_scores_batch(model, ids[rows], experience.attention_mask[rows], [spans[r] for r in rows], min_gap=1)
+        phases["fci"] = peak_mib() - baseline
         prefixes = [p + r[: RESPONSE // 2] for p, r in zip(prompts, responses)]
         sample_continuations(model, _Tokenizer(), prefixes, 2, max_new_tokens=4, generator_seed=0,
                              batch_size=2 * micro if micro else None)
+        phases["prefill"] = peak_mib() - baseline
     settings = PPOSettings(minibatch_size=batch, kl_coef=0.001, micro_batch_size=micro, logprob_chunk_size=256)
     ppo_update(host, model, experience, settings, ref_model=ref, generator=torch.Generator().manual_seed(0))
     return {"method": method, "batch": batch, "micro": micro, "peak_mib": peak_mib() - baseline,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "phases": phases}
 
 
 class _Tokenizer:

@@ -250,7 +250,6 @@ def _next_tokens(
     return chosen, log_probs.gather(-1, chosen[:, None]).squeeze(-1)
 
 
-@torch.no_grad()
 def _concatenate(
     prefixes: list[list[int]], parts: list[Continuations], firsts: list[int], tokenizer: PreTrainedTokenizerBase
 ) -> Continuations:
@@ -278,6 +277,7 @@ def _concatenate(
     )
 
 
+@torch.no_grad()
 def sample_continuations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -218,3 +218,23 @@ def test_reserved_cache_layer_matches_concatenation() -> None:
     assert torch.equal(reserved.keys, plain.keys[:, :, :5]) and reserved.get_seq_length() == 5
     keys = torch.randn(3, 2, 1, 4, generator=gen)
     assert torch.equal(reserved.update(keys, keys)[0][:, :, 5:], keys)
+
+
+def test_sampling_never_builds_an_autograd_graph():
+    # sampling runs inside training_step, where autograd is on: a graph here would keep every
+    # prefill activation alive until the call returns (and slow the loop)
+    from lit_attn.branching import sample_continuations as sample
+    from lit_attn.models import build_tiny_model
+
+    model = build_tiny_model("qwen2", vocab_size=50, max_positions=128)
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in model.parameters())
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def batch_decode(self, rows, skip_special_tokens=True):
+            return ["" for _ in rows]
+
+    for batch_size in (None, 2):
+        out = sample(model, Tok(), [[5, 6, 7], [8, 9]], 2, max_new_tokens=3, generator_seed=0, batch_size=batch_size)
+        assert not out.logprobs.requires_grad and out.logprobs.grad_fn is None
