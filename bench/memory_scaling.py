@@ -106,6 +106,31 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
             "seconds": time.perf_counter() - start, "phases": phases}
 
 
+NOTES = """
+## Reading the numbers (written by hand)
+
+- **Flat at a fixed micro-batch.** With `micro_batch_size = rollout_batch_size = 2` the peak
+  stays at 1.64-1.75 GiB above the baseline while the step's batch grows 8× (2 → 16
+  sequences of 2.3K tokens), for GRPO and for AttnRL alike. Without micro-batches it doubles
+  with every doubling of B (3.4 GiB at 4, 6.8 GiB at 8); B = 16 in one piece was not run.
+- **What the 1.6-1.75 GiB is.** Almost all of it is one micro-batch's backward: CPU sdpa with
+  a padding mask keeps each layer's (rows × heads × T × T) attention probabilities for the
+  backward (2 × 6 × 2304² floats = 0.25 GB per layer, 8 layers). The FCI capture and the
+  prefix prefill with continuations add ~40 MB at this micro-batch (the `phases` field in the
+  .json). On a GPU, flash attention does not keep those probabilities, so the per-micro-batch
+  cost is far smaller; the point here is that it does not grow with B.
+- **The allocator.** Measured with glibc's default (dynamic) mmap threshold, the GRPO peak
+  crept up with the number of micro-batches (2.0 GiB at B = 2, 2.9 GiB at B = 4) although no
+  tensor outlived its micro-batch; fixing the threshold (`MALLOC_ENV`) makes the resident peak
+  follow the tensors. Long CPU runs may want the same setting.
+- **A bug this found.** The first AttnRL rows grew with B (2.5 GiB at B = 8): a refactor in
+  this change had moved `sample_continuations`'s `@torch.no_grad()` onto a helper, so sampling
+  inside `training_step` built autograd graphs over every prefill. Fixed, with a test
+  (tests/test_branching.py) that fails when sampling builds a graph; the rows above are
+  after the fix.
+"""
+
+
 class _Tokenizer:
     """The three things the sampler asks of a tokenizer, for a model with no text."""
 
@@ -137,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--whole-up-to", type=int, default=8, help="largest batch also run without micro-batches")
     parser.add_argument("--micro", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=["grpo", "attnrl"], choices=["grpo", "attnrl"],
+                        help="methods to run; the others' rows are kept from the .json beside --out")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_memory_scaling.md")
     args = parser.parse_args()
     if args.child:
@@ -144,13 +171,17 @@ def main() -> None:
         print(json.dumps(measure(method, int(batch), None if micro == "none" else int(micro))))
         return
 
+    saved = args.out.with_suffix(".json")
+    kept = [r for r in (json.loads(saved.read_text()) if saved.exists() else []) if r["method"] not in args.methods]
     results = []
-    for method in ("grpo", "attnrl"):
+    for method in args.methods:
         for batch in args.batches:
             for micro in [args.micro] + (["none"] if batch <= args.whole_up_to else []):
                 result = child([method, str(batch), str(micro)])
                 results.append(result)
                 print(json.dumps(result), flush=True)
+    results = sorted(kept + results, key=lambda r: (r["method"] != "grpo", r["batch"], r["micro"] is None))
+    saved.write_text(json.dumps(results, indent=1))
     import torch
 
     from lit_attn.models import build_tiny_model
@@ -160,7 +191,9 @@ def main() -> None:
         "# Peak memory of an RL step as its batch grows, at a fixed micro-batch",
         "",
         f"Command: `python bench/memory_scaling.py --batches {' '.join(map(str, args.batches))} "
-        f"--whole-up-to {args.whole_up_to} --micro {args.micro}`",
+        f"--whole-up-to {args.whole_up_to} --micro {args.micro} --methods {' '.join(args.methods)}`"
+        + (f" (the {', '.join(sorted({r['method'] for r in kept}))} rows kept from an earlier run of the same script, "
+           "read from the .json beside this page)" if kept else ""),
         "",
         f"Machine: {platform.machine()}, CPU, torch {torch.__version__}, 1 thread. Model: random Qwen2, "
         f"{params:.1f}M parameters (hidden {SHAPE['hidden_size']}, {SHAPE['num_layers']} layers, vocab "
@@ -180,7 +213,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['batch']} | {micro} | {r['peak_mib']:.0f} | {r['seconds']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.write_text(text + "\n## Reading the numbers (written by hand)\n\n(see below)\n")
+    args.out.write_text(text + NOTES)
 
 
 if __name__ == "__main__":
