@@ -120,7 +120,7 @@ NOTES = """
   .json). On a GPU, flash attention does not keep those probabilities, so the per-micro-batch
   cost is far smaller; the point here is that it does not grow with B.
 - **The allocator.** Measured with glibc's default (dynamic) mmap threshold, the GRPO peak
-  crept up with the number of micro-batches (2.0 GiB at B = 2, 2.9 GiB at B = 4) although no
+  crept up with the number of micro-batches (2.0 GiB at B = 2, 2.8 GiB at B = 4) although no
   tensor outlived its micro-batch; fixing the threshold (`MALLOC_ENV`) makes the resident peak
   follow the tensors. Long CPU runs may want the same setting.
 - **A bug this found.** The first AttnRL rows grew with B (2.5 GiB at B = 8): a refactor in
