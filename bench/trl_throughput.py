@@ -261,61 +261,33 @@ SIDES = {"lit_attn": run_lit_attn, "trl": run_trl, "trl_gc": run_trl_gc}
 READING = """\
 ## Reading the numbers
 
-**The two steps do the same work with the same kernels, so they take the same time.** With one
-optimiser step per generation, each library's GRPO step is: one `model.generate` call of 128 rows
-(transformers' sampling loop with a KV cache, the same code on both sides), the task reward, one
-forward pass with gradients over the 128 prompt + completion rows for per-token log-probs (no
-behaviour-log-prob pass on either side: with a single update both reuse the detached log-probs),
-the backward pass and one AdamW step. cProfile (`--profile --steps 1`, 1 thread; cProfile's clock
-is wall time, so these carry the machine's load too), seconds per step averaged over the warm-up
-and the measured step:
+**lit_attn is 1.13× TRL per CPU second: faster, short of the 1.5× goal.** With one optimiser
+step per generation each library's GRPO step is: sample 128 completions, the task reward, one
+forward with gradients over the 128 prompt + completion rows, the backward, one AdamW step. The
+training half is the same transformers forward and autograd backward on both sides. The
+sampling half now differs: TRL calls `model.generate`; lit_attn samples with its own KV-cache
+loop (`lit_attn.branching.sample_continuations`), which encodes each of the 16 distinct prompts
+once and repeats its cache rows to the 8 completions, and drops a completion from the batch as
+soon as it ends (generate keeps decoding every row until the longest ends). Timed alone on this
+batch (1 thread, CPU seconds, shared machine): 1.34 s for lit_attn's sampler against 1.73 s for
+`generate`, about 0.4 s of a ~3.5 s step, which is the gap in the table.
 
-| part of a step | lit_attn | TRL (checkpointing off) |
-|---|---|---|
-| `model.generate` (61 decoding steps × 128 rows) | 1.02 | 1.07 |
-| forward with gradients (log-probs + entropy) | 0.81 | 0.78 |
-| backward | 1.14 | 1.17 |
-| rest (reward, advantages, loss, optimiser, trainer bookkeeping) | < 0.05 | < 0.05 |
+What the rest of the step is: per-token decoding forwards of a small model, bound by
+`linear` and `scaled_dot_product_attention` calls in about equal parts, and the training forward
+and backward over 128 rows of ~80 tokens. Neither trainer's own Python is more than a few
+percent. 1.5× would need less of that work, not less overhead: sharing each prompt's forward
+across its 8 completions in the training pass (the prompt is ~20 of the ~80 tokens here, more on
+real data), packing instead of padding, or a fused decoding step. Not done.
 
-About 90 % of either step is the same transformers Qwen2 forward calls (generation and the
-training forward) and autograd's backward, mostly in the same torch operators (`linear`,
-`scaled_dot_product_attention`, the backward engine); neither trainer's own Python is more than a
-few percent. What limits both is the model's arithmetic on one core: the training pass (forward +
-backward over 128 rows × 86 tokens: 25 prompt + 61 completion) is about two thirds of the step and generation
-(small per-token forwards, bound by per-call overhead) the other third. Neither trainer can be
-1.5× faster than the other without changing that work — e.g. a faster decoding loop than
-`model.generate` (static cache, fused sampling, `torch.compile`), or fewer training tokens (packing
-instead of padding to the longest row: here every completion is 61 tokens, so padding costs
-little). So the issue's goal, lit_attn ≥ 1.5× TRL's completions per second, is **not met**: on
-this model and batch the two are at parity. In the run recorded here TRL was 1 to 5 % ahead, on
-wall clock and per CPU second alike, in both rounds (an earlier run of the same script under
-heavier load from other work gave lit_attn 1.06× TRL on wall clock and 0.95× per CPU second: the
-wall-clock ratio moves with whatever else holds the shared cores, and differences of a few percent
-are within what the same code shows from process to process here; compare the rounds in the step
-table). lit_attn's own code (rollout packing, rewards, advantages, loss, logging) is under 0.02 s
-of a ~2 s step in the profile, and Lightning's loop adds less than that. One small piece of extra
-work on lit_attn's side may account for part of the few percent: `lit_attn.logprobs.token_logprobs`
-applies the LM head, log-softmax and entropy to every position (prompt included) and recomputes
-them chunk by chunk in backward (activation checkpointing, so that long sequences never hold the
-full batch × length × vocab logits), where TRL keeps only the completion positions
-(`logits_to_keep`) and stores the logits; with a 100-token vocabulary that is cheap, but not free.
+Against TRL with its default gradient checkpointing lit_attn did 1.29× per CPU second:
+checkpointing recomputes the training forward during backward, an extra forward on a model that
+needs no memory saving. That is a default, not a limit of TRL, so the headline ratio uses TRL
+with checkpointing off.
 
-Against TRL with its default gradient checkpointing, lit_attn did 1.49× the completions per
-wall-clock second in this run but only 1.16× per CPU second: those TRL processes waited for a core
-for about a quarter of their wall time (2.80 s wall vs 2.16 s CPU per step), so the CPU ratio is
-the one to trust. Checkpointing (`GRPOConfig` turns it on by default) recomputes the training
-forward during backward, an extra forward on a model that needs no memory saving: it costs TRL
-about 20 % more CPU time per step here. That is a default, not a limit of TRL, so the headline
-ratio uses TRL with checkpointing off.
-
-Completion lengths: the shipped model is warm-started on the task's fixed format, and with
-single-digit values and three operations a solution in that format is 60 tokens plus the
-end-of-sequence token; nearly every sampled completion is exactly that (61.0 to 61.2 tokens on
-average per step, see the step table), far under the 80-token limit, and generated tokens per
-second is about 61 × completions per second on both sides. A batch decodes until its longest
-completion ends, so a step with one longer completion (the 78xx-token steps in the table) is
-slower on either side; both sides sampled the same prompts with the same settings, and their token
-counts per step are nearly the same, so their decoding work was about equal.
+The machine was shared (load average 2-3 on 2 cores), so wall-clock seconds carry other work;
+the per-CPU-second columns are the ones to compare. Completion lengths are ~57 tokens per
+completion on both sides (generated tokens ÷ completions), far under the 80-token limit; both
+sides sampled the same prompts with the same settings.
 """
 
 
