@@ -127,7 +127,7 @@ def main() -> None:
                         f"{sum(times) / len(times):.2f} | {stats['peak_gib']:.2f} | {fired or 'none'} | {wall:.0f} |")
             print(rows[-1], flush=True)
     if gpus < 2:
-        print("one GPU visible: the DDP run was skipped")
+        print(f"{gpus} GPU(s) visible: the 2-GPU DDP run was skipped")
     print("\n".join(rows))
 
 
