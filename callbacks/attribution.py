@@ -366,7 +366,7 @@ class AttributionCallback(Callback):
             layout your model was trained on.
         method: ``attntrace`` (docs/attribution.md), ``leave_one_out`` (n + 1 teacher-forced
             passes) or ``attention`` (one pass, plain attention mean).
-        top_k_tokens: AttnTrace: top-K token averaging per text.
+        top_k_tokens: AttnTrace: top-K token averaging per text (None: all of a text's tokens).
         subsample_ratio: AttnTrace: fraction of the texts each subsampling round keeps.
         num_subsamples: AttnTrace: subsampling rounds.
         seed: AttnTrace: seed of the subsampling (its own generator).
@@ -387,7 +387,7 @@ class AttributionCallback(Callback):
         tokenizer_attr: str = "tokenizer",
         template: PromptTemplate | str | None = None,
         method: Method = "attntrace",
-        top_k_tokens: int = 5,
+        top_k_tokens: int | None = 5,
         subsample_ratio: float = 0.4,
         num_subsamples: int = 30,
         seed: int = 0,
@@ -398,7 +398,7 @@ class AttributionCallback(Callback):
         super().__init__()
         if method not in METHODS:
             raise UserError(f"AttributionCallback: unknown method {method!r}; use one of {', '.join(METHODS)}")
-        for name, value in (("top_k_tokens", top_k_tokens), ("num_subsamples", num_subsamples),
+        for name, value in (("top_k_tokens", top_k_tokens or 1), ("num_subsamples", num_subsamples),
                             ("max_new_tokens", max_new_tokens), ("k", k)):
             if value < 1:
                 raise UserError(f"AttributionCallback: {name} must be >= 1, got {value}")

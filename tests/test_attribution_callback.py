@@ -385,3 +385,18 @@ def test_heatmap_scales_each_row_min_to_max_and_marks_truth_and_top_k():
     marks = {c.get_label(): {tuple(map(float, p)) for p in c.get_offsets()} for c in ax.collections}
     assert marks["ground truth"] == {(1.0, 0.0), (3.0, 0.0), (0.0, 1.0)}
     assert marks["top-2"] == {(1.0, 0.0), (3.0, 0.0), (0.0, 1.0), (2.0, 1.0)}
+
+
+def test_top_k_tokens_none_averages_every_token_of_a_text(tmp_path):
+    seed_everything(0)
+    callback = AttributionCallback(
+        EXAMPLES[:1], every_n_train_steps=2, model_attr="lm", tokenizer_attr="tok", num_subsamples=3,
+        max_new_tokens=6, k=2, top_k_tokens=None,
+    )
+    trainer = Trainer(
+        max_steps=2, logger=False, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(ForeignLM())
+    [result] = callback.last_results
+    assert result.params["top_k_tokens"] is None and len(result.scores) == len(EXAMPLES[0]["contexts"])
