@@ -73,11 +73,11 @@ from lit_attn.attribution import (
     leave_one_out,
 )
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
+from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
+from lit_attn.records import jsonl_rows
 from lit_attn.seeding import mix_seed
 from lit_attn.strategy import check_strategy
-from lit_attn.errors import UserError
-from lit_attn.records import jsonl_rows
 
 Method = Literal["attntrace", "leave_one_out", "attention"]
 ATTENTION_METHODS = ("attntrace", "attention")

@@ -45,9 +45,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lit_attn.attention.steps import DEFAULT_DELIMITER
 from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
-from lit_attn.lora import unwrap
-from lit_attn.strategy import check_strategy
 from lit_attn.experience import Experience
+from lit_attn.lora import unwrap
+from lit_attn.strategy import check_strategy, reduce_over_ranks
 from lit_attn.tree_rl import BranchRule, ExplorationSettings, ExplorationState, explore_step
 
 REQUIRED = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
@@ -191,12 +191,7 @@ class BranchingCallback(Callback):
         return experience
 
     def _reduce(self, values: list[float], op: str) -> list[float]:
-        """``values`` summed over the ranks of a data-parallel run (as they are in one process)."""
-        trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1:
-            return list(values)
-        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=trainer.strategy.root_device)
-        return trainer.strategy.reduce(tensor, reduce_op=op).tolist()
+        return reduce_over_ranks(self._trainer, values, op)
 
     def _draw_prompts(self, count: int, generator: torch.Generator) -> list[dict]:
         """``count`` extra prompts for a batch grown past the loader's, drawn at random (the

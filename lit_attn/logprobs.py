@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_attn.lora import unwrap
+
 DEFAULT_CHUNK_SIZE = 256
 
 
@@ -41,9 +43,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The transformer body (returns hidden states) and the LM head of a HF causal LM (of the
     model inside, for a PEFT model: its layers carry the adapters)."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):
-        model = get_base()
+    model = unwrap(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None:
         raise TypeError(f"{type(model).__name__} has no output embeddings (LM head); pass a causal LM")

@@ -38,6 +38,7 @@ from lit_attn.errors import UserError
 from lit_attn.experience import Experience
 from lit_attn.logprobs import token_logprobs
 from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
+from lit_attn.strategy import reduce_over_ranks
 
 
 @dataclass(frozen=True)
@@ -130,17 +131,9 @@ def batched_completion_logprobs(model: torch.nn.Module, batch: Experience, setti
 # ------------------------------------------------------------------------------ processes
 
 
-def _world(host: LightningModule) -> tuple[int, object | None]:
-    trainer = getattr(host, "_trainer", None)
-    if trainer is None or trainer.world_size <= 1:
-        return 1, None
-    return trainer.world_size, trainer.strategy
-
-
-def _reduce(strategy: object | None, value: float, op: str, device: torch.device) -> float:
-    if strategy is None:
-        return value
-    return float(strategy.reduce(torch.tensor(float(value), device=device), reduce_op=op))
+def _trainer_of(host: LightningModule) -> object | None:
+    """The host's trainer, or None (a host driven without one)."""
+    return getattr(host, "_trainer", None)
 
 
 def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experience, settings: PPOSettings) -> None:
@@ -179,12 +172,13 @@ def ppo_update(
     gradients is taken (weights and AdamW state unchanged), so the step still counts.
     Returns each statistic averaged over the micro-batches, weighted by their tokens.
     """
-    world, strategy = _world(host)
+    trainer = _trainer_of(host)
+    world = trainer.world_size if trainer is not None else 1
     device = experience.input_ids.device
     mask = experience.completion_mask.float()
     n = experience.num_sequences
     order = torch.randperm(n, generator=generator).to(device)
-    count = int(_reduce(strategy, math.ceil(n / settings.minibatch_size), "max", device))
+    count = int(reduce_over_ranks(trainer, [math.ceil(n / settings.minibatch_size)], "max")[0])
     optimizer = host.optimizers()
     if count == 0:
         optimizer.zero_grad(set_to_none=True)
@@ -200,15 +194,15 @@ def ppo_update(
             ref_lp = batched_completion_logprobs(model, experience, settings)
     elif ref_model is not None and n:
         ref_lp = batched_completion_logprobs(ref_model, experience, settings)
-    length = int(_reduce(strategy, mask.shape[-1], "max", device))  # Dr. GRPO's constant T
+    length = int(reduce_over_ranks(trainer, [mask.shape[-1]], "max")[0])  # Dr. GRPO's constant T
 
     totals: dict[str, float] = {}
     weight = 0.0
     for rows in minibatches:
         normaliser = loss_normaliser(mask[rows], settings.aggregation, length=length)
-        normaliser = _reduce(strategy, float(normaliser), "sum", device)
+        normaliser = reduce_over_ranks(trainer, [float(normaliser)], "sum")[0]
         chunks = micro_batches(experience.attention_mask, rows, settings) if len(rows) else []
-        steps = int(_reduce(strategy, len(chunks), "max", device))
+        steps = int(reduce_over_ranks(trainer, [len(chunks)], "max")[0])
         optimizer.zero_grad()
         for k in range(steps):
             if k >= len(chunks):
@@ -226,13 +220,14 @@ def ppo_update(
                 aggregation=settings.aggregation, normaliser=normaliser,
             )
             host.manual_backward(loss * world)  # the all-reduce averages over ranks; the normaliser is global
-            tokens = float(m.sum())
-            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / m.sum().clamp(min=1)}
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * (1.0 if key == "loss" else tokens)
-            weight += tokens
+            tokens = m.sum()
+            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / tokens.clamp(min=1)}
+            for key, value in stats.items():  # tensors: one device sync per update, at the end
+                totals[key] = totals.get(key, 0.0) + value * (1.0 if key == "loss" else tokens)
+            weight = weight + tokens
         if settings.grad_clip > 0:
             host.clip_gradients(optimizer, gradient_clip_val=settings.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
     # the loss of a minibatch is the sum of its micro-batches'; report the mean over minibatches
-    return {k: v / len(minibatches) if k == "loss" else v / max(weight, 1.0) for k, v in totals.items()}
+    weight = max(float(weight), 1.0)
+    return {k: float(v) / len(minibatches) if k == "loss" else float(v) / weight for k, v in totals.items()}

@@ -27,3 +27,14 @@ def check_strategy(trainer: Any, who: str) -> None:
             "that ranks reach different numbers of times); use --trainer.strategy=ddp, with model.lora, "
             "bf16 and model.micro_batch_size for large models (docs/scaling.md)"
         )
+
+
+def reduce_over_ranks(trainer: Any, values: list[float], op: str) -> list[float]:
+    """``values`` reduced (``"sum"``, ``"max"``) over the processes of a data-parallel run, as
+    they are in one process (or without a trainer). A collective call: every rank makes it."""
+    if trainer is None or trainer.world_size <= 1:
+        return [float(v) for v in values]
+    import torch
+
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=trainer.strategy.root_device)
+    return trainer.strategy.reduce(tensor, reduce_op=op).tolist()

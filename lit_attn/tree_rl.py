@@ -30,10 +30,10 @@ import torch
 
 from lit_attn.branching import sample_continuations
 from lit_attn.errors import UserError
-from lit_attn.lora import unwrap
-from lit_attn.seeding import mix_seed
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
 from lit_attn.exploration import RunningMean, adaptive_batch_size, choose_responses, expansion_count
+from lit_attn.lora import unwrap
+from lit_attn.seeding import mix_seed
 from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equal, build_tree, paths
 
 Host = Any
