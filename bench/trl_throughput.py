@@ -18,6 +18,12 @@ project requirement), or in the one given by ``--trl-python``. Each runs ``1 + -
 A callback times every step (wall clock and the process's CPU time) and counts the completion
 tokens generated in it (end-of-sequence token included, as both libraries count them).
 
+lit_attn runs three times over: with its defaults (the headline), with ``skip_zero_advantage=False``
+(every row goes through the forward and backward passes, as in TRL, even those whose advantage is
+0 and whose gradient is therefore 0) and with that and ``share_prompts=False`` (each row runs its
+prompt through the model itself, as in TRL): how much of the gap comes from each shortcut
+(``--no-variants`` skips the last two).
+
 TRL runs twice over: with ``gradient_checkpointing=False`` (like lit_attn, which never recomputes
 activations; the headline comparison) and with GRPOConfig's own default ``True``
 (``--no-trl-defaults`` skips that one). ``--rounds`` runs every side that many times, in turn,
@@ -129,8 +135,9 @@ def profiled(spec: dict, fn):
 # ---------------------------------------------------------------------------------------- lit_attn
 
 
-def run_lit_attn(spec: dict) -> dict:
-    """lit_attn: PolicyModule.training_step under Lightning's Trainer.fit, one step per batch."""
+def run_lit_attn(spec: dict, **options) -> dict:
+    """lit_attn: PolicyModule.training_step under Lightning's Trainer.fit, one step per batch;
+    ``options`` are PolicyModule arguments that differ from its defaults."""
     setup_process(spec)
     import lightning
     from lightning import Callback, Trainer
@@ -144,7 +151,7 @@ def run_lit_attn(spec: dict) -> dict:
         "default", group_size=spec["group_size"], prompts_per_step=spec["prompts"], minibatch_size=batch,
         max_new_tokens=spec["max_new_tokens"], temperature=1.0, lr=1e-6, grad_clip=1.0, kl_coef=0.0,
         aggregation="token_mean", rewards=["lit_attn.rewards.task_reward"], validate_at_start=False,
-        seed=spec["seed"],
+        seed=spec["seed"], **options,
     )
     loader = DataLoader(records(spec), batch_size=spec["prompts"], shuffle=False, collate_fn=collate_records)
     clock = StepClock()
@@ -156,6 +163,7 @@ def run_lit_attn(spec: dict) -> dict:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.stop(len(batch) * spec["group_size"], pl_module.tokens_generated - self.tokens)
+            clock.steps[-1]["zero_std"] = float(trainer.callback_metrics["frac_reward_zero_std"])
 
     trainer = Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=spec["steps"] + 1, logger=False,
@@ -163,7 +171,18 @@ def run_lit_attn(spec: dict) -> dict:
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
     )
     profiled(spec, lambda: trainer.fit(module, train_dataloaders=loader))
-    return summary("lit_attn", clock, spec, {"lightning": lightning.__version__, **_hf_versions()})
+    side = "lit_attn" + "".join(f", {k}={v}" for k, v in options.items())
+    return summary(side, clock, spec, {"lightning": lightning.__version__, **_hf_versions()})
+
+
+def run_lit_attn_dense(spec: dict) -> dict:
+    """lit_attn training every row, as TRL does: rows with zero advantage are not skipped."""
+    return run_lit_attn(spec, skip_zero_advantage=False)
+
+
+def run_lit_attn_plain(spec: dict) -> dict:
+    """lit_attn with neither update shortcut: every row trained, every prompt run once per row."""
+    return run_lit_attn(spec, skip_zero_advantage=False, share_prompts=False)
 
 
 # ---------------------------------------------------------------------------------------- TRL
@@ -254,7 +273,10 @@ def _hf_versions() -> dict:
 
 # ---------------------------------------------------------------------------------------- driver
 
-SIDES = {"lit_attn": run_lit_attn, "trl": run_trl, "trl_gc": run_trl_gc}
+SIDES = {
+    "lit_attn": run_lit_attn, "lit_attn_dense": run_lit_attn_dense, "lit_attn_plain": run_lit_attn_plain,
+    "trl": run_trl, "trl_gc": run_trl_gc,
+}
 
 # What the page says about the numbers: written from the run recorded in the page (see its date)
 # and the cProfile runs of ``--profile``; re-check it when the numbers change.
@@ -352,19 +374,31 @@ def step_table(order: list[tuple[int, dict]]) -> str:
 
 
 def ratios(by_side: dict[str, list[dict]]) -> list[str]:
-    if "lit_attn" not in by_side:
-        return []
-    lit = rates(by_side["lit_attn"])
+    """Every lit_attn side against every TRL side."""
     out = []
-    for key, runs in by_side.items():
-        if key == "lit_attn":
+    for lit_key, lit_runs in by_side.items():
+        if not lit_key.startswith("lit_attn"):
             continue
-        r = rates(runs)
-        out.append(
-            f"lit_attn / {runs[0]['side']}: completions per second {lit['completions_per_s'] / r['completions_per_s']:.2f}× "
-            f"(wall clock), {lit['completions_per_cpu_s'] / r['completions_per_cpu_s']:.2f}× (per CPU second)"
-        )
+        lit = rates(lit_runs)
+        for key, runs in by_side.items():
+            if key.startswith("lit_attn"):
+                continue
+            r = rates(runs)
+            out.append(
+                f"{lit_runs[0]['side']} / {runs[0]['side']}: completions per second "
+                f"{lit['completions_per_s'] / r['completions_per_s']:.2f}× (wall clock), "
+                f"{lit['completions_per_cpu_s'] / r['completions_per_cpu_s']:.2f}× (per CPU second)"
+            )
     return out
+
+
+def zero_std(by_side: dict[str, list[dict]]) -> str:
+    """The measured steps' fraction of prompts whose group had one reward for all (from lit_attn)."""
+    values = [s["zero_std"] for run in by_side.get("lit_attn", []) for s in run["steps"][1:] if "zero_std" in s]
+    if not values:
+        return ""
+    return (f"Prompts whose {len(values)} measured lit_attn steps gave all {{G}} completions one reward "
+            f"(`frac_reward_zero_std`): {min(values):.2f}-{max(values):.2f}, mean {sum(values) / len(values):.2f}.")
 
 
 def page(spec: dict, by_side: dict, order: list, command: str, started: datetime.datetime, skipped: str | None) -> str:
@@ -391,7 +425,9 @@ def page(spec: dict, by_side: dict, order: list, command: str, started: datetime
         f"per generation, at most {spec['max_new_tokens']} new tokens, temperature 1 (no top-k / top-p), reward "
         "`lit_attn.rewards.task_reward` (0/1), prompts from `make_splits(FactChainTask(num_distractors=0), ...)` in the "
         "same order on both sides, AdamW lr 1e-6, grad-norm clip 1, no KL / reference model, token-mean loss with "
-        f"clip 0.2 / 0.28. lit_attn: `PolicyModule(minibatch_size={batch})` under `lightning.Trainer.fit`; TRL: "
+        f"clip 0.2 / 0.28. lit_attn: `PolicyModule(minibatch_size={batch})` under `lightning.Trainer.fit`, with its "
+        "defaults, and twice more with its update shortcuts off: `skip_zero_advantage=False` (every row trained, as "
+        "TRL does) and also `share_prompts=False` (every row runs its own prompt); TRL: "
         f"`GRPOTrainer.train` with `per_device_train_batch_size={batch}, num_generations={spec['group_size']}, "
         "steps_per_generation=1, num_iterations=1, beta=0, loss_type=\"dapo\", shuffle_dataset=False, "
         "gradient_checkpointing=False, use_cpu=True` (and once more with GRPOConfig's default "
@@ -407,6 +443,8 @@ def page(spec: dict, by_side: dict, order: list, command: str, started: datetime
         lines += [f"**TRL side skipped:** {skipped}", ""]
     lines += [table(by_side), ""]
     lines += [f"- {r}" for r in ratios(by_side)]
+    if zero_std(by_side):
+        lines += ["", zero_std(by_side).replace("{G}", str(spec["group_size"]))]
     lines += ["- goal from the issue: lit_attn ≥ 1.5× TRL's completions per second", "", READING, "## Every step", "",
               step_table(order), ""]
     return "\n".join(lines)
@@ -422,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="processes per side, sides run in turn")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, every side")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip lit_attn with skip_zero_advantage / share_prompts turned off")
     parser.add_argument("--no-trl-defaults", action="store_true", help="skip TRL with its default gradient checkpointing")
     parser.add_argument("--profile", action="store_true", help="cProfile each side; top functions to stderr")
     parser.add_argument("--no-write", action="store_true", help=f"print only; don't write {DOC.relative_to(ROOT)}")
@@ -454,6 +494,8 @@ def main(argv: list[str] | None = None) -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = os.getloadavg()[0]
     sides = [(sys.executable, "lit_attn")]
+    if not args.no_variants:
+        sides += [(sys.executable, "lit_attn_dense"), (sys.executable, "lit_attn_plain")]
     python = trl_python(args.trl_python)
     skipped = None
     if python is None:

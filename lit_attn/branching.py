@@ -24,7 +24,6 @@ torch's global RNG untouched; without it the global RNG is used (and advanced).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lit_attn.errors import UserError
-from lit_attn.models import eval_mode
+from lit_attn.models import cache_keyword, eval_mode
 from lit_attn.rollout import Rollout, eos_ids, left_pad
 
 
@@ -232,12 +231,6 @@ def _new_cache(model: nn.Module, capacity: int) -> DynamicCache:
     return cache
 
 
-def _cache_keyword(model: nn.Module) -> str:
-    """Name of the forward argument that takes a KV cache (``cache`` from transformers 5.2x)."""
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
 def _next_tokens(
     logits: torch.Tensor, temperature: float, do_sample: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -363,7 +356,7 @@ def sample_continuations(
     width = ids.shape[1]
     ids, prefix_mask = ids.to(device), prefix_mask.to(device)
     positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-    cache_kw = _cache_keyword(model)
+    cache_kw = cache_keyword(model)
     longest = max(row_budget)
     budget = torch.tensor(row_budget, dtype=torch.long, device=device)
     cache = _new_cache(model, width + longest)

@@ -23,8 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from lit_attn.lora import unwrap
+from lit_attn.models import cache_keyword
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -157,7 +160,6 @@ def token_logprobs(
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
     base, head = _split_model(model)
-    scale, softcap = _logit_transform(model)
     outputs = base(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -165,9 +167,88 @@ def token_logprobs(
         use_cache=False,
     )
     hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-    hidden = hidden[:, :-1]
-    targets = input_ids[:, 1:]
+    return _head_stats(model, head, hidden[:, :-1], input_ids[:, 1:], chunk_size, temperature, with_entropy)
 
+
+def can_share_prefixes(model: nn.Module) -> bool:
+    """Whether :func:`continuation_logprobs` can encode shared prefixes once for ``model``: it
+    needs a KV cache that keeps every position (plain full-attention layers) and no activation
+    checkpointing (transformers drops the cache of checkpointed layers)."""
+    inner = unwrap(model)
+    flag = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    if getattr(inner, flag, False):
+        return False
+    try:
+        cache = DynamicCache(config=inner.config)
+    except Exception:  # noqa: BLE001 - a config the cache cannot read: take the plain path
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def continuation_logprobs(
+    model: nn.Module,
+    prefix_ids: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    prefix_index: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of continuations, each prefix run through the model once for all of them.
+
+    Row ``r`` of ``input_ids`` continues prefix ``prefix_index[r]``. The same numbers (and
+    gradients) as :func:`token_logprobs` on the concatenated rows, restricted to the
+    continuation tokens, but a prefix shared by ``k`` rows costs one forward instead of
+    ``k``: the prefixes fill a KV cache (gradients flow through it), the cache rows are
+    repeated to the continuations, and the continuations attend to them. This is how a GRPO
+    group's G completions share their prompt.
+
+    Args:
+        model: a Hugging Face causal LM for which :func:`can_share_prefixes` holds.
+        prefix_ids, prefix_mask: (D, P) distinct prefixes, left-padded.
+        prefix_index: (R,) long, the prefix of each continuation.
+        input_ids, attention_mask: (R, C) continuations, right-padded.
+        chunk_size, temperature, with_entropy: as in :func:`token_logprobs`.
+
+    Returns:
+        ``(logprobs, entropy)``, both (R, C): entry ``t`` scores ``input_ids[:, t]`` (the
+        first from the prefix's last position).
+    """
+    if prefix_ids.dim() != 2 or input_ids.dim() != 2 or prefix_index.shape != input_ids.shape[:1]:
+        raise ValueError(
+            f"need (D, P) prefixes, (R,) prefix_index and (R, C) continuations, got {tuple(prefix_ids.shape)}, "
+            f"{tuple(prefix_index.shape)}, {tuple(input_ids.shape)}"
+        )
+    base, head = _split_model(model)
+    keyword = cache_keyword(base)
+    cache = DynamicCache(config=unwrap(model).config)
+    prefix = base(
+        input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=position_ids_from_mask(prefix_mask),
+        use_cache=True, **{keyword: cache},
+    )
+    last = (prefix.last_hidden_state if hasattr(prefix, "last_hidden_state") else prefix[0])[:, -1]
+    cache.batch_select_indices(prefix_index)
+    full_mask = torch.cat([prefix_mask[prefix_index], attention_mask], dim=1)
+    outputs = base(
+        input_ids=input_ids, attention_mask=full_mask,
+        position_ids=position_ids_from_mask(full_mask)[:, prefix_ids.shape[1]:], use_cache=True, **{keyword: cache},
+    )
+    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+    hidden = torch.cat([last[prefix_index].unsqueeze(1), hidden[:, :-1]], dim=1)
+    return _head_stats(model, head, hidden, input_ids, chunk_size, temperature, with_entropy)
+
+
+def _head_stats(
+    model: nn.Module, head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+    temperature: float, with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's log-probs of ``targets`` (and entropies) from ``hidden``, ``chunk_size``
+    positions at a time (each chunk recomputed in the backward pass when gradients flow)."""
+    scale, softcap = _logit_transform(model)
     recompute = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters())
     )

@@ -5,6 +5,7 @@ No hub access, ever: a path that does not exist on local disk is an error, not a
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -32,6 +33,13 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """The shipped warm-started default policy (see ``python -m lit_attn sft``)."""
 
 Architecture = Literal["qwen2", "llama", "gpt2"]
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """Name of the forward argument that takes a KV cache (``cache`` from transformers 5.2x,
+    ``past_key_values`` before and in some architectures)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def tiny_config(

@@ -81,6 +81,14 @@ class PolicyModule(LightningModule):
             behaviour and reference log-prob forwards. None = a whole minibatch at once.
         micro_batch_tokens: most padded tokens (rows × longest row) per micro-batch, for
             responses whose lengths vary. None = no token limit.
+        share_prompts: in the update's forward passes, run a prompt shared by several rows
+            (a GRPO group, the paths of a tree) once, its KV cache repeated to the rows (same
+            numbers and gradients; off for models whose cache drops positions, and under
+            gradient checkpointing).
+        skip_zero_advantage: leave rows whose advantage is 0 out of the update's forward and
+            backward passes when ``kl_coef`` = 0 (their gradient is exactly 0; they still count
+            in the loss normaliser). The update is the same; ``entropy`` and the clip and
+            ratio statistics then cover the rows trained on.
         rollout_batch_size: most sequences sampled (or scored without gradients: FCI,
             entropy) at once. None = the whole step's batch in one call.
         max_new_tokens: completion length limit during training.
@@ -122,6 +130,8 @@ class PolicyModule(LightningModule):
         minibatch_size: int = 64,
         micro_batch_size: int | None = None,
         micro_batch_tokens: int | None = None,
+        share_prompts: bool = True,
+        skip_zero_advantage: bool = True,
         rollout_batch_size: int | None = None,
         max_new_tokens: int = 64,
         temperature: float = 1.0,
@@ -181,7 +191,8 @@ class PolicyModule(LightningModule):
             minibatch_size=minibatch_size, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
             kl_coef=kl_coef, aggregation=aggregation, grad_clip=grad_clip, temperature=temperature,
             logprob_chunk_size=logprob_chunk_size, micro_batch_size=micro_batch_size,
-            micro_batch_tokens=micro_batch_tokens,
+            micro_batch_tokens=micro_batch_tokens, share_prompts=share_prompts,
+            skip_zero_advantage=skip_zero_advantage,
         )
         self.experience_source: Any = None
         """Set by an exploration callback in its ``setup``; None = GRPO."""

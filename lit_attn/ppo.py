@@ -36,7 +36,7 @@ from lightning import LightningModule
 
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
-from lit_attn.logprobs import token_logprobs
+from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, token_logprobs
 from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
 from lit_attn.strategy import reduce_over_ranks
 
@@ -56,6 +56,8 @@ class PPOSettings:
     logprob_chunk_size: int = 256
     micro_batch_size: int | None = None
     micro_batch_tokens: int | None = None
+    share_prompts: bool = True
+    skip_zero_advantage: bool = True
 
     def __post_init__(self) -> None:
         for name in ("minibatch_size", "micro_batch_size", "micro_batch_tokens"):
@@ -105,13 +107,25 @@ def completion_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the completion tokens of ``batch[rows]``, shape
     (len(rows), C′): the rows are cut to the columns they use, so C′ ≤ C (their longest
-    completion); the entries past C′ would be masked anyway."""
+    completion); the entries past C′ would be masked anyway. With ``settings.share_prompts``,
+    rows with the same prompt (a GRPO group) run it through the model once."""
     if rows is None:
         rows = torch.arange(batch.num_sequences, device=batch.input_ids.device)
     cols, completion = _columns(batch, rows)
+    P = batch.prompt_length
+    ids, mask = batch.input_ids[rows][:, cols], batch.attention_mask[rows][:, cols]
+    prompt = P - cols.start  # prompt columns kept
+    if settings.share_prompts and len(rows) > 1 and can_share_prefixes(model):
+        key = torch.cat([ids[:, :prompt] * mask[:, :prompt], mask[:, :prompt]], dim=1)
+        distinct, index = torch.unique(key, dim=0, return_inverse=True)
+        if distinct.shape[0] < len(rows):
+            return continuation_logprobs(
+                model, distinct[:, :prompt], distinct[:, prompt:], index, ids[:, prompt:], mask[:, prompt:],
+                chunk_size=settings.logprob_chunk_size, temperature=settings.temperature, with_entropy=with_entropy,
+            )
     lp, ent = token_logprobs(
-        model, batch.input_ids[rows][:, cols], batch.attention_mask[rows][:, cols],
-        chunk_size=settings.logprob_chunk_size, temperature=settings.temperature, with_entropy=with_entropy,
+        model, ids, mask, chunk_size=settings.logprob_chunk_size, temperature=settings.temperature,
+        with_entropy=with_entropy,
     )
     start = lp.shape[1] - completion
     return lp[:, start:], (ent[:, start:] if ent is not None else None)
@@ -149,6 +163,20 @@ def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experie
 # ------------------------------------------------------------------------------ the update
 
 
+def _rows_with_signal(experience: Experience, mask: torch.Tensor, settings: PPOSettings) -> torch.Tensor:
+    """(N,) bool: the rows whose loss has a gradient. Without a KL term, a row whose advantage
+    is 0 on every token it trains contributes exactly 0 (the policy-gradient loss is
+    ``-A · ratio``), so with ``skip_zero_advantage`` its forward and backward are skipped; it
+    still counts in the loss normaliser, so the update is unchanged."""
+    n = experience.num_sequences
+    if not settings.skip_zero_advantage or settings.kl_coef > 0:
+        return torch.ones(n, dtype=torch.bool, device=mask.device)
+    advantages = experience.advantages
+    if advantages.dim() == 1:
+        return (advantages != 0) & (mask.sum(-1) > 0)
+    return ((advantages[:, : mask.shape[1]] != 0) & (mask != 0)).any(-1)
+
+
 def ppo_update(
     host: LightningModule,
     model: torch.nn.Module,
@@ -170,7 +198,10 @@ def ppo_update(
     copy). Each minibatch is one optimiser step, accumulated over
     its micro-batches. With nothing to train on any rank, one optimiser step with no
     gradients is taken (weights and AdamW state unchanged), so the step still counts.
-    Returns each statistic averaged over the micro-batches, weighted by their tokens.
+    Rows with no gradient (zero advantage and no KL term) are left out of the forward and
+    backward passes (``settings.skip_zero_advantage``; they still count in the normaliser).
+    Returns each statistic averaged over the micro-batches, weighted by their tokens: over
+    the rows trained on.
     """
     trainer = _trainer_of(host)
     world = trainer.world_size if trainer is not None else 1
@@ -195,14 +226,18 @@ def ppo_update(
     elif ref_model is not None and n:
         ref_lp = batched_completion_logprobs(ref_model, experience, settings)
     length = int(reduce_over_ranks(trainer, [mask.shape[-1]], "max")[0])  # Dr. GRPO's constant T
+    signal = _rows_with_signal(experience, mask, settings)
 
     totals: dict[str, float] = {}
     weight = 0.0
     for rows in minibatches:
         normaliser = loss_normaliser(mask[rows], settings.aggregation, length=length)
         normaliser = reduce_over_ranks(trainer, [float(normaliser)], "sum")[0]
-        chunks = micro_batches(experience.attention_mask, rows, settings) if len(rows) else []
-        steps = int(reduce_over_ranks(trainer, [len(chunks)], "max")[0])
+        trained = rows[signal[rows]]
+        chunks = micro_batches(experience.attention_mask, trained, settings) if len(trained) else []
+        # at least one backward: a minibatch with no signal anywhere still gets zero gradients
+        # (not none), so AdamW steps its moments as the one-piece update would
+        steps = max(int(reduce_over_ranks(trainer, [len(chunks)], "max")[0]), 1)
         optimizer.zero_grad()
         for k in range(steps):
             if k >= len(chunks):

@@ -132,3 +132,62 @@ def test_errors(kwargs: dict, match: str) -> None:
         token_logprobs(model, input_ids, attention_mask[:, 1:])
     with pytest.raises(ValueError, match="at least 2 positions"):
         token_logprobs(model, input_ids[:, :1], attention_mask[:, :1])
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_shared_prefixes_give_the_concatenated_values_and_gradients(architecture: str) -> None:
+    """Two left-padded prefixes of different lengths, five continuations of them (right-padded):
+    continuation_logprobs encodes each prefix once and must equal token_logprobs on the rows
+    written out in full, values, entropies and gradients."""
+    from lit_attn.logprobs import can_share_prefixes, continuation_logprobs
+
+    gen = torch.Generator().manual_seed(3)
+    prefixes = [torch.randint(2, V, (n,), generator=gen).tolist() for n in (6, 3)]
+    index = torch.tensor([0, 1, 0, 0, 1])
+    conts = [torch.randint(2, V, (n,), generator=gen).tolist() for n in (4, 5, 1, 5, 2)]
+    P, C = 6, 5
+    prefix_ids = torch.zeros(2, P, dtype=torch.long)
+    prefix_mask = torch.zeros(2, P, dtype=torch.long)
+    for i, p in enumerate(prefixes):
+        prefix_ids[i, P - len(p):] = torch.tensor(p)
+        prefix_mask[i, P - len(p):] = 1
+    ids = torch.zeros(5, C, dtype=torch.long)
+    mask = torch.zeros(5, C, dtype=torch.long)
+    for r, c in enumerate(conts):
+        ids[r, : len(c)] = torch.tensor(c)
+        mask[r, : len(c)] = 1
+    full_ids = torch.cat([prefix_ids[index], ids], 1)
+    full_mask = torch.cat([prefix_mask[index], mask], 1)
+
+    model = _model(architecture)
+    assert can_share_prefixes(model)
+    ref_lp, ref_ent = token_logprobs(model, full_ids, full_mask, temperature=0.7, with_entropy=True)
+    ref_lp, ref_ent = ref_lp[:, P - 1:], ref_ent[:, P - 1:]
+    weights = mask.double()
+    ((ref_lp * weights).sum() + 0.3 * (ref_ent * weights).sum()).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    lp, ent = continuation_logprobs(
+        model, prefix_ids, prefix_mask, index, ids, mask, chunk_size=2, temperature=0.7, with_entropy=True
+    )
+    assert lp.shape == ent.shape == (5, C)
+    valid = mask.bool()
+    assert torch.allclose(lp[valid], ref_lp[valid], atol=1e-9, rtol=0)
+    assert torch.allclose(ent[valid], ref_ent[valid], atol=1e-9, rtol=0)
+    ((lp * weights).sum() + 0.3 * (ent * weights).sum()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        # Qwen2/Llama build their rotary tables in float32 whatever the model's dtype, and the
+        # values differ in the last float32 bit between the two call shapes: hence 1e-6, not 1e-12.
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_prefixes_are_not_shared_under_gradient_checkpointing() -> None:
+    """transformers drops the KV cache of checkpointed layers, so sharing must turn itself off."""
+    from lit_attn.logprobs import can_share_prefixes
+
+    model = _model("qwen2")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert not can_share_prefixes(model)

@@ -94,3 +94,79 @@ def test_bad_micro_batch_size_is_one_line_error():
 
     with pytest.raises(UserError, match="micro_batch_size must be >= 1"):
         PPOSettings(micro_batch_size=0)
+
+
+def grpo_experience(seed: int = 0, uniform_groups: tuple[int, ...] = (1,)):
+    """Three GRPO groups of four completions sharing their prompt; the groups in
+    ``uniform_groups`` have advantage 0 on every row (all rewards equal)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, completions, advantages, old = [], [], [], []
+    for group in range(3):
+        prompt = torch.randint(3, 60, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(4):
+            c = torch.randint(3, 60, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist()
+            prompts.append(prompt)
+            completions.append(c)
+            advantages.append(torch.tensor(0.0) if group in uniform_groups else torch.randn((), generator=g))
+            old.append((-torch.rand(len(c), generator=g) * 4).tolist())
+    return pack_sequences(prompts, completions, 0, advantages=advantages, old_logprobs=old)
+
+
+def _positions_run(model) -> list[int]:
+    """Token positions (rows × columns) of every call of the model's transformer body."""
+    seen: list[int] = []
+    model.model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"].numel()), with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_shared_prompts_and_skipped_rows_give_the_plain_update(aggregation):
+    """share_prompts and skip_zero_advantage change the work, not the update: the weights after
+    the step equal those of the plain update, and the body runs on fewer positions."""
+    model = build_tiny_model("qwen2", seed=1)
+    exp = grpo_experience()
+    base = dict(minibatch_size=12, aggregation=aggregation, grad_clip=0.0, micro_batch_size=5)
+    plain = copy.deepcopy(model)
+    plain_seen = _positions_run(plain)
+    ppo_update(SGDHost(plain), plain, exp, PPOSettings(**base, share_prompts=False, skip_zero_advantage=False),
+               generator=torch.Generator().manual_seed(0))
+    fast = copy.deepcopy(model)
+    fast_seen = _positions_run(fast)
+    ppo_update(SGDHost(fast), fast, exp, PPOSettings(**base), generator=torch.Generator().manual_seed(0))
+    assert sum(fast_seen) < 0.75 * sum(plain_seen)  # a third of the rows skipped, prompts run once
+    moved = max((a - b).abs().max().item() for a, b in zip(plain.parameters(), model.parameters()))
+    assert moved > 1e-3
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-6, msg=name)
+
+
+def test_a_step_with_no_signal_still_moves_adams_moments():
+    """Every advantage 0: the plain update's gradients are exact zeros, and AdamW still steps
+    with its moments from earlier steps; skipping every row must do the same (zero gradients,
+    not missing ones, which AdamW would skip)."""
+    model = build_tiny_model("qwen2", seed=1)
+    signal, silent = grpo_experience(uniform_groups=()), grpo_experience(seed=1, uniform_groups=(0, 1, 2))
+    results = []
+    for skip in (False, True):
+        trained = copy.deepcopy(model)
+        host = SGDHost(trained)
+        host.optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-2)
+        settings = PPOSettings(minibatch_size=12, grad_clip=0.0, skip_zero_advantage=skip)
+        for exp in (signal, silent):
+            ppo_update(host, trained, exp, settings, generator=torch.Generator().manual_seed(0))
+        results.append(trained)
+    for (name, a), b in zip(results[0].named_parameters(), results[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_rows_with_a_kl_term_are_never_skipped():
+    model = build_tiny_model("qwen2", seed=1)
+    ref = build_tiny_model("qwen2", seed=2)
+    exp = grpo_experience(uniform_groups=(0, 1, 2))
+    base = dict(minibatch_size=12, grad_clip=0.0, kl_coef=0.1)
+    a, _ = updated(model, exp, PPOSettings(**base), ref)
+    b, _ = updated(model, exp, PPOSettings(**base, skip_zero_advantage=False), ref)
+    moved = max((x - y).abs().max().item() for x, y in zip(a.parameters(), model.parameters()))
+    assert moved > 1e-4  # the KL term alone trains every row
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=2e-6)
