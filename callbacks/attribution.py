@@ -75,6 +75,8 @@ from lit_attn.attribution import (
 from lit_attn.attribution.prompt import check_length, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
+from lit_attn.markdown import cell
+from lit_attn.models import eval_mode
 from lit_attn.records import jsonl_rows
 from lit_attn.seeding import mix_seed
 from lit_attn.strategy import check_strategy
@@ -247,15 +249,11 @@ def ranking_metrics(scores: Sequence[float], relevant: Sequence[int], k: int) ->
     }
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", "<br>")
-
-
 def result_markdown(example: AttributionExample, result: AttributionResult, step: int) -> str:
     """A markdown table of one attribution: the texts ranked, their scores, ground truth marked."""
     lines = [
-        f"**question** {_cell(example.question)} — **answer** {_cell(result.answer)}"
-        + (f" — **reference** {_cell(example.reference)}" if example.reference is not None else ""),
+        f"**question** {cell(example.question)} — **answer** {cell(result.answer)}"
+        + (f" — **reference** {cell(example.reference)}" if example.reference is not None else ""),
         "",
         f"method `{result.method}`, step {step}, {result.seconds:.2f} s"
         + ("; ✓ = ground truth (a text the answer needs)" if example.relevant is not None else ""),
@@ -316,20 +314,16 @@ def heatmap_figure(
 @contextmanager
 def isolated(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode, no grad, and every global random state saved and restored around the block."""
-    modes = [(module, module.training) for module in model.modules()]
     device = next(model.parameters()).device
     accelerator = [device.index or 0] if device.type not in ("cpu", "meta") else []
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else None):
-            with torch.no_grad():
-                model.eval()
+            with torch.no_grad(), eval_mode(model):
                 yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        for module, training in modes:
-            module.training = training
 
 
 # --------------------------------------------------------------------------- the callback

@@ -42,7 +42,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lit_attn.attention.steps import DEFAULT_DELIMITER
+from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
@@ -232,7 +232,7 @@ class AttentionBranchCallback(BranchingCallback):
 
     def __init__(
         self,
-        delimiter: str = DEFAULT_DELIMITER,
+        delimiter: str = STEP_DELIMITER,
         min_gap: int = 4,
         ratio: float = 0.2,
         min_token_distance: int = 0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lit_attn.attention import fci_scores_batch, find_think_end_step, split_steps
-from lit_attn.attention.steps import DEFAULT_DELIMITER, Span
+from lit_attn.attention.steps import STEP_DELIMITER, Span
 from lit_attn.exploration import atb_branch_steps, early_branch_steps, entropy_branch_offsets, prompt_mean_fci
 from lit_attn.logprobs import token_logprobs
 from lit_attn.lora import unwrap
@@ -30,7 +30,7 @@ class FCIBranching:
     """AttnRL's rule: FCI per step, then ATB (``selection="fci"``) or the first eligible steps
     (``"early"``). Arguments: see ``AttentionBranchCallback``."""
 
-    delimiter: str = DEFAULT_DELIMITER
+    delimiter: str = STEP_DELIMITER
     min_gap: int = 4
     ratio: float = 0.2
     min_token_distance: int = 0

@@ -33,7 +33,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from lit_attn.errors import UserError
-from lit_attn.models import cache_keyword, eval_mode
+from lit_attn.logprobs import position_ids_from_mask
+from lit_attn.models import cache_keyword, context_length, eval_mode
 from lit_attn.rollout import Rollout, eos_ids, left_pad
 
 
@@ -92,20 +93,6 @@ class Continuations:
         )
 
 
-def _context_length(model: nn.Module) -> int | None:
-    """Maximum number of positions the model supports, if its config says."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _check_inputs(
     model: nn.Module,
     prefixes: Sequence[Sequence[int]],
@@ -136,7 +123,7 @@ def _check_inputs(
             raise UserError(f"max_new_tokens is {budget} for prefix {i}; it must be >= 1")
     if not temperature > 0:
         raise UserError(f"temperature is {temperature}; it must be > 0 (use do_sample=False for greedy decoding)")
-    limit = _context_length(model)
+    limit = context_length(model)
     for i, prefix in enumerate(prefixes):
         if len(prefix) == 0:
             raise UserError(f"prefix {i} is empty; every prefix needs at least one token (the prompt)")
@@ -355,7 +342,7 @@ def sample_continuations(
     ids, prefix_mask, _ = left_pad(rows, pad_id)
     width = ids.shape[1]
     ids, prefix_mask = ids.to(device), prefix_mask.to(device)
-    positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids_from_mask(prefix_mask)
     cache_kw = cache_keyword(model)
     longest = max(row_budget)
     budget = torch.tensor(row_budget, dtype=torch.long, device=device)

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_attn.markdown import cell
 from lit_attn.rollout import generate
 
 
@@ -45,9 +46,6 @@ def greedy_pass_at_1(
 
 def sample_table(records: list[dict], completions: list[str], scores: torch.Tensor, limit: int) -> str:
     """A markdown table of the first ``limit`` prompts, completions, answers and scores."""
-
-    def cell(text: object) -> str:
-        return str(text).replace("|", "\\|").replace("\n", "<br>")
 
     rows = ["| prompt | completion | answer | correct |", "|---|---|---|---|"]
     for rec, comp, score in list(zip(records, completions, scores.tolist()))[:limit]:

@@ -35,6 +35,22 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 Architecture = Literal["qwen2", "llama", "gpt2"]
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """The most positions ``model`` takes (its config's ``max_position_embeddings``, or the
+    older names ``n_positions``, ``max_sequence_length``, ``seq_length``; of the text config for
+    a multimodal model), or None when its config names no limit."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def cache_keyword(model: torch.nn.Module) -> str:
     """Name of the forward argument that takes a KV cache (``cache`` from transformers 5.2x,
     ``past_key_values`` before and in some architectures)."""

@@ -31,7 +31,7 @@ from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
 from lit_attn.lora import LoraSettings, adapters_off, add_adapters
 from lit_attn.loss import Aggregation
-from lit_attn.models import load_policy
+from lit_attn.models import context_length, load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
@@ -199,20 +199,11 @@ class PolicyModule(LightningModule):
 
     # ------------------------------------------------------------------ setup
 
-    @property
-    def context_length(self) -> int:
-        """The model's maximum sequence length (positions)."""
-        config = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            if getattr(config, key, None):
-                return int(getattr(config, key))
-        return 1 << 30
-
     def check_data(self, datamodule: object, stage: str) -> None:
         """Fail before any output is written if a prompt plus its completion budget exceeds the context."""
         if datamodule is None or not hasattr(datamodule, "records"):
             return
-        budget = self.context_length - max(self.hparams.max_new_tokens, self.hparams.val_max_new_tokens or 0)
+        budget = (context_length(self.model) or 1 << 30) - max(self.hparams.max_new_tokens, self.hparams.val_max_new_tokens or 0)
         for split, records in datamodule.records(stage).items():
             validate_prompt_lengths(records, self.tokenizer, budget, path_hint=split)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_attn.errors import UserError
+from lit_attn.errors import UserError, one_line
 
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl", ".json")
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet",)
@@ -153,7 +153,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - any pyarrow failure means an unreadable file
         raise UserError(
-            f"{path}: cannot read Parquet file ({_one_line(e)}); check that it is a valid Parquet file"
+            f"{path}: cannot read Parquet file ({one_line(e)}); check that it is a valid Parquet file"
         ) from None
     for i, row in enumerate(table.to_pylist()):
         yield f"{path} row {i}", row
@@ -241,9 +241,3 @@ def _key_list(raw: dict, limit: int = 8) -> str:
     names = [str(k) for k in raw]
     shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
     return shown or "none"
-
-
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception's message (messages must stay on one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lit_attn import task as _task
-from lit_attn.errors import UserError
+from lit_attn.errors import UserError, one_line
 
 RewardFn = Callable[..., Sequence[float | None]]
 RewardSpec = str | RewardFn
@@ -134,7 +134,7 @@ def resolve_reward(name_or_callable: RewardSpec) -> RewardFn:
         target: Any = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is reported the same way
         raise UserError(
-            f"cannot import reward {spec!r}: {type(e).__name__}: {_one_line(e)}; check the module "
+            f"cannot import reward {spec!r}: {type(e).__name__}: {one_line(e)}; check the module "
             "path and that the module is importable (installed or on PYTHONPATH)"
         ) from None
     for part in attr_path.split("."):
@@ -271,9 +271,3 @@ def _unique_names(funcs: Sequence[RewardFn]) -> list[str]:
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     return names
-
-
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception's message (messages must stay on one line)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

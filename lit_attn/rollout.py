@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_attn.models import eval_mode
+
 
 @dataclass
 class Rollout:
@@ -90,17 +92,15 @@ def generate(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stop,
     )
-    was_training = model.training
-    model.eval()
     state = torch.random.get_rng_state() if generator_seed is not None else None
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     try:
-        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        with eval_mode(model):
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     finally:
         if state is not None:
             torch.random.set_rng_state(state)
-        model.train(was_training)
     return pack(out, attention_mask, stop, tokenizer, max_new_tokens)
 
 

@@ -39,9 +39,9 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.seeding import mix_seed
 
-STEP = "\n\n"
 MAX_OPS = 6
 """Most arithmetic steps a question may chain (the shipped model is trained on 1 to 6)."""
 MAX_FACTS = 26
@@ -118,7 +118,7 @@ class FactChainTask:
         return {
             "prompt": format_prompt(contexts, question),
             "answer": str(acc),
-            "solution": STEP.join(steps),
+            "solution": STEP_DELIMITER.join(steps),
             "contexts": contexts,
             "question": question,
             "relevant": relevant,
@@ -136,7 +136,7 @@ def drill(contexts: list[str], rng: random.Random) -> dict[str, Any]:
     names = ",".join(contexts[i].split("=")[0] for i in order)
     last = contexts[order[-1]].split("=")[1]
     return {
-        "prompt": "\n".join(contexts) + f"\n{names}?{STEP}",
+        "prompt": "\n".join(contexts) + f"\n{names}?{STEP_DELIMITER}",
         "answer": last,
         "solution": "".join(f"({contexts[i]})" for i in order),
         "contexts": contexts,
@@ -147,14 +147,14 @@ def drill(contexts: list[str], rng: random.Random) -> dict[str, Any]:
 
 def format_prompt(contexts: list[str], question: str) -> str:
     """The built-in prompt: one fact per line, the question, then the step delimiter."""
-    return "\n".join(contexts) + f"\n{question}?{STEP}"
+    return "\n".join(contexts) + f"\n{question}?{STEP_DELIMITER}"
 
 
 def in_format(completion: str, question: str) -> bool:
     """True when ``completion`` has the reference solution's shape for ``question`` (whatever
     its numbers): the first fact ``a=3``, one step per operation that restates the question up
     to the fact it adds (``a+m:3+(m=2)=5``), then ``answer N``, joined by the step delimiter."""
-    steps = completion.strip().split(STEP)
+    steps = completion.strip().split(STEP_DELIMITER)
     names, ops = question[0::2], question[1::2]
     if len(steps) != len(names) + 1 or not re.fullmatch(rf"{names[0]}=\d+", steps[0]):
         return False

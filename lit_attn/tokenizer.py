@@ -15,8 +15,9 @@ import string
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from lit_attn.attention.steps import STEP_DELIMITER
+
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-STEP_DELIMITER = "\n\n"
 
 
 FACT_KEYS = tuple(f"{c}=" for c in string.ascii_lowercase)

@@ -127,7 +127,7 @@ def test_resolve_reward_import_strings() -> None:
         ("lit_attn.rewards:nope", r"cannot import reward 'lit_attn\.rewards:nope'.*no attribute 'nope'"),
         ("lit_attn.rewards.nope", r"'lit_attn\.rewards\.nope'.*no attribute"),
         ("just_a_name", r"'just_a_name': not an import string"),
-        ("lit_attn.task:STEP", r"'lit_attn\.task:STEP' is a str, not a function"),
+        ("lit_attn.task:STEP_DELIMITER", r"'lit_attn\.task:STEP_DELIMITER' is a str, not a function"),
     ],
 )
 def test_resolve_reward_errors(spec: str, pattern: str) -> None:

@@ -38,6 +38,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
+from lit_attn.logprobs import position_ids_from_mask
 from lit_attn.models import eval_mode, model_device
 
 CAPTURE_ATTN_IMPLEMENTATION = "lit_attn_capture"
@@ -377,7 +378,7 @@ def capture_forward(
     if attention_mask is not None and not bool(attention_mask.all()):
         mask = attention_mask.to(device=device, dtype=torch.long)
         forward_kwargs["attention_mask"] = mask
-        forward_kwargs["position_ids"] = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        forward_kwargs["position_ids"] = position_ids_from_mask(mask)
     decoder = getattr(model, "base_model", model)
     with capture_qk(model, consumer) as session, torch.no_grad(), eval_mode(model):
         decoder(**forward_kwargs)

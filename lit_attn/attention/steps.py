@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerBase
 from lit_attn.errors import UserError
 
 Span = tuple[int, int]
-"""A half-open token range ``[start, end)`` into the full (prompt + response) sequence."""
+"""A half-open token range ``[start, end)`` of a sequence: a reasoning step, a context text."""
 
-DEFAULT_DELIMITER = "\n\n"
+STEP_DELIMITER = "\n\n"
 
 _CACHE: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[tuple[str, int], frozenset[int]]]" = (
     weakref.WeakKeyDictionary()
@@ -42,7 +42,7 @@ def _as_id_list(token_ids: Sequence[int] | torch.Tensor) -> list[int]:
     return [int(t) for t in token_ids]
 
 
-def delimiter_token_ids(tokenizer: PreTrainedTokenizerBase, delimiter: str = DEFAULT_DELIMITER) -> frozenset[int]:
+def delimiter_token_ids(tokenizer: PreTrainedTokenizerBase, delimiter: str = STEP_DELIMITER) -> frozenset[int]:
     """Ids of every vocabulary token whose decoded text contains ``delimiter`` (cached).
 
     Raises :class:`UserError` when no token contains it: every response would then be a
@@ -73,7 +73,7 @@ def delimiter_token_ids(tokenizer: PreTrainedTokenizerBase, delimiter: str = DEF
 def split_steps(
     token_ids: Sequence[int] | torch.Tensor,
     tokenizer: PreTrainedTokenizerBase,
-    delimiter: str = DEFAULT_DELIMITER,
+    delimiter: str = STEP_DELIMITER,
     *,
     prompt_length: int,
 ) -> list[Span]:

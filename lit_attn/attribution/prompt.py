@@ -20,8 +20,9 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.errors import UserError
+from lit_attn.models import context_length, eval_mode
 from lit_attn.rollout import eos_ids
-from lit_attn.task import STEP
+from lit_attn.attention.steps import STEP_DELIMITER
 
 SPLIT_MODES = ("segment", "paragraph", "sentence")
 """Ways to cut one long document into texts."""
@@ -42,7 +43,7 @@ class PromptTemplate:
 
     before: str = ""
     sep: str = "\n"
-    after: str = "\n{question}?" + STEP
+    after: str = "\n{question}?" + STEP_DELIMITER
 
     def __post_init__(self) -> None:
         if "{question}" not in self.after:
@@ -153,12 +154,6 @@ class TokenizedPrompt:
         return len(self.build().input_ids)
 
 
-def max_positions(model: PreTrainedModel) -> int | None:
-    """The model's context length (``max_position_embeddings``), if its config has one."""
-    value = getattr(model.config, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) and value > 0 else None
-
-
 def check_contexts(contexts: Sequence[str] | str, split: str = "segment") -> list[str]:
     """A list of texts as given, or one string cut by :func:`split_document`; never empty."""
     if isinstance(contexts, str):
@@ -200,7 +195,7 @@ def tokenize_prompt(
 
 def check_length(model: PreTrainedModel, prompt_tokens: int, answer_tokens: int) -> None:
     """:class:`UserError` naming both lengths when prompt + answer exceed the model's context."""
-    limit = max_positions(model)
+    limit = context_length(model)
     if limit is not None and prompt_tokens + answer_tokens > limit:
         raise UserError(
             f"the prompt is {prompt_tokens} tokens plus {answer_tokens} answer tokens = "
@@ -214,7 +209,7 @@ def generate_answer(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int], max_new_tokens: int
 ) -> list[int]:
     """Greedy answer ids (end-of-sequence and padding dropped), capped by the model's context."""
-    limit = max_positions(model)
+    limit = context_length(model)
     budget = max_new_tokens if limit is None else min(max_new_tokens, limit - len(prompt_ids))
     check_length(model, len(prompt_ids), 1)
     device = next(model.parameters()).device
@@ -223,12 +218,8 @@ def generate_answer(
     config = GenerationConfig(
         max_new_tokens=max(1, budget), do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop or None
     )
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    finally:
-        model.train(was_training)
     answer: list[int] = []
     for token in out[0, ids.shape[1] :].tolist():
         if token in stop:

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.table import Table
 
+from lit_attn.markdown import cell
+
 
 def _short(text: str, width: int = 60) -> str:
     """One line of at most ``width`` characters (newlines shown as ``⏎``)."""
@@ -55,8 +57,8 @@ class AttributionResult:
         lines = ["| rank | text | score | true |" if relevant is not None else "| rank | text | score |"]
         lines.append("|---|---|---|---|" if relevant is not None else "|---|---|---|")
         for rank, (i, score, text) in enumerate(self.top(k or len(self.scores)), start=1):
-            cell = _short(text).replace("|", "\\|")
-            row = f"| {rank} | [{i}] {cell} | {score:.4g} |"
+            text_cell = cell(_short(text))
+            row = f"| {rank} | [{i}] {text_cell} | {score:.4g} |"
             lines.append(row + (f" {'✓' if i in marked else ''} |" if relevant is not None else ""))
         return "\n".join(lines)
 

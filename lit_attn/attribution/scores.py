@@ -25,10 +25,8 @@ from transformers import PreTrainedModel
 
 # capture_forward: the one capture forward (left padding, positions, decoder only) shared with FCI
 from lit_attn.attention.capture import CapturedLayer, capture_forward, left_pad_offsets
+from lit_attn.attention.steps import Span
 from lit_attn.errors import UserError
-
-Span = tuple[int, int]
-"""Token span ``[start, end)`` of one context text."""
 
 DEFAULT_TOP_K = 5
 """K of docs/attribution.md §2 (``top_k_tokens``)."""
