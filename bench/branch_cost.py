@@ -7,7 +7,7 @@ continuation token costs the same whatever the prefix length (flat within 1.2× 
 
 Two ways to sample ``T = 2`` continuations from each of ``P`` prefixes:
 
-* ``sample_continuations`` (lit_attn.branching): one prefill over the distinct prefixes, cache
+* ``sample_continuations`` (lit_attn.sampling): one prefill over the distinct prefixes, cache
   rows repeated to the continuations, a decoding loop;
 * naive: one ``model.generate`` call over the ``P × T`` rows (each prefix repeated ``T``
   times), which encodes every prefix once per continuation.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from lit_attn.branching import sample_continuations
+from lit_attn.sampling import sample_continuations
 from lit_attn.models import build_tiny_model
 from lit_attn.tokenizer import build_char_tokenizer
 
@@ -205,7 +205,7 @@ def _page(command: str, sections: str, args: argparse.Namespace) -> str:
         f"Setup: {args.prefixes} random prefixes × T = {args.branches} continuations = {rows} continuations of "
         f"{args.new_tokens} new tokens each (stop tokens off, so every call makes exactly that many), "
         "sampled at temperature 1, random-weight Qwen2 models with 1024 positions. "
-        "*reuse* = `lit_attn.branching.sample_continuations` (one prefill of the distinct prefixes, KV rows "
+        "*reuse* = `lit_attn.sampling.sample_continuations` (one prefill of the distinct prefixes, KV rows "
         "repeated to the continuations, a decoding loop over a cache with reserved room); *naive* = one "
         f"`model.generate` over the {rows} rows, each re-encoding its prefix. All numbers are milliseconds "
         "per continuation token, CPU time of the benchmark process (`time.process_time`, one torch thread: "

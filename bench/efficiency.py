@@ -45,6 +45,8 @@ KEEP_CALLBACKS = ("AttentionBranchCallback", "EntropyBranchCallback")
 
 from lightning import Callback  # noqa: E402
 
+from lit_attn.config_files import load_config  # noqa: E402
+
 
 class TokenBudgetProbe(Callback):
     """Held-out pass@1 every ``every`` generated tokens; stops the run at ``budget`` tokens.
@@ -66,7 +68,7 @@ class TokenBudgetProbe(Callback):
         records = trainer.datamodule.val_records()
         scores, _ = greedy_pass_at_1(
             module.model, module.tokenizer, records, module.reward_set.funcs[0],
-            max_new_tokens=module.hparams.max_new_tokens, batch_size=module.hparams.val_batch_size,
+            max_new_tokens=module.max_new_tokens, batch_size=module.evaluation.batch_size,
         )
         self.eval_seconds += time.perf_counter() - t0
         self.points.append({
@@ -105,7 +107,7 @@ def hard_split(data: dict, pool: int, held_out: int, workdir: Path) -> dict:
 
     torch.manual_seed(0)
     model, tokenizer = load_policy()
-    max_new_tokens = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())["model"]["max_new_tokens"]
+    max_new_tokens = load_config(ROOT / "configs" / "default.yaml")["model"]["sampling"]["max_new_tokens"]
     splits = PromptDataModule(**{**data, "train_size": pool, "val_size": held_out})._load()
     counts: list[str] = []
     out: dict = {"counts": counts}
@@ -123,7 +125,7 @@ def hard_split(data: dict, pool: int, held_out: int, workdir: Path) -> dict:
 
 def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, data: dict) -> Path:
     """Write the merged YAML of one run; returns the JSON path the probe will write."""
-    config = yaml.safe_load((ROOT / "configs" / METHODS[method]).read_text())
+    config = load_config(ROOT / "configs" / METHODS[method])
     out = workdir / f"{method}_seed{seed}.json"
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].split(".")[-1] in KEEP_CALLBACKS]
     for c in callbacks:
@@ -142,7 +144,8 @@ def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, 
         logger=False, default_root_dir=str(workdir / f"{method}_{seed}"),
     )
     config["trainer"].pop("check_val_every_n_epoch", None)
-    config["model"].update(validate_at_start=False, seed=seed)
+    config["model"]["evaluation"]["validate_at_start"] = False
+    config["model"]["seed"] = seed
     config["data"]["seed"] = config["data"].get("seed", 0)  # same data for every method and seed
     path = workdir / f"{method}_seed{seed}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from lightning import Callback  # noqa: E402
 
+from lit_attn.config_files import load_config  # noqa: E402
+
 
 class StepStats(Callback):
     """Wall time of every training step and the peak accelerator memory, written as JSON."""
@@ -61,7 +63,7 @@ class StepStats(Callback):
 
 
 def write_config(name: str, workdir: Path, args: argparse.Namespace, devices: int) -> tuple[Path, Path]:
-    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    config = load_config(ROOT / "configs" / name)
     out = workdir / f"{name}_{devices}.json"
     trainer = config["trainer"]
     trainer.update(
@@ -80,7 +82,8 @@ def write_config(name: str, workdir: Path, args: argparse.Namespace, devices: in
     callbacks.append({"class_path": "gpu_check.StepStats", "init_args": {"out": str(out)}})
     trainer["callbacks"] = callbacks
     trainer["enable_checkpointing"] = False
-    config["model"].update(validate_at_start=False, micro_batch_size=args.micro_batch_size)
+    config["model"]["evaluation"]["validate_at_start"] = False
+    config["model"]["update"]["micro_batch_size"] = args.micro_batch_size
     path = workdir / f"{name}_{devices}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, out
@@ -102,7 +105,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="gpu")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--steps", type=int, default=6, help="training steps per run")
-    parser.add_argument("--micro-batch-size", type=int, default=16, help="model.micro_batch_size of every run")
+    parser.add_argument("--micro-batch-size", type=int, default=16, help="model.update.micro_batch_size of every run")
     args = parser.parse_args()
 
     import torch

@@ -65,7 +65,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     import torch
 
     from lit_attn.attention import fci_scores_batch
-    from lit_attn.branching import sample_continuations
+    from lit_attn.sampling import sample_continuations
     from lit_attn.experience import pack_sequences
     from lit_attn.models import build_tiny_model
     from lit_attn.ppo import PPOSettings, ppo_update
@@ -126,7 +126,7 @@ NOTES = """
 - **A bug this found.** The first AttnRL rows grew with B (2.5 GiB at B = 8): a refactor in
   this change had moved `sample_continuations`'s `@torch.no_grad()` onto a helper, so sampling
   inside `training_step` built autograd graphs over every prefill. Fixed, with a test
-  (tests/test_branching.py) that fails when sampling builds a graph; the rows above are
+  (tests/test_sampling.py) that fails when sampling builds a graph; the rows above are
   after the fix.
 """
 

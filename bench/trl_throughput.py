@@ -137,7 +137,7 @@ def profiled(spec: dict, fn):
 
 def run_lit_attn(spec: dict, **options) -> dict:
     """lit_attn: PolicyModule.training_step under Lightning's Trainer.fit, one step per batch;
-    ``options`` are PolicyModule arguments that differ from its defaults."""
+    ``options`` are update settings (PPOSettings) that differ from its defaults."""
     setup_process(spec)
     import lightning
     from lightning import Callback, Trainer
@@ -145,13 +145,17 @@ def run_lit_attn(spec: dict, **options) -> dict:
 
     from lit_attn.data import collate_records
     from lit_attn.policy import PolicyModule
+    from lit_attn.ppo import PPOSettings
+    from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
 
     batch = spec["prompts"] * spec["group_size"]
     module = PolicyModule(
-        "default", group_size=spec["group_size"], prompts_per_step=spec["prompts"], minibatch_size=batch,
-        max_new_tokens=spec["max_new_tokens"], temperature=1.0, lr=1e-6, grad_clip=1.0, kl_coef=0.0,
-        aggregation="token_mean", rewards=["lit_attn.rewards.task_reward"], validate_at_start=False,
-        seed=spec["seed"], **options,
+        "default",
+        sampling=SamplingSettings(group_size=spec["group_size"], prompts_per_step=spec["prompts"],
+                                  max_new_tokens=spec["max_new_tokens"], temperature=1.0),
+        update=PPOSettings(minibatch_size=batch, grad_clip=1.0, kl_coef=0.0, aggregation="token_mean", **options),
+        optimizer=OptimizerSettings(lr=1e-6), rewards=RewardSettings(["lit_attn.rewards.task_reward"]),
+        evaluation=EvaluationSettings(validate_at_start=False), seed=spec["seed"],
     )
     loader = DataLoader(records(spec), batch_size=spec["prompts"], shuffle=False, collate_fn=collate_records)
     clock = StepClock()
@@ -291,7 +295,7 @@ at a time:
 
 - **Sampling (1.12×, the last lit_attn row).** With both update shortcuts off, the update is
   the same transformers forward and autograd backward as TRL's, over the same 128 rows. What
-  differs is sampling: lit_attn's own KV-cache loop (`lit_attn.branching.sample_continuations`)
+  differs is sampling: lit_attn's own KV-cache loop (`lit_attn.sampling.sample_continuations`)
   encodes each of the 16 prompts once and repeats its cache rows to the 8 completions, and
   drops a completion from the batch when it ends; TRL calls `model.generate`.
 - **`share_prompts` (1.12× → 1.24×).** In the update, each prompt is run through the model once
@@ -311,7 +315,7 @@ model that answers with variety, few rows can be skipped and the gain falls towa
 `skip_zero_advantage=False` row, **1.24×, under the goal**; late in a run, or with a strong model on
 easy data (the regime that DAPO's dynamic sampling and AttnRL's adaptive batch exist for), most
 rows are skipped. Neither shortcut changes the update; both are on by default and can be turned
-off (`--model.share_prompts=false`, `--model.skip_zero_advantage=false`).
+off (`--model.update.share_prompts=false`, `--model.update.skip_zero_advantage=false`).
 
 What is left, per the profiles: sampling is about 1.2 CPU seconds of a step, half of it
 `scaled_dot_product_attention` over a KV cache in which every completion holds its own copy of

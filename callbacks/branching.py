@@ -42,6 +42,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_attn.attention.fci import DEFAULT_BLOCK_SIZE
 from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
@@ -238,7 +239,7 @@ class AttentionBranchCallback(BranchingCallback):
         min_token_distance: int = 0,
         selection: str = "fci",
         think_end_tag: str | None = None,
-        fci_block_size: int = 256,
+        fci_block_size: int = DEFAULT_BLOCK_SIZE,
         continuations: int = 2,
         num_points: int = 2,
         adaptive_sampling: bool = True,

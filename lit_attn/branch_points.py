@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from lit_attn.attention import fci_scores_batch, find_think_end_step, split_steps
+from lit_attn.attention.fci import DEFAULT_BLOCK_SIZE
 from lit_attn.attention.steps import STEP_DELIMITER, Span
-from lit_attn.exploration import atb_branch_steps, early_branch_steps, entropy_branch_offsets, prompt_mean_fci
+from lit_attn.branch_rules import atb_branch_steps, early_branch_steps, entropy_branch_offsets, prompt_mean_fci
 from lit_attn.logprobs import token_logprobs
 from lit_attn.lora import unwrap
 from lit_attn.models import eval_mode
@@ -36,7 +37,7 @@ class FCIBranching:
     min_token_distance: int = 0
     selection: str = "fci"
     think_end_tag: str | None = None
-    fci_block_size: int = 256
+    fci_block_size: int = DEFAULT_BLOCK_SIZE
 
     def score(self, host: Host, groups: list[PromptGroup]) -> tuple[list[list[torch.Tensor]], list[list[list[Span]]]]:
         """FCI of every step of every response, and the step spans (per prompt, per response),

@@ -44,8 +44,8 @@ class PolicyCLI(LightningCLI):
     """LightningCLI with the batch-size links of lit_attn and input checks before any run."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.prompts_per_step", "data.prompts_per_step")
-        parser.link_arguments("model.val_batch_size", "data.val_batch_size")
+        parser.link_arguments("model.sampling.prompts_per_step", "data.prompts_per_step")
+        parser.link_arguments("model.evaluation.batch_size", "data.val_batch_size")
 
     def _check(self, stage: str) -> None:
         # Before the Trainer writes anything (config.yaml, logs): bad data fails with nothing on disk.

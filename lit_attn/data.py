@@ -116,7 +116,7 @@ class PromptDataModule(LightningDataModule):
             ``train_path`` set, the last ``val_size`` rows of the training file).
         test_path: test file; None = the validation set.
         predict_path: prompts for ``predict``; None = the validation set.
-        prompts_per_step: prompts per training batch (linked from ``model.prompts_per_step``).
+        prompts_per_step: prompts per training batch (linked from ``model.sampling.prompts_per_step``).
         val_batch_size: prompts per validation / test / predict batch.
         train_size: built-in task: number of training prompts.
         val_size: built-in task: held-out prompts (or rows split off ``train_path``).

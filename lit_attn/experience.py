@@ -31,6 +31,8 @@ class Experience:
             the current weights sampled them (the module then computes them itself).
         versions: ``(N, C)`` which policy version (RL step) sampled each completion token;
             ``None`` when all were sampled by the current one. For inspection and tests.
+        temperature: the sampling temperature of the completions; the update takes its
+            log-probs at the same one.
         generated_tokens: tokens generated for this step (the x-axis of efficiency plots).
         metrics: scalars to log for this step (rewards, lengths, exploration statistics).
         count_metrics: the keys of ``metrics`` that are counts: summed over the processes of a
@@ -44,6 +46,7 @@ class Experience:
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     versions: torch.Tensor | None = None
+    temperature: float = 1.0
     generated_tokens: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     count_metrics: frozenset[str] = frozenset()
@@ -61,6 +64,7 @@ def pack_sequences(
     advantages: Sequence[torch.Tensor],
     old_logprobs: Sequence[Sequence[float]] | None = None,
     versions: Sequence[Sequence[int]] | None = None,
+    temperature: float = 1.0,
     device: torch.device | str = "cpu",
 ) -> Experience:
     """Pack prompt and completion token lists into an :class:`Experience`.
@@ -91,6 +95,7 @@ def pack_sequences(
     return Experience(
         input_ids=to(input_ids), attention_mask=to(attention_mask), prompt_length=P,
         completion_mask=to(attention_mask[:, P:].clone()), advantages=to(adv), old_logprobs=to(old), versions=ver,
+        temperature=temperature,
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lit_attn.errors import UserError
+from lit_attn.settings import allow_in_checkpoints
 
 
 @dataclass
@@ -81,3 +82,6 @@ def adapters_off(peft_model: torch.nn.Module) -> Iterator[None]:
     """The model without its adapters for the block (the KL reference policy)."""
     with peft_model.disable_adapter():
         yield
+
+
+allow_in_checkpoints(LoraSettings)

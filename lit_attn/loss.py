@@ -151,18 +151,7 @@ def policy_loss(
         "pg_loss", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean",
         "clip_ratio/region_mean", "clip_ratio/dual_mean", "ratio_mean".
     """
-    if aggregation not in AGGREGATIONS:
-        raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
-    if not (0.0 <= clip_low < 1.0):
-        raise UserError(f"clip_low must be in [0, 1), got {clip_low}")
-    if clip_high < 0.0:
-        raise UserError(f"clip_high must be >= 0, got {clip_high}")
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise UserError(f"dual_clip must be > 1 (or None to disable it), got {dual_clip}")
-    if kl_coef < 0.0:
-        raise UserError(f"kl_coef must be >= 0, got {kl_coef}")
-    if kl_coef > 0.0 and ref_logprobs is None:
-        raise UserError(f"kl_coef={kl_coef} > 0 needs ref_logprobs (the reference model's log-probs)")
+    _check_arguments(aggregation, clip_low, clip_high, dual_clip, kl_coef, ref_logprobs)
     _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs)
 
     valid = mask != 0
@@ -198,19 +187,45 @@ def policy_loss(
 
     loss = aggregate(per_token, weights, aggregation, normaliser=normaliser)
 
-    with torch.no_grad():
-        ratio_d = ratio.detach()
-        low = negative & (ratio_d < lower)
-        high = (adv > 0) & (ratio_d > upper)
-        dual = negative & (ratio_d > dual_clip) if dual_clip is not None else torch.zeros_like(valid)
-        dtype = logprobs.dtype
-        stats = {
-            "pg_loss": _masked_token_mean(pg.detach(), weights),
-            "kl": _masked_token_mean(kl.detach(), weights) if kl is not None else zero.clone(),
-            "clip_ratio/low_mean": _masked_token_mean(low.to(dtype), weights),
-            "clip_ratio/high_mean": _masked_token_mean(high.to(dtype), weights),
-            "clip_ratio/region_mean": _masked_token_mean((low | high).to(dtype), weights),
-            "clip_ratio/dual_mean": _masked_token_mean(dual.to(dtype), weights),
-            "ratio_mean": _masked_token_mean(ratio_d, weights),
-        }
-    return loss, stats
+    return loss, _statistics(pg, kl, ratio, adv, weights, lower, upper, dual_clip)
+
+
+def _check_arguments(
+    aggregation: str, clip_low: float, clip_high: float, dual_clip: float | None, kl_coef: float,
+    ref_logprobs: torch.Tensor | None,
+) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown loss aggregation {aggregation!r}; use one of {', '.join(map(repr, AGGREGATIONS))}")
+    if not (0.0 <= clip_low < 1.0):
+        raise UserError(f"clip_low must be in [0, 1), got {clip_low}")
+    if clip_high < 0.0:
+        raise UserError(f"clip_high must be >= 0, got {clip_high}")
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise UserError(f"dual_clip must be > 1 (or None to disable it), got {dual_clip}")
+    if kl_coef < 0.0:
+        raise UserError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0.0 and ref_logprobs is None:
+        raise UserError(f"kl_coef={kl_coef} > 0 needs ref_logprobs (the reference model's log-probs)")
+
+
+@torch.no_grad()
+def _statistics(
+    pg: torch.Tensor, kl: torch.Tensor | None, ratio: torch.Tensor, adv: torch.Tensor, weights: torch.Tensor,
+    lower: float, upper: float, dual_clip: float | None,
+) -> dict[str, torch.Tensor]:
+    """The loss's detached statistics, each a mean over the masked tokens."""
+    ratio = ratio.detach()
+    negative = adv < 0
+    low = negative & (ratio < lower)
+    high = (adv > 0) & (ratio > upper)
+    dual = negative & (ratio > dual_clip) if dual_clip is not None else torch.zeros_like(low)
+    dtype = pg.dtype
+    return {
+        "pg_loss": _masked_token_mean(pg.detach(), weights),
+        "kl": _masked_token_mean(kl.detach(), weights) if kl is not None else pg.new_zeros(()),
+        "clip_ratio/low_mean": _masked_token_mean(low.to(dtype), weights),
+        "clip_ratio/high_mean": _masked_token_mean(high.to(dtype), weights),
+        "clip_ratio/region_mean": _masked_token_mean((low | high).to(dtype), weights),
+        "clip_ratio/dual_mean": _masked_token_mean(dual.to(dtype), weights),
+        "ratio_mean": _masked_token_mean(ratio, weights),
+    }

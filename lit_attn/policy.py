@@ -30,14 +30,14 @@ from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
 from lit_attn.lora import LoraSettings, adapters_off, add_adapters
-from lit_attn.loss import Aggregation
 from lit_attn.models import context_length, load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
-from lit_attn.branching import sample_continuations
+from lit_attn.sampling import sample_continuations
 from lit_attn.rollout import Rollout, generate
 from lit_attn.seeding import mix_seed
+from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
 from lit_attn.strategy import check_strategy
 
 
@@ -73,45 +73,11 @@ class PolicyModule(LightningModule):
             KL reference is then the model with its adapters off (no second copy).
         gradient_checkpointing: recompute each layer's activations in the backward pass
             (less memory, about a third more compute).
-        group_size: completions sampled per prompt (G).
-        prompts_per_step: prompts per training step, per device; the data module's batch size.
-        minibatch_size: completions per optimiser step; must divide prompts_per_step × group_size.
-        micro_batch_size: most sequences per forward/backward of the update (gradients
-            accumulate over a minibatch's micro-batches, exactly); also bounds the no-grad
-            behaviour and reference log-prob forwards. None = a whole minibatch at once.
-        micro_batch_tokens: most padded tokens (rows × longest row) per micro-batch, for
-            responses whose lengths vary. None = no token limit.
-        share_prompts: in the update's forward passes, run a prompt shared by several rows
-            (a GRPO group, the paths of a tree) once, its KV cache repeated to the rows (same
-            numbers and gradients; off for models whose cache drops positions, and under
-            gradient checkpointing).
-        skip_zero_advantage: leave rows whose advantage is 0 out of the update's forward and
-            backward passes when ``kl_coef`` = 0 (their gradient is exactly 0; they still count
-            in the loss normaliser). The update is the same; ``entropy`` and the clip and
-            ratio statistics then cover the rows trained on.
-        rollout_batch_size: most sequences sampled (or scored without gradients: FCI,
-            entropy) at once. None = the whole step's batch in one call.
-        max_new_tokens: completion length limit during training.
-        temperature: sampling temperature (log-probs are computed at the same temperature).
-        lr: AdamW learning rate (constant).
-        weight_decay: AdamW weight decay.
-        grad_clip: gradient-norm clip per optimiser step (0 disables).
-        clip_low: PPO lower clip ε_low.
-        clip_high: PPO upper clip ε_high (clip-higher, DAPO).
-        dual_clip: dual-clip constant c for negative advantages (None disables).
-        kl_coef: k3 KL penalty to the frozen initial policy; 0 loads no reference model.
-        aggregation: loss aggregation — ``token_mean`` (DAPO), ``seq_mean_token_mean`` (GRPO),
-            ``seq_mean_token_sum_norm`` (Dr. GRPO).
-        scale_rewards: divide group advantages by the group's std (False = Dr. GRPO).
-        rewards: reward functions (import strings ``pkg.mod.fn`` or ``pkg.mod:fn``) with TRL's
-            signature; the first is the verifier that validation pass@1 uses.
-        reward_weights: one weight per reward function (default all 1).
-        logprob_chunk_size: sequence positions per chunk when computing log-probs, so the
-            full batch × length × vocab logits never exist at once.
-        val_max_new_tokens: completion length limit for validation (default: max_new_tokens).
-        val_batch_size: prompts per greedy validation generate call.
-        num_sample_completions: rows of the sample-completions table logged to TensorBoard.
-        validate_at_start: measure held-out pass@1 once before the first training step.
+        sampling: how training completions are sampled (G, prompts per step, length, temperature).
+        update: the PPO update (minibatches, micro-batches, clipping, KL, loss aggregation).
+        optimizer: AdamW's learning rate and weight decay.
+        rewards: the reward functions, their weights, and whether advantages are std-scaled.
+        evaluation: greedy held-out evaluation and predictions.
         disable_dropout: set every dropout probability to 0 so that behaviour and training
             log-probs agree (as TRL does).
         seed: seed of the minibatch shuffling and of the GRPO rollouts (private generators seeded
@@ -125,49 +91,19 @@ class PolicyModule(LightningModule):
         dtype: str = "float32",
         lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
-        group_size: int = 8,
-        prompts_per_step: int = 16,
-        minibatch_size: int = 64,
-        micro_batch_size: int | None = None,
-        micro_batch_tokens: int | None = None,
-        share_prompts: bool = True,
-        skip_zero_advantage: bool = True,
-        rollout_batch_size: int | None = None,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        grad_clip: float = 1.0,
-        clip_low: float = 0.2,
-        clip_high: float = 0.28,
-        dual_clip: float | None = 3.0,
-        kl_coef: float = 0.0,
-        aggregation: Aggregation = "token_mean",
-        scale_rewards: bool = True,
-        rewards: list[str] | None = None,
-        reward_weights: list[float] | None = None,
-        logprob_chunk_size: int = 256,
-        val_max_new_tokens: int | None = None,
-        val_batch_size: int = 64,
-        num_sample_completions: int = 8,
-        validate_at_start: bool = True,
+        sampling: SamplingSettings = SamplingSettings(),
+        update: PPOSettings = PPOSettings(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
+        rewards: RewardSettings = RewardSettings(),
+        evaluation: EvaluationSettings = EvaluationSettings(),
         disable_dropout: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_batch_arithmetic(group_size, prompts_per_step, minibatch_size)
-        for name, value in (("max_new_tokens", max_new_tokens), ("logprob_chunk_size", logprob_chunk_size),
-                            ("rollout_batch_size", rollout_batch_size or 1)):
-            if value < 1:
-                raise UserError(f"model.{name} must be >= 1, got {value}")
-        if not lr > 0:
-            raise UserError(f"model.lr must be > 0, got {lr}; the paper uses 1e-6, the tiny default 1e-4")
-        for name, value in (("weight_decay", weight_decay), ("grad_clip", grad_clip)):
-            if value < 0:
-                raise UserError(f"model.{name} must be >= 0 (0 turns it off), got {value}")
-        if temperature <= 0:
-            raise UserError(f"model.temperature must be > 0, got {temperature}; use a small value such as 0.7 for sharper sampling")
+        check_batch_arithmetic(sampling, update.minibatch_size)
+        self.sampling, self.ppo_settings, self.optimizer_settings = sampling, update, optimizer
+        self.evaluation, self.seed = evaluation, seed
         self.automatic_optimization = False
         self.model, self.tokenizer = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
         if gradient_checkpointing:
@@ -179,33 +115,31 @@ class PolicyModule(LightningModule):
         if disable_dropout:
             _disable_dropout(self.model)
         self.ref_model = None
-        if kl_coef > 0 and self._peft is None:
+        if update.kl_coef > 0 and self._peft is None:
             self.ref_model, _ = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
             self.ref_model.requires_grad_(False).eval()
-        self.reward_set = RewardSet(rewards or ["lit_attn.rewards.task_reward"], reward_weights)
+        self.reward_set = RewardSet(rewards.functions, rewards.weights)
+        self.scale_rewards = rewards.scale
         self.tokens_generated = 0
         self.pass_at_1 = torch.nn.ModuleDict(
             {split: MeanMetric(nan_strategy="ignore") for split in ("val", "test")}
         )
-        self.ppo_settings = PPOSettings(
-            minibatch_size=minibatch_size, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
-            kl_coef=kl_coef, aggregation=aggregation, grad_clip=grad_clip, temperature=temperature,
-            logprob_chunk_size=logprob_chunk_size, micro_batch_size=micro_batch_size,
-            micro_batch_tokens=micro_batch_tokens, share_prompts=share_prompts,
-            skip_zero_advantage=skip_zero_advantage,
-        )
         self.experience_source: Any = None
         """Set by an exploration callback in its ``setup``; None = GRPO."""
+        self._checked: tuple[int, str] | None = None
 
     # ------------------------------------------------------------------ setup
 
     def check_data(self, datamodule: object, stage: str) -> None:
-        """Fail before any output is written if a prompt plus its completion budget exceeds the context."""
-        if datamodule is None or not hasattr(datamodule, "records"):
+        """Fail before any output is written if a prompt plus its completion budget exceeds the
+        context. Runs once per data module and stage (the CLI calls it before the trainer
+        writes anything; ``setup`` calls it for a module driven without the CLI)."""
+        if datamodule is None or not hasattr(datamodule, "records") or self._checked == (id(datamodule), stage):
             return
-        budget = (context_length(self.model) or 1 << 30) - max(self.hparams.max_new_tokens, self.hparams.val_max_new_tokens or 0)
+        budget = (context_length(self.model) or 1 << 30) - max(self.sampling.max_new_tokens, self.eval_max_new_tokens)
         for split, records in datamodule.records(stage).items():
             validate_prompt_lengths(records, self.tokenizer, budget, path_hint=split)
+        self._checked = (id(datamodule), stage)
 
     def setup(self, stage: str) -> None:
         check_strategy(self.trainer, "PolicyModule")
@@ -218,7 +152,8 @@ class PolicyModule(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
-        return torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        settings = self.optimizer_settings
+        return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
     # ------------------------------------------------------------------ training
 
@@ -229,22 +164,27 @@ class PolicyModule(LightningModule):
     @property
     def group_size(self) -> int:
         """Initial samples per prompt (G)."""
-        return int(self.hparams.group_size)
+        return self.sampling.group_size
 
     @property
     def max_new_tokens(self) -> int:
         """Completion length limit during training."""
-        return int(self.hparams.max_new_tokens)
+        return self.sampling.max_new_tokens
 
     @property
     def rollout_batch_size(self) -> int | None:
         """Most sequences sampled or scored without gradients at once (None = no limit)."""
-        return self.hparams.rollout_batch_size
+        return self.sampling.rollout_batch_size
 
     @property
     def temperature(self) -> float:
         """Sampling temperature (log-probs use the same one)."""
-        return float(self.hparams.temperature)
+        return self.sampling.temperature
+
+    @property
+    def eval_max_new_tokens(self) -> int:
+        """Completion length limit of evaluation and predictions."""
+        return self.evaluation.max_new_tokens or self.sampling.max_new_tokens
 
     def score(self, records: list[dict], completions: list[str]) -> torch.Tensor:
         """Weighted rewards of ``completions[i]`` for the prompt of ``records[i]`` (NaN = skipped)."""
@@ -253,31 +193,28 @@ class PolicyModule(LightningModule):
 
     def rollout(self, records: list[dict]) -> tuple[Rollout, torch.Tensor]:
         """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
-        hp = self.hparams
+        sampling = self.sampling
         prompt_ids = [list(self.tokenizer(r["prompt"])["input_ids"]) for r in records]
         # A private generator per step (and rank): a run resumed from a checkpoint samples what
         # the uninterrupted run sampled; the global RNG, which no checkpoint holds, is not used.
-        seed = mix_seed(hp.seed, self.global_step, self.global_rank)
+        seed = mix_seed(self.seed, self.global_step, self.global_rank)
         rollout = sample_continuations(
-            self.model, self.tokenizer, prompt_ids, hp.group_size, max_new_tokens=hp.max_new_tokens,
-            temperature=hp.temperature, generator_seed=seed, batch_size=hp.rollout_batch_size,
+            self.model, self.tokenizer, prompt_ids, sampling.group_size, max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature, generator_seed=seed, batch_size=sampling.rollout_batch_size,
         ).to_rollout(self.tokenizer.pad_token_id)
-        rewards = self.score([r for r in records for _ in range(hp.group_size)], rollout.completions)
+        rewards = self.score([r for r in records for _ in range(sampling.group_size)], rollout.completions)
         return rollout, rewards
 
     def grpo_experience(self, records: list[dict]) -> Experience:
         """GRPO: G samples per prompt, advantages ``(r - mean) / std`` per group."""
-        hp = self.hparams
+        G = self.sampling.group_size
         rollout, rewards = self.rollout(records)
         mask = rollout.completion_mask * (~torch.isnan(rewards)).long().unsqueeze(-1)  # skipped don't train
         return Experience(
             input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, prompt_length=rollout.prompt_length,
-            completion_mask=mask, advantages=group_advantages(rewards, hp.group_size, scale=hp.scale_rewards),
-            generated_tokens=int(rollout.lengths.sum()),
-            metrics={
-                **rollout_metrics(rewards, hp.group_size, rollout.lengths, rollout.clipped),
-                **self.reward_set.last_stats,
-            },
+            completion_mask=mask, advantages=group_advantages(rewards, G, scale=self.scale_rewards),
+            temperature=self.sampling.temperature, generated_tokens=int(rollout.lengths.sum()),
+            metrics={**rollout_metrics(rewards, G, rollout.lengths, rollout.clipped), **self.reward_set.last_stats},
         )
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -293,8 +230,9 @@ class PolicyModule(LightningModule):
     def update(self, experience: Experience) -> dict[str, float]:
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
         # minibatch order from (seed, step, rank): a resumed run shuffles as the uninterrupted one did
-        shuffle = torch.Generator().manual_seed(mix_seed(self.hparams.seed, self.global_step, self.global_rank, 1))
-        ref_context = (lambda: adapters_off(self._peft)) if self._peft is not None and self.hparams.kl_coef > 0 else None
+        shuffle = torch.Generator().manual_seed(mix_seed(self.seed, self.global_step, self.global_rank, 1))
+        with_kl = self.ppo_settings.kl_coef > 0
+        ref_context = (lambda: adapters_off(self._peft)) if self._peft is not None and with_kl else None
         return ppo_update(
             self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, ref_context=ref_context,
             generator=shuffle,
@@ -316,22 +254,6 @@ class PolicyModule(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
 
-    def _evaluate(self, records: list[dict], prefix: str, *, log_table: bool = True) -> float:
-        hp = self.hparams
-        verifier = self.reward_set.funcs[0]
-        scores, completions = greedy_pass_at_1(
-            self.model, self.tokenizer, records, verifier,
-            max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, batch_size=hp.val_batch_size,
-        )
-        valid = scores[~torch.isnan(scores)]
-        total = torch.tensor([valid.sum().item(), float(valid.numel())], device=self.device)
-        if self.trainer.world_size > 1:
-            total = self.trainer.strategy.reduce(total, reduce_op="sum")
-        accuracy = float(total[0] / total[1].clamp(min=1))
-        if log_table:
-            self._log_text(f"{prefix}/samples", sample_table(records, completions, scores, hp.num_sample_completions))
-        return accuracy
-
     @rank_zero_only
     def _log_text(self, tag: str, text: str) -> None:
         for logger in self.trainer.loggers:
@@ -339,11 +261,18 @@ class PolicyModule(LightningModule):
                 logger.experiment.add_text(tag, text, global_step=self.global_step)
 
     def on_train_start(self) -> None:
+        """``val/pass@1`` before the first step: the validation steps' own computation over this
+        rank's share of the held-out set (``self.log`` is not allowed here, so it goes to the
+        loggers directly)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not self.hparams.validate_at_start or datamodule is None or not hasattr(datamodule, "val_records"):
+        if not self.evaluation.validate_at_start or datamodule is None or not hasattr(datamodule, "val_records"):
             return
         records = shard(datamodule.val_records(), self.trainer.global_rank, self.trainer.world_size)
-        accuracy = self._evaluate(records, "val")
+        size = self.evaluation.batch_size
+        for index, start in enumerate(range(0, len(records), size)):
+            self._eval_step(records[start : start + size], index, "val")
+        accuracy = float(self.pass_at_1["val"].compute())  # synced over ranks
+        self.pass_at_1["val"].reset()
         for logger in self.trainer.loggers:
             logger.log_metrics({"val/pass@1": accuracy}, step=self.global_step)
         self.print(f"held-out pass@1 before training: {accuracy:.3f}")
@@ -355,14 +284,14 @@ class PolicyModule(LightningModule):
         self._eval_step(batch, batch_idx, "test")
 
     def _eval_step(self, batch: list[dict], batch_idx: int, prefix: str) -> None:
-        hp = self.hparams
         scores, completions = greedy_pass_at_1(
             self.model, self.tokenizer, batch, self.reward_set.funcs[0],
-            max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, batch_size=len(batch),
+            max_new_tokens=self.eval_max_new_tokens, batch_size=len(batch),
         )
         self.pass_at_1[prefix].update(scores.to(self.device))
         if batch_idx == 0:
-            self._log_text(f"{prefix}/samples", sample_table(batch, completions, scores, hp.num_sample_completions))
+            table = sample_table(batch, completions, scores, self.evaluation.num_sample_completions)
+            self._log_text(f"{prefix}/samples", table)
 
     def _eval_epoch_end(self, prefix: str) -> None:
         metric = self.pass_at_1[prefix]
@@ -376,11 +305,8 @@ class PolicyModule(LightningModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
-        hp = self.hparams
         prompts = [r["prompt"] for r in batch]
-        rollout = generate(
-            self.model, self.tokenizer, prompts, max_new_tokens=hp.val_max_new_tokens or hp.max_new_tokens, do_sample=False
-        )
+        rollout = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.eval_max_new_tokens, do_sample=False)
         return [{"prompt": p, "completion": c} for p, c in zip(prompts, rollout.completions)]
 
     # ------------------------------------------------------------------ state
@@ -420,18 +346,14 @@ def shard(records: list, rank: int, world_size: int) -> list:
     return records[rank::world_size]
 
 
-def check_batch_arithmetic(group_size: int, prompts_per_step: int, minibatch_size: int) -> None:
-    """Fail early, with the fix, when the batch sizes do not fit together."""
-    if group_size < 2:
-        raise UserError(f"model.group_size must be >= 2 (group advantages compare samples), got {group_size}")
-    if prompts_per_step < 1:
-        raise UserError(f"model.prompts_per_step must be >= 1, got {prompts_per_step}")
-    total = prompts_per_step * group_size
-    if minibatch_size < 1 or total % minibatch_size:
+def check_batch_arithmetic(sampling: SamplingSettings, minibatch_size: int) -> None:
+    """Fail early, with the fix, when the minibatch does not divide a step's completions."""
+    total = sampling.completions_per_step
+    if total % minibatch_size:
         divisors = [d for d in range(1, total + 1) if total % d == 0]
-        near = sorted(divisors, key=lambda d: abs(d - max(minibatch_size, 1)))[:2]
+        near = sorted(divisors, key=lambda d: abs(d - minibatch_size))[:2]
         raise UserError(
-            f"model.minibatch_size={minibatch_size} must divide prompts_per_step × group_size = "
-            f"{prompts_per_step} × {group_size} = {total} completions per step; "
-            f"use {' or '.join(map(str, sorted(near)))}"
+            f"model.update.minibatch_size={minibatch_size} must divide sampling.prompts_per_step × "
+            f"sampling.group_size = {sampling.prompts_per_step} × {sampling.group_size} = {total} completions per "
+            f"step; use {' or '.join(map(str, sorted(near)))}"
         )

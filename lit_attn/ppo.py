@@ -38,32 +38,61 @@ from lit_attn.errors import UserError
 from lit_attn.experience import Experience
 from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, token_logprobs
 from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
+from lit_attn.settings import allow_in_checkpoints
 from lit_attn.strategy import reduce_over_ranks
 
 
 @dataclass(frozen=True)
 class PPOSettings:
-    """How one update trains (the PolicyModule arguments of the same names)."""
+    """How one update trains (``model.update`` in a config).
+
+    Attributes:
+        minibatch_size: completions per optimiser step; must divide the step's completions
+            (``sampling.prompts_per_step × sampling.group_size`` for GRPO).
+        micro_batch_size: most sequences per forward/backward (gradients accumulate over a
+            minibatch's micro-batches, exactly); also bounds the no-grad behaviour and
+            reference log-prob forwards. None = a whole minibatch at once.
+        micro_batch_tokens: most padded tokens (rows × longest row) per micro-batch, for
+            responses whose lengths vary. None = no token limit.
+        share_prompts: run a prompt shared by several rows (a GRPO group, the paths of a
+            tree) once, its KV cache repeated to the rows (same numbers and gradients; off for
+            models whose cache drops positions, and under gradient checkpointing).
+        skip_zero_advantage: leave rows whose advantage is 0 out of the forward and backward
+            passes when ``kl_coef`` = 0 (their gradient is exactly 0; they still count in the
+            loss normaliser). The update is the same; ``entropy`` and the clip and ratio
+            statistics then cover the rows trained on.
+        clip_low: PPO lower clip ε_low.
+        clip_high: PPO upper clip ε_high (clip-higher, DAPO).
+        dual_clip: dual-clip constant c for negative advantages (None disables).
+        kl_coef: k3 KL penalty to the frozen initial policy; 0 loads no reference model.
+        aggregation: ``token_mean`` (DAPO), ``seq_mean_token_mean`` (GRPO) or
+            ``seq_mean_token_sum_norm`` (Dr. GRPO).
+        grad_clip: gradient-norm clip per optimiser step (0 disables).
+        logprob_chunk_size: sequence positions per chunk when computing log-probs, so the
+            full batch × length × vocab logits never exist at once.
+    """
 
     minibatch_size: int = 64
+    micro_batch_size: int | None = None
+    micro_batch_tokens: int | None = None
+    share_prompts: bool = True
+    skip_zero_advantage: bool = True
     clip_low: float = 0.2
     clip_high: float = 0.28
     dual_clip: float | None = 3.0
     kl_coef: float = 0.0
     aggregation: Aggregation = "token_mean"
     grad_clip: float = 1.0
-    temperature: float = 1.0
     logprob_chunk_size: int = 256
-    micro_batch_size: int | None = None
-    micro_batch_tokens: int | None = None
-    share_prompts: bool = True
-    skip_zero_advantage: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("minibatch_size", "micro_batch_size", "micro_batch_tokens"):
+        for name in ("minibatch_size", "micro_batch_size", "micro_batch_tokens", "logprob_chunk_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise UserError(f"model.{name} must be >= 1 (or null for no limit), got {value}")
+                raise UserError(f"model.update.{name} must be >= 1 (or null for no limit), got {value}")
+        for name in ("grad_clip", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise UserError(f"model.update.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
 
 
 # ------------------------------------------------------------------------------ micro-batches
@@ -121,10 +150,10 @@ def completion_logprobs(
         if distinct.shape[0] < len(rows):
             return continuation_logprobs(
                 model, distinct[:, :prompt], distinct[:, prompt:], index, ids[:, prompt:], mask[:, prompt:],
-                chunk_size=settings.logprob_chunk_size, temperature=settings.temperature, with_entropy=with_entropy,
+                chunk_size=settings.logprob_chunk_size, temperature=batch.temperature, with_entropy=with_entropy,
             )
     lp, ent = token_logprobs(
-        model, ids, mask, chunk_size=settings.logprob_chunk_size, temperature=settings.temperature,
+        model, ids, mask, chunk_size=settings.logprob_chunk_size, temperature=batch.temperature,
         with_entropy=with_entropy,
     )
     start = lp.shape[1] - completion
@@ -219,12 +248,7 @@ def ppo_update(
     old_lp = experience.old_logprobs
     if old_lp is None and count > 1 and n:
         old_lp = batched_completion_logprobs(model, experience, settings)
-    ref_lp = None
-    if ref_context is not None and n:
-        with ref_context():
-            ref_lp = batched_completion_logprobs(model, experience, settings)
-    elif ref_model is not None and n:
-        ref_lp = batched_completion_logprobs(ref_model, experience, settings)
+    ref_lp = _reference_logprobs(model, experience, settings, ref_model, ref_context) if n else None
     length = int(reduce_over_ranks(trainer, [mask.shape[-1]], "max")[0])  # Dr. GRPO's constant T
     signal = _rows_with_signal(experience, mask, settings)
 
@@ -243,20 +267,9 @@ def ppo_update(
             if k >= len(chunks):
                 _zero_backward(host, model, experience, settings)
                 continue
-            chunk = chunks[k]
-            lp, ent = completion_logprobs(model, experience, settings, with_entropy=True, rows=chunk)
-            width = lp.shape[1]
-            m = mask[chunk, :width]
-            loss, stats = policy_loss(
-                lp, old_lp[chunk, :width] if old_lp is not None else lp.detach(),
-                experience.advantages[chunk] if experience.advantages.dim() == 1 else experience.advantages[chunk, :width],
-                m, clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
-                ref_logprobs=ref_lp[chunk, :width] if ref_lp is not None else None, kl_coef=settings.kl_coef,
-                aggregation=settings.aggregation, normaliser=normaliser,
+            tokens, stats = _backward_micro_batch(
+                host, model, experience, settings, chunks[k], old_lp, ref_lp, normaliser, world
             )
-            host.manual_backward(loss * world)  # the all-reduce averages over ranks; the normaliser is global
-            tokens = m.sum()
-            stats = {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / tokens.clamp(min=1)}
             for key, value in stats.items():  # tensors: one device sync per update, at the end
                 totals[key] = totals.get(key, 0.0) + value * (1.0 if key == "loss" else tokens)
             weight = weight + tokens
@@ -266,3 +279,43 @@ def ppo_update(
     # the loss of a minibatch is the sum of its micro-batches'; report the mean over minibatches
     weight = max(float(weight), 1.0)
     return {k: float(v) / len(minibatches) if k == "loss" else float(v) / weight for k, v in totals.items()}
+
+
+
+def _reference_logprobs(
+    model: torch.nn.Module, experience: Experience, settings: PPOSettings, ref_model: torch.nn.Module | None,
+    ref_context: Callable[[], AbstractContextManager] | None,
+) -> torch.Tensor | None:
+    """The KL reference's completion log-probs: ``model`` inside ``ref_context()``, or
+    ``ref_model``; None without either."""
+    if ref_context is not None:
+        with ref_context():
+            return batched_completion_logprobs(model, experience, settings)
+    if ref_model is not None:
+        return batched_completion_logprobs(ref_model, experience, settings)
+    return None
+
+
+def _backward_micro_batch(
+    host: LightningModule, model: torch.nn.Module, experience: Experience, settings: PPOSettings, rows: torch.Tensor,
+    old_lp: torch.Tensor | None, ref_lp: torch.Tensor | None, normaliser: float, world: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward and backward of one micro-batch's share of the minibatch loss; returns its
+    token count and detached statistics."""
+    lp, ent = completion_logprobs(model, experience, settings, with_entropy=True, rows=rows)
+    width = lp.shape[1]
+    m = experience.completion_mask[rows, :width].float()
+    advantages = experience.advantages
+    loss, stats = policy_loss(
+        lp, old_lp[rows, :width] if old_lp is not None else lp.detach(),
+        advantages[rows] if advantages.dim() == 1 else advantages[rows, :width],
+        m, clip_low=settings.clip_low, clip_high=settings.clip_high, dual_clip=settings.dual_clip,
+        ref_logprobs=ref_lp[rows, :width] if ref_lp is not None else None, kl_coef=settings.kl_coef,
+        aggregation=settings.aggregation, normaliser=normaliser,
+    )
+    host.manual_backward(loss * world)  # the all-reduce averages over ranks; the normaliser is global
+    tokens = m.sum()
+    return tokens, {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / tokens.clamp(min=1)}
+
+
+allow_in_checkpoints(PPOSettings)

@@ -166,8 +166,7 @@ class RewardSet:
     tells the caller to skip it.
 
     After each call, ``last_stats`` holds ``rewards/<name>/mean`` for every function (the mean
-    over the completions it did score; NaN when it scored none) and ``last_per_func`` the raw
-    ``(N, F)`` rewards with NaN for None.
+    over the completions it did score; NaN when it scored none).
     """
 
     def __init__(
@@ -194,7 +193,6 @@ class RewardSet:
                 raise UserError(f"reward weights must be finite, got {ws!r}; fix the weights list")
         self.names: list[str] = _unique_names(self.funcs)
         self.last_stats: dict[str, float] = {}
-        self.last_per_func: torch.Tensor = torch.empty(0, len(self.funcs))
 
     def __len__(self) -> int:
         return len(self.funcs)
@@ -225,7 +223,6 @@ class RewardSet:
             col = per_func[scored[:, j], j]
             stats[f"rewards/{name}/mean"] = col.mean().item() if col.numel() else math.nan
         self.last_stats = stats
-        self.last_per_func = per_func.float()
         return total.float()
 
 

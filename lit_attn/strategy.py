@@ -25,7 +25,7 @@ def check_strategy(trainer: Any, who: str) -> None:
         raise UserError(
             f"{who} does not run under {sharded[0]} (sharded weights make every sampling forward a collective call "
             "that ranks reach different numbers of times); use --trainer.strategy=ddp, with model.lora, "
-            "bf16 and model.micro_batch_size for large models (docs/scaling.md)"
+            "bf16 and model.update.micro_batch_size for large models (docs/scaling.md)"
         )
 
 

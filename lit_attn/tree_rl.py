@@ -28,10 +28,10 @@ from typing import Any, Protocol
 
 import torch
 
-from lit_attn.branching import sample_continuations
+from lit_attn.sampling import sample_continuations
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
-from lit_attn.exploration import RunningMean, adaptive_batch_size, choose_responses, expansion_count
+from lit_attn.branch_rules import RunningMean, adaptive_batch_size, choose_responses, expansion_count
 from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
 from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equal, build_tree, paths
@@ -365,7 +365,7 @@ def training_sequences(
     experience = pack_sequences(
         [g.prompt_ids for g, _ in kept], [p.tokens for _, p in kept], host.tokenizer.pad_token_id,
         advantages=[p.advantages for _, p in kept], old_logprobs=[p.logprobs for _, p in kept],
-        versions=[p.versions for _, p in kept], device=host.device,
+        versions=[p.versions for _, p in kept], temperature=float(host.temperature), device=host.device,
     )
     metrics = {
         "branching/sequences_after_filter": float(len(kept)),

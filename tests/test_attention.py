@@ -199,14 +199,15 @@ def test_capture_leaves_outputs_unchanged_and_sees_every_layer(architecture: str
     shapes: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
 
     def consumer(layer: CapturedLayer) -> None:
-        shapes.append((layer.layer_idx, tuple(layer.query.shape), tuple(layer.keys_per_query_head().shape)))
+        shapes.append((layer.layer_idx, tuple(layer.query.shape), tuple(layer.key.shape)))
 
     with capture_qk(model, consumer) as session, torch.no_grad():
         assert model.config._attn_implementation == CAPTURE_ATTN_IMPLEMENTATION
         captured = model(ids, attention_mask=mask, position_ids=positions).logits
     torch.testing.assert_close(captured, reference, atol=1e-6, rtol=0)
     assert session.layers_seen == [0, 1]
-    assert shapes == [(i, (2, 4, 30, 8), (2, 4, 30, 8)) for i in range(2)]
+    kv_heads = getattr(model.config, "num_key_value_heads", None) or 4  # GPT-2: no grouped KV heads
+    assert shapes == [(i, (2, 4, 30, 8), (2, kv_heads, 30, 8)) for i in range(2)]
     assert model.config._attn_implementation == "sdpa"
 
 

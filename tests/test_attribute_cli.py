@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, MambaConfig
 
+from lit_attn.callbacks import AttributionCallback
 from lit_attn.cli import main
+from lit_attn.errors import UserError
 from lit_attn.task import FactChainTask
 from lit_attn.tokenizer import build_char_tokenizer
 
@@ -86,22 +88,36 @@ def test_malformed_line_names_its_number(tmp_path: Path, capsys) -> None:
     assert_one_line_error(code, err, "in.jsonl:3: malformed JSON")
 
 
-@pytest.mark.parametrize(
-    "row,message",
-    [
-        ({"contexts": [], "question": "a"}, "'contexts' is empty"),
-        ({"question": "a"}, "'contexts' must be a list of strings"),
-        ({"contexts": ["a=1"]}, "'question' must be a string"),
-        ({"contexts": ["a=1"], "question": "a", "relevant": [3]}, "'relevant' must be a list of text indices in [0, 1)"),
-        ({"contexts": ["a=1", ""], "question": "a", "answer": "1"}, "context text 1 is empty, so it would be missing from the prompt"),
-    ],
-)
+BAD_ROWS = [
+    ({"contexts": [], "question": "a"}, "'contexts' is empty"),
+    ({"question": "a"}, "'contexts' is missing"),
+    ({"contexts": ["a=1", 2], "question": "a"}, "'contexts' must be a list of strings"),
+    ({"contexts": " \n ", "question": "a"}, "'contexts': the document is empty"),
+    ({"contexts": ["a=1"]}, "'question' must be a non-empty string"),
+    ({"contexts": ["a=1"], "question": " "}, "'question' must be a non-empty string"),
+    ({"contexts": ["a=1"], "question": "a", "answer": 1}, "'answer' must be a string or null"),
+    ({"contexts": ["a=1"], "question": "a", "relevant": [3]}, "'relevant' must be a list of distinct indices into the 1 context texts (0 to 0)"),
+    ({"contexts": ["a=1", "b=2"], "question": "a", "relevant": [1, 1]}, "'relevant' must be a list of distinct indices"),
+    ({"contexts": ["a=1"], "question": "a", "relevent": [0]}, "unknown key(s) 'relevent'"),
+    ({"contexts": ["a=1", ""], "question": "a", "answer": "1"}, "context text 1 is empty, so it would be missing from the prompt"),
+]
+
+
+@pytest.mark.parametrize("row,message", BAD_ROWS)
 def test_bad_examples(row: dict, message: str, tmp_path: Path, capsys) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", [row])
     output = tmp_path / "scores.jsonl"
     code, _, err = run(["--input", str(source), "--output", str(output)], capsys)
     assert_one_line_error(code, err, "in.jsonl:1", message)
     assert not output.exists()
+
+
+@pytest.mark.parametrize("row,message", BAD_ROWS)
+def test_the_callback_applies_the_same_rule(row: dict, message: str) -> None:
+    """One validation function: the AttributionCallback rejects the same example with the same message."""
+    with pytest.raises(UserError) as err:
+        AttributionCallback([row])
+    assert str(err.value).startswith("examples[0]: ") and message in str(err.value)
 
 
 def test_prompt_longer_than_the_model_context(tmp_path: Path, capsys) -> None:
@@ -137,3 +153,114 @@ def test_bad_options(tmp_path: Path, capsys) -> None:
     assert_one_line_error(code, err, "subsample_ratio must be in (0, 1]")
     code, _, err = run(["--input", str(source), "--model", str(tmp_path / "missing")], capsys)
     assert_one_line_error(code, err, "does not exist", "never downloads")
+
+
+DOCUMENT = "a=1. b=2!  c=3?\nd=4.\n\ne=5 f=6.\n"
+
+
+@pytest.mark.parametrize("mode", ["segment", "paragraph", "sentence"])
+def test_split_cuts_a_document_given_as_one_string(mode: str, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    from lit_attn.attribution import split_document
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"contexts": DOCUMENT, "question": "b", "answer": "2", "relevant": [0]}])
+    output = tmp_path / "scores.jsonl"
+    code, _, err = run(
+        ["--model", str(tiny_model_dir), "--input", str(source), "--output", str(output), "--split", mode,
+         "--method", "attention"], capsys,
+    )
+    assert code == 0, err
+    row = json.loads(output.read_text())
+    assert row["contexts"] == split_document(DOCUMENT, mode) and "".join(row["contexts"]) == DOCUMENT
+    assert len(row["scores"]) == len(row["contexts"]) and row["relevant"] == [0]
+
+
+def test_split_relevant_indices_count_the_pieces(tmp_path: Path, capsys) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"contexts": DOCUMENT, "question": "b", "relevant": [3]}])
+    code, _, err = run(["--input", str(source), "--split", "paragraph"], capsys)
+    assert_one_line_error(code, err, "in.jsonl:1", "into the 2 context texts (0 to 1)")
+    code, _, err = run(["--input", str(source), "--split", "words"], capsys)
+    assert_one_line_error(code, err, "argument --split: invalid choice: 'words'")
+
+
+def spy_on_loading(monkeypatch) -> list[tuple[str, torch.device]]:
+    """Record the dtype and device of every model the attribute command loads."""
+    import lit_attn.attribution.cli as cli
+
+    loaded: list[tuple[str, torch.device]] = []
+    real = cli.load_model
+
+    def load_model(name_or_path, device, dtype):
+        model, tokenizer = real(name_or_path, device, dtype)
+        loaded.append((str(next(model.parameters()).dtype), next(model.parameters()).device))
+        return model, tokenizer
+
+    monkeypatch.setattr(cli, "load_model", load_model)
+    return loaded
+
+
+def test_device_and_dtype(tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [{"contexts": ["a=1", "b=2"], "question": "a+b", "answer": "a=1"}])
+    loaded = spy_on_loading(monkeypatch)
+    output = tmp_path / "scores.jsonl"
+    base = ["--model", str(tiny_model_dir), "--input", str(source), "--output", str(output), "--num-subsamples", "2"]
+    for extra in ([], ["--device", "cpu", "--dtype", "bfloat16"], ["--dtype", "float16"]):
+        code, _, err = run(base + extra, capsys)
+        assert code == 0, err
+        assert all(s == s for s in json.loads(output.read_text())["scores"])  # finite, not NaN
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    want = [("torch.bfloat16" if default_device == "cuda" else "torch.float32", default_device),
+            ("torch.bfloat16", "cpu"), ("torch.float16", default_device)]
+    assert [(dtype, device.type) for dtype, device in loaded] == want
+
+
+def test_bad_device_and_dtype(tmp_path: Path, capsys) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", task_rows(1))
+    code, _, err = run(["--input", str(source), "--device", "gpu0"], capsys)
+    assert_one_line_error(code, err, "--device 'gpu0' is not a device; use cpu, cuda or cuda:<index>")
+    code, _, err = run(["--input", str(source), "--device", "meta"], capsys)
+    assert_one_line_error(code, err, "only cpu and cuda devices are supported")
+    code, _, err = run(["--input", str(source), "--dtype", "float64"], capsys)
+    assert_one_line_error(code, err, "argument --dtype: invalid choice: 'float64'")
+    if not torch.cuda.is_available():
+        code, _, err = run(["--input", str(source), "--device", "cuda:1"], capsys)
+        assert_one_line_error(code, err, "asks for CUDA, which this machine does not have; use --device cpu")
+    else:
+        code, _, err = run(["--input", str(source), "--device", f"cuda:{torch.cuda.device_count()}"], capsys)
+        assert_one_line_error(code, err, "CUDA device(s)", "pick one of them")
+
+
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_chat_template_wraps_the_prompt(tmp_path: Path, capsys, monkeypatch) -> None:
+    import lit_attn.attribution.cli as cli
+    from tests.conftest import save_tiny
+
+    model_dir = save_tiny(tmp_path / "chat")
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT}))
+    templates = []
+    real = cli.attribute
+
+    def attribute(*args, **kwargs):
+        templates.append(kwargs["template"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "attribute", attribute)
+    source = write_jsonl(tmp_path / "in.jsonl", [{"contexts": ["a=1", "b=2"], "question": "b", "answer": "b=2"}])
+    output = tmp_path / "scores.jsonl"
+    code, _, err = run(["--model", str(model_dir), "--input", str(source), "--output", str(output), "--chat-template",
+                        "--num-subsamples", "2"], capsys)
+    assert code == 0, err
+    [template] = templates
+    assert template.before == "<|user|>\n" and template.after == "\n{question}?\n\n\n<|assistant|>\n"
+    assert len(json.loads(output.read_text())["scores"]) == 2
+
+
+def test_chat_template_without_one_is_a_one_line_error(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", task_rows(1))
+    code, _, err = run(["--model", str(tiny_model_dir), "--input", str(source), "--chat-template"], capsys)
+    assert_one_line_error(code, err, "--chat-template: the tokenizer", "has no chat template", "drop --chat-template")

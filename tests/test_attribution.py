@@ -23,6 +23,8 @@ from lit_attn.attribution import (
     text_scores_batch,
 )
 from lit_attn.attribution.longcontext import LongContextTask
+from lit_attn.attribution.prompt import SPLIT_MODES, SequenceInput
+from lit_attn.attribution.trace import prepare
 from lit_attn.errors import UserError
 from lit_attn.models import build_tiny_model
 from lit_attn.task import FactChainTask, format_prompt
@@ -50,6 +52,15 @@ def tiny(architecture: str = "qwen2") -> PreTrainedModel:
         )
         _MODELS[architecture] = model.eval()
     return _MODELS[architecture]
+
+
+def rounds_of(tracer: AttnTrace, contexts: list[str] | str, question: str, answer: str) -> list[SequenceInput]:
+    """The sequence of every round of ``tracer`` (token ids, text spans, answer start), unscored."""
+    prepared = prepare(
+        tracer.model, tracer.tokenizer, tracer.template, contexts, question, answer,
+        split=tracer.split, max_new_tokens=tracer.max_new_tokens,
+    )
+    return [prepared.pieces.build(keep) for keep in tracer.draw_subsets(len(prepared.contexts))]
 
 
 def naive_text_scores(
@@ -156,7 +167,7 @@ def test_text_scores_bad_spans_are_one_line_errors() -> None:
 
 def test_prompt_pieces_equal_the_builtin_prompt_and_spans_are_exact() -> None:
     tracer = AttnTrace(tiny(), TOKENIZER, num_subsamples=1)
-    [sequence] = tracer.plan(CONTEXTS, "a+m-k", answer="a=3")
+    [sequence] = rounds_of(tracer, CONTEXTS, "a+m-k", answer="a=3")
     prompt = format_prompt(CONTEXTS, "a+m-k")
     assert sequence.input_ids[: sequence.answer_start] == TOKENIZER(prompt)["input_ids"]
     assert TOKENIZER.decode(sequence.input_ids[sequence.answer_start :]) == "a=3"
@@ -166,21 +177,47 @@ def test_prompt_pieces_equal_the_builtin_prompt_and_spans_are_exact() -> None:
 
 def test_reference_template_and_document_splitting() -> None:
     tracer = AttnTrace(tiny(), TOKENIZER, template="reference", num_subsamples=1)
-    [sequence] = tracer.plan(CONTEXTS[:2], "what is a", answer="3")
+    [sequence] = rounds_of(tracer, CONTEXTS[:2], "what is a", answer="3")
     text = TOKENIZER.decode(sequence.input_ids)
     assert text.startswith(REFERENCE_TEMPLATE.before) and "Query: what is a" in text and text.endswith("Answer:3")
     words = " ".join(f"w{i}" for i in range(250))
     assert [len(t.split()) for t in split_document(words)] == [100, 100, 50]
-    assert split_document("one.\n\ntwo\n \nthree", "paragraph") == ["one.", "two", "three"]
-    assert split_document("A b. C d! E?  F", "sentence") == ["A b.", "C d!", "E?", "F"]
+    assert split_document("one.\n\ntwo\n \nthree", "paragraph") == ["one.", "\n\ntwo", "\n \nthree"]
+    assert split_document("A b. C d! E?  F", "sentence") == ["A b.", " C d!", " E?", "  F"]
     result = AttnTrace(tiny(), TOKENIZER, num_subsamples=1, split="sentence").attribute("a=1. b=2.", "a", "1")
-    assert result.contexts == ["a=1.", "b=2."]
+    assert result.contexts == ["a=1.", " b=2."]
     with pytest.raises(UserError, match="must contain \\{question\\}"):
         PromptTemplate(after="no question here")
     with pytest.raises(UserError, match="unknown split mode 'words'"):
         split_document("a b", "words")
+    with pytest.raises(UserError, match="the document is empty"):
+        split_document(" \n\n ", "paragraph")
     with pytest.raises(UserError, match="unknown template 'chat'"):
         AttnTrace(tiny(), TOKENIZER, template="chat")
+
+
+DOCUMENT = (
+    "  The river rose.  It rained for three days!\n"
+    "Nobody left the village?\n\n\n"
+    "Second   paragraph:  runs of  spaces.\n \n"
+    "Third paragraph, last line. \n"
+)
+
+
+@pytest.mark.parametrize("mode", SPLIT_MODES)
+def test_split_document_keeps_the_document_verbatim_in_the_prompt(mode: str) -> None:
+    pieces = split_document(DOCUMENT, mode, words=4)
+    assert "".join(pieces) == DOCUMENT and len(pieces) > 2 and all(p.strip() for p in pieces)
+    tracer = AttnTrace(tiny(), TOKENIZER, num_subsamples=1, split=mode)
+    [sequence] = rounds_of(tracer, DOCUMENT, "a", "1")
+    prompt = TOKENIZER.decode(sequence.input_ids[: sequence.answer_start])
+    assert prompt == DOCUMENT + "\na?\n\n"  # the built-in template around the verbatim document
+    texts = split_document(DOCUMENT, mode)
+    assert [TOKENIZER.decode(sequence.input_ids[s:e]) for s, e in sequence.text_spans] == texts
+    # subsampled rounds: the kept pieces, verbatim and back to back
+    for keep in ([0], [len(texts) - 1], list(range(0, len(texts), 2))):
+        partial = prepare(tracer.model, TOKENIZER, tracer.template, DOCUMENT, "a", "1", split=mode).pieces.build(keep)
+        assert TOKENIZER.decode(partial.input_ids[: partial.answer_start]) == "".join(texts[i] for i in keep) + "\na?\n\n"
 
 
 # --------------------------------------------------------------------------- subsampling (§3)
@@ -189,7 +226,7 @@ def test_reference_template_and_document_splitting() -> None:
 def test_each_round_draws_exactly_m_texts_in_order_and_others_are_absent() -> None:
     contexts = [f"{chr(97 + i)}={i % 10}" for i in range(12)]
     tracer = AttnTrace(tiny(), TOKENIZER, subsample_ratio=0.4, num_subsamples=20, seed=3)
-    rounds = tracer.plan(contexts, "a+b", answer="a=0")
+    rounds = rounds_of(tracer, contexts, "a+b", answer="a=0")
     assert len(rounds) == 20
     for sequence in rounds:
         assert len(sequence.texts) == 4  # max(1, floor(0.4 * 12))
@@ -215,7 +252,7 @@ def test_final_score_is_the_mean_over_rounds_that_drew_the_text_and_never_drawn_
     contexts = [f"{chr(97 + i)}={i}" for i in range(10)]
     tracer = AttnTrace(model, TOKENIZER, subsample_ratio=0.2, num_subsamples=3, seed=1, batch_size=2)
     result = tracer.attribute(contexts, "a+b", answer="a=0")
-    rounds = tracer.plan(contexts, "a+b", answer="a=0")
+    rounds = rounds_of(tracer, contexts, "a+b", answer="a=0")
     per_text: dict[int, list[float]] = {}
     for sequence in rounds:
         scores = text_scores(model, torch.tensor(sequence.input_ids), sequence.text_spans, sequence.answer_start)
@@ -249,7 +286,7 @@ def test_no_subsampling_is_one_pass_over_all_texts(ratio: float, rounds: int) ->
     tracer = AttnTrace(model, TOKENIZER, subsample_ratio=ratio, num_subsamples=rounds)
     assert tracer.draw_subsets(len(CONTEXTS)) == [list(range(len(CONTEXTS)))]
     result = tracer.attribute(CONTEXTS, "a+m-k", answer="a=3\n\nanswer 8")
-    [sequence] = tracer.plan(CONTEXTS, "a+m-k", answer="a=3\n\nanswer 8")
+    [sequence] = rounds_of(tracer, CONTEXTS, "a+m-k", answer="a=3\n\nanswer 8")
     want = text_scores(model, torch.tensor(sequence.input_ids), sequence.text_spans, sequence.answer_start)
     assert result.scores == pytest.approx(want.tolist(), abs=1e-7)
     plain = attention_scores(model, TOKENIZER, CONTEXTS, "a+m-k", "a=3\n\nanswer 8")

@@ -11,13 +11,17 @@ import numpy as np
 import pytest
 import torch
 from lightning import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lit_attn import PolicyModule, PromptDataModule
+from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
 from lit_attn.callbacks import AttributionCallback
-from lit_attn.callbacks.attribution import builtin_examples, load_examples, ranking_metrics
+from lit_attn.callbacks.attribution import MONITORED
+from lit_attn.attribution.examples import AttributionExample, builtin_examples, load_examples
+from lit_attn.attribution.metrics import ranking_metrics
+from lit_attn.attribution.report import heatmap_figure
 from lit_attn.errors import UserError
 from lit_attn.models import build_tiny_model
 from lit_attn.tokenizer import build_char_tokenizer
@@ -171,9 +175,10 @@ class Nudge(Callback):
 def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[str, torch.Tensor]]:
     seed_everything(0)
     module = PolicyModule(
-        "default", prompts_per_step=2, group_size=4, minibatch_size=8, max_new_tokens=10, lr=1e-3,
-        validate_at_start=False, rewards=[f"{__name__}.checksum_reward"],
-        temperature=3.0,  # the shipped model is confident: a hot sampler makes a group's completions differ
+        "default", update=PPOSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=1e-3),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([f"{__name__}.checksum_reward"]),
+        # the shipped model is confident: a hot sampler makes a group's completions differ
+        sampling=SamplingSettings(prompts_per_step=2, group_size=4, max_new_tokens=10, temperature=3.0),
 
     )
     data = PromptDataModule(prompts_per_step=2, train_size=16, val_size=4, num_distractors=2)
@@ -299,8 +304,8 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--config={tmp_path / 'default.yaml'}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-        "--model.prompts_per_step=2", "--model.group_size=4", "--model.minibatch_size=8", "--model.max_new_tokens=12",
-        "--data.val_size=8", "--data.train_size=16", "--model.val_batch_size=8",
+        "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=4", "--model.update.minibatch_size=8", "--model.sampling.max_new_tokens=12",
+        "--data.val_size=8", "--data.train_size=16", "--model.evaluation.batch_size=8",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
     ])
     assert rc == 0
@@ -326,22 +331,23 @@ def test_schedule_counts_crossed_multiples_and_logs_once_per_step(monkeypatch):
                 for e in EXAMPLES]
 
     monkeypatch.setattr(callback, "attribute_examples", fake_attribution)
-    trainer = SimpleNamespace(global_step=0, sanity_checking=False, is_global_zero=True, loggers=[])
+    trainer = SimpleNamespace(global_step=0, sanity_checking=False, is_global_zero=True, loggers=[], world_size=1)
+    module = SimpleNamespace(log_dict=lambda values, **kwargs: None)
     callback.examples = load_examples(EXAMPLES)
-    callback.on_train_start(trainer, None)
+    callback.on_train_start(trainer, module)
     for step in (2, 4, 6, 8, 10, 12):  # two optimiser updates per batch
         trainer.global_step = step
-        callback.on_train_batch_end(trainer, None, None, None, 0)
+        callback.on_train_batch_end(trainer, module, None, None, 0)
     assert attributed == [4, 6, 10, 12]  # the batches that crossed 3, 6, 9, 12
-    callback.on_validation_end(trainer, None)  # same step as the last training point: not again
+    callback.on_validation_epoch_end(trainer, module)  # same step as the last training point: not again
     trainer.global_step, trainer.sanity_checking = 13, True
-    callback.on_validation_end(trainer, None)  # the sanity check never attributes
+    callback.on_validation_epoch_end(trainer, module)  # the sanity check never attributes
     trainer.sanity_checking = False
-    callback.on_validation_end(trainer, None)
+    callback.on_validation_epoch_end(trainer, module)
     assert attributed == [4, 6, 10, 12, 13]
     trainer.is_global_zero = False
     trainer.global_step = 15
-    callback.on_train_batch_end(trainer, None, None, None, 0)
+    callback.on_train_batch_end(trainer, module, None, None, 0)
     assert attributed[-1] == 13  # rank zero only
 
 
@@ -368,9 +374,82 @@ def test_at_validation_end_logs_after_each_validation(tmp_path):
     assert [e.step for e in acc.Images("attribution/heatmap")] == [2, 4]
 
 
-def test_heatmap_scales_each_row_min_to_max_and_marks_truth_and_top_k():
-    from lit_attn.callbacks.attribution import AttributionExample, heatmap_figure
+class AttributionMetricsAtBatchEnd(Callback):
+    """Per training batch: the step, the attribution scalars in callback_metrics, the callback's latest."""
 
+    def __init__(self, attribution: AttributionCallback) -> None:
+        self.attribution = attribution
+        self.rows: list[tuple[int, dict[str, float], dict[str, float]]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        seen = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("attribution/")}
+        latest = {k: v for k, v in self.attribution.last_metrics.items() if k in MONITORED}
+        self.rows.append((trainer.global_step, seen, latest))
+
+
+def test_scalars_reach_callback_metrics_and_a_checkpoint_monitors_them(tmp_path):
+    seed_everything(0)
+    callback = AttributionCallback(
+        EXAMPLES, every_n_train_steps=2, at_train_start=True, model_attr="lm", tokenizer_attr="tok",
+        num_subsamples=3, max_new_tokens=4, k=2,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="attribution/relevant_share", mode="max", every_n_train_steps=1, save_top_k=1,
+    )
+    recorder = AttributionMetricsAtBatchEnd(callback)
+    trainer = Trainer(
+        max_steps=4, logger=TensorBoardLogger(tmp_path, name="monitored"), callbacks=[callback, checkpoint, recorder],
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+    )
+    trainer.fit(ForeignLM())
+    assert set(MONITORED) == {"attribution/precision_at_k", "attribution/recall_at_k", "attribution/relevant_share"}
+    # From the first batch on (the step-0 point of on_train_start), callback_metrics hold the latest values.
+    assert [step for step, _, _ in recorder.rows] == [1, 2, 3, 4]
+    for step, seen, latest in recorder.rows:
+        assert set(seen) == set(MONITORED) and seen == pytest.approx(latest, rel=1e-6, abs=0), step
+    assert "attribution/seconds" not in trainer.callback_metrics  # wall-clock: loggers only
+    shares = [latest["attribution/relevant_share"] for _, _, latest in recorder.rows]
+    assert float(checkpoint.best_model_score) == pytest.approx(max(shares), abs=1e-6)
+    assert Path(checkpoint.best_model_path).is_file()
+    # The loggers still get one point per logging point, at its global step.
+    assert [e.step for e in events(tmp_path).Scalars("attribution/relevant_share")] == [0, 2, 4]
+
+
+class ForeignLMLongEpoch(ForeignLMWithValidation):
+    """Six training batches per epoch (an epoch end would clear the training loop's stored values)."""
+
+    def train_dataloader(self) -> DataLoader:
+        texts = [f"{a}={i % 10}\n{a}?\n\n{a}={i % 10}" for i, a in enumerate("abcdefghijklmnopqrstuvwx")]
+        return DataLoader(texts, batch_size=4, shuffle=True, collate_fn=list)
+
+
+def test_validation_end_scalars_reach_early_stopping_and_stay_the_latest(tmp_path):
+    seed_everything(0)
+    callback = AttributionCallback(
+        EXAMPLES, every_n_train_steps=3, at_validation_end=True, model_attr="lm", tokenizer_attr="tok",
+        num_subsamples=3, max_new_tokens=4, k=2,
+    )
+    stopper = EarlyStopping(monitor="attribution/relevant_share", mode="max", patience=100, check_on_train_epoch_end=False)
+    recorder = AttributionMetricsAtBatchEnd(callback)
+    trainer = Trainer(
+        max_steps=5, val_check_interval=2, num_sanity_val_steps=1, logger=TensorBoardLogger(tmp_path, name="val"),
+        callbacks=[callback, stopper, recorder], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(ForeignLMLongEpoch())  # EarlyStopping raises when its monitor is missing at validation end
+    assert [e.step for e in events(tmp_path).Scalars("attribution/relevant_share")] == [2, 3, 4]
+    # validation runs after a batch's end: step 4's values come after the training point of
+    # step 3 in the same epoch, and batch 5 sees them (not the older values of step 3)
+    assert [step for step, _, _ in recorder.rows] == [1, 2, 3, 4, 5]
+    assert recorder.rows[3][2] != recorder.rows[4][2]
+    for step, seen, latest in recorder.rows[2:]:
+        assert set(seen) == set(MONITORED) and seen == pytest.approx(latest, rel=1e-6, abs=0), step
+    assert float(stopper.best_score) == pytest.approx(
+        max(e.value for e in events(tmp_path).Scalars("attribution/relevant_share") if e.step in (2, 4)), abs=1e-6
+    )
+
+
+def test_heatmap_scales_each_row_min_to_max_and_marks_truth_and_top_k():
     # Scores a few percent apart (as attention scores are): scaled by the row's max they would all look the same.
     scores = [[0.0211, 0.0232, 0.0215, 0.0229], [0.50, 0.10, 0.30, 0.20]]
     examples = [

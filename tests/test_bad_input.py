@@ -36,7 +36,7 @@ def test_unknown_config_key_in_yaml(tmp_path, capsys):
 
 
 def test_batch_arithmetic_names_the_sizes_that_work(tmp_path, capsys):
-    line = run_bad(["fit", "--model.minibatch_size=48"], tmp_path, capsys)
+    line = run_bad(["fit", "--model.update.minibatch_size=48"], tmp_path, capsys)
     assert "8 × 8 = 64" in line and "use 32 or 64" in line
 
 
@@ -75,14 +75,14 @@ def test_empty_dataset(tmp_path, capsys, tiny_model_dir):
 
 def test_prompt_longer_than_the_model_context(tmp_path, capsys):
     short = save_tiny(tmp_path / "short", max_positions=80)
-    line = run_bad(["fit", f"--model.name_or_path={short}", "--model.max_new_tokens=64"], tmp_path, capsys)
+    line = run_bad(["fit", f"--model.name_or_path={short}", "--model.sampling.max_new_tokens=64"], tmp_path, capsys)
     assert "longer" in line or "exceeds" in line or "too long" in line
 
 
 @pytest.mark.parametrize(
     ("arg", "named"),
-    [("--model.temperature=0", "temperature"), ("--model.group_size=1", "group_size"), ("--data.num_ops=0", "num_ops"),
-     ("--model.lr=-1", "model.lr"), ("--model.grad_clip=-1", "grad_clip"), ("--model.micro_batch_size=0", "micro_batch_size")],
+    [("--model.sampling.temperature=0", "temperature"), ("--model.sampling.group_size=1", "group_size"), ("--data.num_ops=0", "num_ops"),
+     ("--model.optimizer.lr=-1", "model.optimizer.lr"), ("--model.update.grad_clip=-1", "grad_clip"), ("--model.update.micro_batch_size=0", "micro_batch_size")],
 )
 def test_out_of_range_values(arg, named, tmp_path, capsys, tiny_model_dir):
     line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", arg], tmp_path, capsys)

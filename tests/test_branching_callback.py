@@ -12,7 +12,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_attn import PolicyModule, PromptDataModule
+from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
 from lit_attn.callbacks import AttentionBranchCallback, EntropyBranchCallback
 from lit_attn.cli import main
 from lit_attn.errors import UserError
@@ -21,13 +21,12 @@ from lit_attn.logprobs import token_logprobs
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def small_module(model_dir: Path, **kwargs) -> PolicyModule:
-    args = dict(
-        name_or_path=str(model_dir), group_size=4, prompts_per_step=2, minibatch_size=8, max_new_tokens=14,
-        lr=0.01, validate_at_start=False,
+def small_module(model_dir: Path, *, rewards: list[str] | None = None) -> PolicyModule:
+    return PolicyModule(
+        name_or_path=str(model_dir), sampling=SamplingSettings(group_size=4, prompts_per_step=2, max_new_tokens=14),
+        update=PPOSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=0.01),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings(rewards or RewardSettings().functions),
     )
-    args.update(kwargs)
-    return PolicyModule(**args)
 
 
 def small_data() -> PromptDataModule:
@@ -103,8 +102,8 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
     # the shipped model and the built-in task, as configs/attnrl.yaml has them, only smaller
     run_dir = tmp_path / "runs"
     rc = main([
-        "fit", f"--config={CONFIGS / 'attnrl.yaml'}", "--model.prompts_per_step=4", "--model.group_size=4",
-        "--model.minibatch_size=8", "--model.max_new_tokens=128", "--model.val_batch_size=4",
+        "fit", f"--config={CONFIGS / 'attnrl.yaml'}", "--model.sampling.prompts_per_step=4", "--model.sampling.group_size=4",
+        "--model.update.minibatch_size=8", "--model.sampling.max_new_tokens=128", "--model.evaluation.batch_size=4",
         "--data.train_size=40", "--data.val_size=4", "--trainer.max_steps=3",
         "--trainer.val_check_interval=3", f"--trainer.default_root_dir={run_dir}",
         f"--trainer.logger.init_args.save_dir={run_dir}",
@@ -266,6 +265,7 @@ def test_state_dict_round_trip_restores_every_piece_of_state():
 class _Host:
     tokenizer = type("Tok", (), {"pad_token_id": 0})()
     device = torch.device("cpu")
+    temperature = 1.0
 
 
 def test_unbranched_responses_count_in_the_root_value_but_give_no_sequence():

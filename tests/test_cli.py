@@ -17,12 +17,12 @@ def small_fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "fit",
         f"--model.name_or_path={model_dir}",
-        "--model.prompts_per_step=2",
-        "--model.group_size=4",
-        "--model.minibatch_size=8",  # one optimiser update per RL step: max_steps = RL steps
-        "--model.max_new_tokens=12",
-        "--model.val_batch_size=4",
-        "--model.lr=0.01",
+        "--model.sampling.prompts_per_step=2",
+        "--model.sampling.group_size=4",
+        "--model.update.minibatch_size=8",  # one optimiser update per RL step: max_steps = RL steps
+        "--model.sampling.max_new_tokens=12",
+        "--model.evaluation.batch_size=4",
+        "--model.optimizer.lr=0.01",
         "--data.train_size=40",
         "--data.val_size=4",
         "--data.num_texts=0",  # plain contexts: the tiny test model has 256 positions
@@ -44,7 +44,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def test_fit_end_to_end_logs_checkpoints_and_exports(tiny_model_dir, reward_module, tmp_path):
     run_dir = tmp_path / "runs"
-    rc = main(small_fit_args(tiny_model_dir, run_dir, f"--model.rewards=[{reward_module}]"))
+    rc = main(small_fit_args(tiny_model_dir, run_dir, f"--model.rewards.functions=[{reward_module}]"))
     assert rc == 0
 
     tags = scalars(run_dir)
@@ -70,7 +70,7 @@ def test_fit_end_to_end_logs_checkpoints_and_exports(tiny_model_dir, reward_modu
 
 def test_validate_and_predict_subcommands(tiny_model_dir, tmp_path, capsys):
     common = [
-        f"--model.name_or_path={tiny_model_dir}", "--model.max_new_tokens=4", "--model.val_batch_size=4",
+        f"--model.name_or_path={tiny_model_dir}", "--model.sampling.max_new_tokens=4", "--model.evaluation.batch_size=4",
         "--data.val_size=4", "--data.train_size=8", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
@@ -105,8 +105,8 @@ def test_shipped_default_model_solves_some_held_out_prompts(tmp_path):
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-        "--model.prompts_per_step=2", "--model.group_size=4", "--model.minibatch_size=8",
-        "--data.val_size=40", "--data.train_size=40", "--model.val_batch_size=40",
+        "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=4", "--model.update.minibatch_size=8",
+        "--data.val_size=40", "--data.train_size=40", "--model.evaluation.batch_size=40",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
     ])
     assert rc == 0
@@ -130,8 +130,8 @@ def test_fit_on_user_jsonl_with_math_reward_and_extra_columns(tiny_model_dir, tm
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--model.name_or_path={tiny_model_dir}", f"--data.train_path={train}", "--data.val_size=4",
-        "--model.rewards=[lit_attn.rewards.math_reward, colreward.source_reward]", "--model.reward_weights=[1.0, 0.5]",
-        "--model.prompts_per_step=2", "--model.group_size=2", "--model.minibatch_size=4", "--model.max_new_tokens=6",
+        "--model.rewards.functions=[lit_attn.rewards.math_reward, colreward.source_reward]", "--model.rewards.weights=[1.0, 0.5]",
+        "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=2", "--model.update.minibatch_size=4", "--model.sampling.max_new_tokens=6",
         "--trainer.max_steps=2", "--trainer.val_check_interval=2",
         f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
     ])

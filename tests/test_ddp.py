@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lit_attn.config_files import load_config, merge
+
 from tests.ddp_probe import KILLED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +27,7 @@ TIMEOUT = 240  # seconds per fit: a hang fails the test instead of the suite
 
 def write_config(name: str, model_dir: Path, run_dir: Path, *, devices: int, stop_after: int = 4, kill_at: int | None = None) -> Path:
     """The shipped ``configs/<name>`` shrunk to the tiny test model and a few steps."""
-    config = yaml.safe_load((ROOT / "configs" / name).read_text())
+    config = load_config(ROOT / "configs" / name)
     trainer = config["trainer"]
     trainer.update(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1000,
@@ -49,11 +51,12 @@ def write_config(name: str, model_dir: Path, run_dir: Path, *, devices: int, sto
         "init_args": {"out": str(run_dir / "probe"), "stop_after": stop_after, "kill_at": kill_at},
     })
     trainer["callbacks"] = callbacks
-    config["model"].update(
-        name_or_path=str(model_dir), group_size=4, prompts_per_step=2, minibatch_size=8,
-        max_new_tokens=12, val_batch_size=4, lr=0.01, validate_at_start=False,
-        rewards=["tests.ddp_probe.digit_reward"],
-    )
+    config["model"] = merge(config["model"], {
+        "name_or_path": str(model_dir), "sampling": {"group_size": 4, "prompts_per_step": 2, "max_new_tokens": 12},
+        "update": {"minibatch_size": 8}, "optimizer": {"lr": 0.01},
+        "evaluation": {"batch_size": 4, "validate_at_start": False},
+        "rewards": {"functions": ["tests.ddp_probe.digit_reward"]},
+    })
     config["data"].update(train_size=40, val_size=4, num_texts=0, num_ops=1, num_distractors=2)
     path = run_dir / "config.yaml"
     run_dir.mkdir(parents=True, exist_ok=True)

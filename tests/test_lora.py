@@ -23,6 +23,7 @@ from lit_attn.experience import pack_sequences  # noqa: E402
 from lit_attn.lora import LoraSettings, add_adapters  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
 from lit_attn.ppo import PPOSettings, batched_completion_logprobs  # noqa: E402
+from lit_attn.settings import SamplingSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +42,12 @@ def peft_with_nonzero_adapters(model_dir: Path):
 
 def test_lora_config_trains_only_adapters_and_exports_adapters_and_merged_model(tiny_model_dir, reward_module, tmp_path):
     config = yaml.safe_load((ROOT / "configs" / "lora.yaml").read_text())
-    assert config["model"]["lora"]["rank"] >= 1 and config["model"]["kl_coef"] > 0
+    assert config["model"]["lora"]["rank"] >= 1 and config["model"]["update"]["kl_coef"] > 0
     rc = main([
         "fit", "--config", str(ROOT / "configs" / "lora.yaml"),
-        f"--model.name_or_path={tiny_model_dir}", "--model.prompts_per_step=2", "--model.group_size=4",
-        "--model.minibatch_size=8", "--model.max_new_tokens=12", "--model.val_batch_size=4", "--model.lr=0.05",
-        f"--model.rewards=[{reward_module}]", "--model.validate_at_start=false",
+        f"--model.name_or_path={tiny_model_dir}", "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=4",
+        "--model.update.minibatch_size=8", "--model.sampling.max_new_tokens=12", "--model.evaluation.batch_size=4", "--model.optimizer.lr=0.05",
+        f"--model.rewards.functions=[{reward_module}]", "--model.evaluation.validate_at_start=false",
         "--data.train_size=40", "--data.val_size=4", "--data.num_texts=0", "--data.num_ops=1", "--data.num_distractors=2",
         "--trainer.max_steps=3", "--trainer.val_check_interval=3",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -65,8 +66,8 @@ def test_lora_config_trains_only_adapters_and_exports_adapters_and_merged_model(
 
 def test_kl_reference_is_the_model_with_adapters_off_and_no_second_copy(tiny_model_dir):
     module = PolicyModule(
-        name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4, kl_coef=0.01,
-        lora=LoraSettings(rank=4),
+        name_or_path=str(tiny_model_dir), sampling=SamplingSettings(prompts_per_step=2, group_size=2),
+        update=PPOSettings(minibatch_size=4, kl_coef=0.01), lora=LoraSettings(rank=4),
     )
     assert module.ref_model is None and module.peft_model is not None
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]

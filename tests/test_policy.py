@@ -8,8 +8,12 @@ import torch
 
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule, check_batch_arithmetic, group_advantages
+from lit_attn.ppo import PPOSettings
+from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
 from lit_attn.rollout import generate, pack
 from lit_attn.tokenizer import build_char_tokenizer
+
+SMALL = SamplingSettings(prompts_per_step=2, group_size=2)
 
 
 def test_group_advantages_hand_computed():
@@ -31,11 +35,11 @@ def test_group_advantages_skip_nan_rewards():
 
 
 def test_batch_arithmetic_is_checked_with_the_fix():
-    check_batch_arithmetic(group_size=8, prompts_per_step=16, minibatch_size=32)
+    check_batch_arithmetic(SamplingSettings(group_size=8, prompts_per_step=16), minibatch_size=32)
     with pytest.raises(UserError, match=r"16 × 8 = 128 .* use 32 or 64"):
-        check_batch_arithmetic(group_size=8, prompts_per_step=16, minibatch_size=48)
+        check_batch_arithmetic(SamplingSettings(group_size=8, prompts_per_step=16), minibatch_size=48)
     with pytest.raises(UserError, match="group_size"):
-        check_batch_arithmetic(group_size=1, prompts_per_step=16, minibatch_size=16)
+        SamplingSettings(group_size=1, prompts_per_step=16)
 
 
 def test_pack_masks_after_the_first_eos_and_flags_clipping():
@@ -65,21 +69,21 @@ def test_generate_groups_rows_by_prompt_and_is_seeded(tiny_model_dir):
 
 
 def test_checkpoint_state_round_trip(tiny_model_dir):
-    module = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    module = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
     module.tokens_generated = 1234
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
 
-    restored = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    restored = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
     restored.on_load_checkpoint(checkpoint)
     assert restored.tokens_generated == 1234
 
 
 def test_kl_reference_model_only_loaded_when_needed(tiny_model_dir):
-    without = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4)
+    without = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
     assert without.ref_model is None
     with_kl = PolicyModule(
-        name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4, kl_coef=0.01
+        name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4, kl_coef=0.01)
     )
     assert with_kl.ref_model is not None
     assert not any(p.requires_grad for p in with_kl.ref_model.parameters())
@@ -104,8 +108,9 @@ def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, t
     def run(steps, ckpt_dir=None, ckpt_in=None):
         torch.manual_seed(123 if ckpt_in is None else 456)  # the global RNG must not matter
         module = PolicyModule(
-            name_or_path=str(tiny_model_dir), group_size=4, prompts_per_step=2, minibatch_size=4, max_new_tokens=10,
-            lr=0.01, validate_at_start=False, rewards=[reward_module],
+            name_or_path=str(tiny_model_dir), sampling=SamplingSettings(group_size=4, prompts_per_step=2, max_new_tokens=10),
+            update=PPOSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
+            evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([reward_module]),
         )
         data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
         callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)] if ckpt_dir else []

@@ -9,13 +9,15 @@ from lit_attn import PolicyModule
 from lit_attn.cli import main
 from lit_attn.experience import pack_sequences
 from lit_attn.ppo import PPOSettings, completion_logprobs
+from lit_attn.settings import SamplingSettings
 
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir):
     exp = pack_sequences([[5, 6, 7], [8, 9]], [[10, 11, 12], [13, 14]], 0, advantages=[torch.tensor(1.0)] * 2)
     grads = []
     for checkpointing in (False, True):
-        module = PolicyModule(name_or_path=str(tiny_model_dir), prompts_per_step=2, group_size=2, minibatch_size=4,
+        module = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SamplingSettings(prompts_per_step=2, group_size=2),
+                              update=PPOSettings(minibatch_size=4),
                               gradient_checkpointing=checkpointing)
         assert module.model.is_gradient_checkpointing == checkpointing
         lp, _ = completion_logprobs(module.model, exp, PPOSettings())
@@ -28,9 +30,9 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir):
 
 def test_fit_with_bf16_autocast_and_checkpointing_on_cpu(tiny_model_dir, reward_module, tmp_path):
     rc = main([
-        "fit", f"--model.name_or_path={tiny_model_dir}", "--model.prompts_per_step=2", "--model.group_size=4",
-        "--model.minibatch_size=8", "--model.micro_batch_size=3", "--model.max_new_tokens=12", "--model.val_batch_size=4",
-        "--model.lr=0.01", f"--model.rewards=[{reward_module}]", "--model.gradient_checkpointing=true",
+        "fit", f"--model.name_or_path={tiny_model_dir}", "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=4",
+        "--model.update.minibatch_size=8", "--model.update.micro_batch_size=3", "--model.sampling.max_new_tokens=12", "--model.evaluation.batch_size=4",
+        "--model.optimizer.lr=0.01", f"--model.rewards.functions=[{reward_module}]", "--model.gradient_checkpointing=true",
         "--data.train_size=40", "--data.val_size=4", "--data.num_texts=0", "--data.num_ops=1", "--data.num_distractors=2",
         "--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu", "--trainer.max_steps=3",
         "--trainer.val_check_interval=3", f"--trainer.default_root_dir={tmp_path}",

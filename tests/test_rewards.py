@@ -69,7 +69,6 @@ def test_reward_set_weights_and_none() -> None:
     assert total[1].item() == pytest.approx(2.0)  # None from `first` counts as 0
     assert math.isnan(total[2].item())  # every function returned None
     assert rs.last_stats == {"rewards/first/mean": 1.0, "rewards/second/mean": 0.5}
-    assert rs.last_per_func.shape == (3, 2)
 
 
 def test_reward_set_default_weights_and_duplicate_names() -> None:

@@ -93,15 +93,6 @@ class CapturedLayer:
         """Query heads per key/value head."""
         return self.num_heads // self.num_kv_heads
 
-    def keys_per_query_head(self, heads: slice | None = None) -> torch.Tensor:
-        """Keys expanded to the query heads: ``(batch, len(heads), key_length, head_dim)`` (a copy
-        when KV heads are grouped; :meth:`attention_rows` never needs it)."""
-        heads = heads if heads is not None else slice(None)
-        if self.group_size == 1:
-            return self.key[:, heads]
-        kv_index = torch.arange(self.num_heads, device=self.key.device)[heads] // self.group_size
-        return self.key.index_select(1, kv_index)
-
     def _float_keys(self) -> torch.Tensor:
         """fp32 keys ``(batch, kv_heads, key_length, head_dim)``, converted once per layer."""
         if self._keys_fp32 is None:
@@ -285,7 +276,7 @@ def _not_supported(model: nn.Module) -> UserError:
     return UserError(
         f"{architecture_name(model)} does not route its attention through transformers' AttentionInterface, "
         "so lit_attn cannot capture its queries and keys; use a model whose attention layers call "
-        "ALL_ATTENTION_FUNCTIONS (Qwen2, Llama, GPT-2, Mistral, ... in transformers >= 4.56)"
+        "ALL_ATTENTION_FUNCTIONS (Qwen2, Llama, GPT-2, Mistral, ...)"
     )
 
 

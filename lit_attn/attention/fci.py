@@ -35,7 +35,7 @@ from lit_attn.models import model_device
 DEFAULT_MIN_GAP = 4
 """Δ of docs/attnrl.md §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
 
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZE = 256
 """Query rows per block; trades peak memory (∝ block · T) for fewer kernel launches."""
 
 FIRST_TARGET_STEP = 2

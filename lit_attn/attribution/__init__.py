@@ -9,6 +9,12 @@ Public names:
 * :func:`attribute` — one entry point, ``method="attntrace" | "leave_one_out" | "attention"``;
 * :class:`PromptTemplate`, :func:`split_document` — the prompt and document splitting.
 
+Submodules not imported here: :mod:`~lit_attn.attribution.examples` (the example format and its
+one validation rule), :mod:`~lit_attn.attribution.metrics` (ranking against ground truth),
+:mod:`~lit_attn.attribution.report` (markdown table, heatmap), :mod:`~lit_attn.attribution.isolation`
+(running a model without touching training's state), :mod:`~lit_attn.attribution.cli`
+(``python -m lit_attn attribute``), :mod:`~lit_attn.attribution.longcontext` (long-context data).
+
 Plain functions over a Hugging Face model and tokenizer: no Lightning needed.
 """
 

@@ -5,13 +5,17 @@ Examples::
     python -m lit_attn attribute --input examples.jsonl                     # shipped model, AttnTrace
     python -m lit_attn attribute --model /path/to/model --input ex.jsonl --output scores.jsonl
     python -m lit_attn attribute --input ex.jsonl --method leave_one_out
+    python -m lit_attn attribute --model /path/to/chat-model --input ex.jsonl --chat-template \
+        --template reference --device cuda:1 --dtype bfloat16 --split paragraph
 
-Each input line is a JSON object with ``contexts`` (list of texts), ``question``, and optional
-``answer`` (generated greedily when absent) and ``relevant`` (indices of the true texts, marked
-in the printed table and copied to the output). A ranked table is printed per example; with
-``--output`` every result is written as one JSON line, to a temporary file renamed at the end
-(a failed run leaves no half-written output). Bad input ends with one line
-``error: <problem>; <fix>`` and exit status 2.
+Each input line is a JSON object with ``contexts`` (a list of texts, or one document string cut
+by ``--split`` and read verbatim), ``question``, and optional ``answer`` (generated greedily
+when absent), ``relevant`` (indices of the true texts, marked in the printed table and copied
+to the output) and ``reference`` (the expected answer, copied to the output) — checked by
+:func:`lit_attn.attribution.examples.parse_example`, the rule the AttributionCallback uses too.
+A ranked table is printed per example; with ``--output`` every result is written as one JSON
+line, to a temporary file renamed at the end (a failed run leaves no half-written output). Bad
+input ends with one line ``error: <problem>; <fix>`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,16 +27,20 @@ import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.attribution.baselines import METHODS, attribute
-from lit_attn.attribution.prompt import TEMPLATES
+from lit_attn.attribution.examples import AttributionExample, read_jsonl_examples
+from lit_attn.attribution.prompt import SPLIT_MODES, TEMPLATES, PromptTemplate, chat_template, resolve_template
+from lit_attn.attribution.result import AttributionResult
 from lit_attn.errors import UserError
-from lit_attn.records import jsonl_rows
 
 _TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subsample-ratio", type=float, default=None, help="AttnTrace: fraction ρ per round (0.4)")
     parser.add_argument("--seed", type=int, default=None, help="AttnTrace: seed of the draws (0)")
     parser.add_argument("--template", default="builtin", choices=sorted(TEMPLATES), help="prompt template")
+    parser.add_argument(
+        "--chat-template", action="store_true",
+        help="put the prompt into the tokenizer's chat template (one user message, then the assistant turn)",
+    )
+    parser.add_argument(
+        "--split", default="segment", choices=SPLIT_MODES,
+        help="how a document given as one 'contexts' string is cut into texts (segment = 100 words)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype", default=None, choices=DTYPES, help="parameter dtype (default: float32 on CPU, bfloat16 on CUDA)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length when it is generated")
     parser.add_argument("--show", type=int, default=10, help="rows of the printed table per example")
@@ -64,6 +84,7 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`~lit_attn.attribution.attribute` for the chosen method."""
     params: dict[str, Any] = {
         "template": args.template, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "split": args.split,
     }
     given = [name for name in _TRACE_ONLY if getattr(args, name) is not None]
     if args.method != "attntrace":
@@ -79,39 +100,43 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _check_example(raw: Any, where: str) -> dict[str, Any]:
-    """The fields of one input line, checked; :class:`UserError` naming the line otherwise."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}; write one object per line")
-    contexts = raw.get("contexts")
-    if not isinstance(contexts, list) or not all(isinstance(t, str) for t in contexts):
-        raise UserError(f"{where}: 'contexts' must be a list of strings; add the context texts as a JSON list")
-    if not contexts:
-        raise UserError(f"{where}: 'contexts' is empty; give at least one context text")
-    if not isinstance(raw.get("question"), str):
-        raise UserError(f"{where}: 'question' must be a string; add the question")
-    answer = raw.get("answer")
-    if answer is not None and not isinstance(answer, str):
-        raise UserError(f"{where}: 'answer' must be a string when given; quote it or drop it")
-    relevant = raw.get("relevant")
-    if relevant is not None and not (
-        isinstance(relevant, list)
-        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(contexts) for i in relevant)
-    ):
-        raise UserError(
-            f"{where}: 'relevant' must be a list of text indices in [0, {len(contexts)}); fix or drop it"
-        )
-    return {"contexts": contexts, "question": raw["question"], "answer": answer, "relevant": relevant}
-
-
-def read_examples(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_examples(path: Path, split: str = "segment") -> list[tuple[str, AttributionExample]]:
     """``(location, example)`` for every non-blank line of a JSONL file, all checked first."""
     if not path.is_file():
         raise UserError(f"input file {str(path)!r} does not exist; pass --input path/to/examples.jsonl")
-    examples = [(where, _check_example(value, where)) for where, value in jsonl_rows(path)]
+    examples = read_jsonl_examples(path, split=split)
     if not examples:
         raise UserError(f"input file {str(path)!r} holds no examples; add one JSON object per line")
     return examples
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device``: the named device (checked), or cuda when available, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise UserError(f"--device {name} asks for CUDA, which this machine does not have; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; pick one of them")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r}: only cpu and cuda devices are supported; use cpu, cuda or cuda:<index>")
+    return device
+
+
+def prompt_template(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase) -> str | PromptTemplate:
+    """``--template``, inside the tokenizer's chat template with ``--chat-template``."""
+    if not args.chat_template:
+        return args.template
+    try:
+        return chat_template(resolve_template(args.template), tokenizer)
+    except UserError as err:
+        raise UserError(f"--chat-template: {err}; drop --chat-template") from None
 
 
 def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -128,25 +153,42 @@ def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
         raise
 
 
-def load_model(name_or_path: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model with sdpa attention, or eager for an architecture without sdpa support (its
-    attention then cannot be captured: AttnTrace names the architecture, leave-one-out works)."""
+def load_model(
+    name_or_path: str | None, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model in ``dtype`` on ``device``, with sdpa attention, or eager for an architecture
+    without sdpa support (its attention then cannot be captured: AttnTrace names the
+    architecture, leave-one-out works)."""
     from lit_attn.models import load_policy  # heavy: only once the arguments are valid
 
     try:
-        return load_policy(name_or_path)
+        model, tokenizer = load_policy(name_or_path, dtype=dtype)
     except ValueError as err:
         if isinstance(err, UserError) or "scaled_dot_product_attention" not in str(err):
             raise
-    return load_policy(name_or_path, attn_implementation="eager")
+        model, tokenizer = load_policy(name_or_path, dtype=dtype, attn_implementation="eager")
+    return model.to(device), tokenizer
+
+
+def output_row(where: str, example: AttributionExample, result: AttributionResult) -> dict[str, Any]:
+    """One output line: the input's location, the texts (a document's pieces), the result, and
+    ``relevant`` / ``reference`` when the input gave them."""
+    row = {"input": where, "contexts": result.contexts, **result.to_dict()}
+    if example.relevant is not None:
+        row["relevant"] = list(example.relevant)
+    if example.reference is not None:
+        row["reference"] = example.reference
+    return row
 
 
 def run_attribute(argv: list[str], console: Console | None = None) -> None:
     """Run ``attribute`` with ``argv`` (the arguments after the subcommand name)."""
     args = build_parser().parse_args(argv)
     params = method_params(args)
-    examples = read_examples(Path(args.input))
-    model, tokenizer = load_model(args.model)
+    device = resolve_device(args.device)
+    examples = read_examples(Path(args.input), args.split)
+    model, tokenizer = load_model(args.model, device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    params["template"] = prompt_template(args, tokenizer)
     console = console or Console()
     rows: list[dict[str, Any]] = []
     progress = Progress(
@@ -158,16 +200,13 @@ def run_attribute(argv: list[str], console: Console | None = None) -> None:
         for where, example in examples:
             try:
                 result = attribute(
-                    model, tokenizer, example["contexts"], example["question"], example["answer"],
+                    model, tokenizer, example.prompt_contexts, example.question, example.answer,
                     method=args.method, **params,
                 )
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
-            console.print(result.to_rich_table(example["relevant"], k=args.show))
-            row = {"input": where, "contexts": result.contexts, **result.to_dict()}
-            if example["relevant"] is not None:
-                row["relevant"] = example["relevant"]
-            rows.append(row)
+            console.print(result.to_rich_table(example.relevant, k=args.show))
+            rows.append(output_row(where, example, result))
             progress.advance(task)
     if args.output:
         _write_atomically(Path(args.output), rows)

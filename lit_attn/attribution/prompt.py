@@ -6,8 +6,9 @@ For a subword tokenizer the result can differ slightly from tokenising the joine
 (merges across piece boundaries do not happen); for the shipped character-level tokenizer and
 the built-in template it is identical to ``tokenizer(format_prompt(contexts, question))``.
 
-Also here: splitting one long document into texts (``segment`` / ``paragraph`` /
-``sentence``), greedy answer generation, and left padding of a batch.
+Also here: splitting one long document into consecutive texts (``segment`` / ``paragraph`` /
+``sentence``; the prompt then holds the document verbatim), the tokenizer's chat template
+around the prompt (:func:`chat_template`), and greedy answer generation.
 """
 
 from __future__ import annotations
@@ -80,24 +81,36 @@ def resolve_template(template: PromptTemplate | str | None) -> PromptTemplate:
     raise UserError(f"unknown template {template!r}; use one of {sorted(TEMPLATES)} or a PromptTemplate")
 
 
-def split_document(document: str, mode: str = "segment", *, words: int = SEGMENT_WORDS) -> list[str]:
-    """Cut one long document into texts: ``segment`` (``words``-word chunks), ``paragraph``
-    (at blank lines) or ``sentence`` (after ``.``, ``!`` or ``?``)."""
+def _whitespace_cuts(document: str, mode: str, words: int) -> list[int]:
+    """Where :func:`split_document` cuts: the start of every whitespace run that ends a text."""
+    runs = [m for m in re.finditer(r"\s+", document) if 0 < m.start() and m.end() < len(document)]
     if mode == "segment":
-        if words < 1:
-            raise UserError(f"segment length must be >= 1 word, got {words}")
-        tokens = document.split()
-        texts = [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
-    elif mode == "paragraph":
-        texts = [p.strip() for p in re.split(r"\n\s*\n", document)]
-    elif mode == "sentence":
-        texts = [s.strip() for s in re.split(r"(?<=[.!?])\s+", document)]
-    else:
+        return [m.start() for i, m in enumerate(runs, start=1) if i % words == 0]
+    if mode == "paragraph":
+        return [m.start() for m in runs if m.group().count("\n") >= 2]
+    return [m.start() for m in runs if document[m.start() - 1] in ".!?"]
+
+
+def split_document(document: str, mode: str = "segment", *, words: int = SEGMENT_WORDS) -> list[str]:
+    """Cut one document into consecutive texts whose concatenation is the document, character
+    for character: ``"".join(split_document(d, mode)) == d``.
+
+    Cuts fall only inside whitespace, and the whitespace at a cut opens the next text (the
+    document's leading whitespace stays in the first text, its trailing whitespace in the
+    last; newlines and runs of spaces are kept as they are). ``segment``: ``words`` words per
+    text (a word = a run of non-whitespace); ``paragraph``: a cut at every blank line (a
+    whitespace run holding two or more newlines); ``sentence``: a cut after every ``.``,
+    ``!`` or ``?`` that whitespace follows. The prompt joins these texts with nothing
+    in between (not the template's ``sep``), so the model reads the document verbatim.
+    """
+    if mode not in SPLIT_MODES:
         raise UserError(f"unknown split mode {mode!r}; use one of {', '.join(SPLIT_MODES)}")
-    texts = [t for t in texts if t]
-    if not texts:
-        raise UserError("the document is empty after splitting; pass a non-empty document or a list of texts")
-    return texts
+    if mode == "segment" and words < 1:
+        raise UserError(f"segment length must be >= 1 word, got {words}")
+    if not isinstance(document, str) or not document.strip():
+        raise UserError("the document is empty (nothing but whitespace); pass a non-empty document or a list of texts")
+    bounds = [0, *_whitespace_cuts(document, mode, words), len(document)]
+    return [document[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -155,7 +168,10 @@ class TokenizedPrompt:
 
 
 def check_contexts(contexts: Sequence[str] | str, split: str = "segment") -> list[str]:
-    """A list of texts as given, or one string cut by :func:`split_document`; never empty."""
+    """A list of texts as given, or one string cut by :func:`split_document`; never empty.
+
+    The texts of a cut document are joined with nothing between them (see
+    :func:`document_sep`), so the prompt holds the document verbatim."""
     if isinstance(contexts, str):
         return split_document(contexts, split)
     texts = list(contexts)
@@ -167,14 +183,23 @@ def check_contexts(contexts: Sequence[str] | str, split: str = "segment") -> lis
     return texts
 
 
+def document_sep(contexts: Sequence[str] | str) -> str | None:
+    """The separator between the texts of ``contexts``: ``""`` for one document string (its
+    pieces carry their own whitespace), ``None`` (= the template's ``sep``) for a list."""
+    return "" if isinstance(contexts, str) else None
+
+
 def tokenize_prompt(
     tokenizer: PreTrainedTokenizerBase,
     template: PromptTemplate,
     contexts: Sequence[str],
     question: str,
     answer_ids: Sequence[int] = (),
+    *,
+    sep: str | None = None,
 ) -> TokenizedPrompt:
-    """Tokenise every piece once. A text with no tokens (it would be missing from the prompt)
+    """Tokenise every piece once; ``sep`` replaces the template's separator (``""`` for the
+    texts of one split document). A text with no tokens (it would be missing from the prompt)
     is a :class:`UserError`."""
     if not isinstance(question, str):
         raise UserError(f"the question is a {type(question).__name__}, not a string; pass it as a string")
@@ -187,10 +212,39 @@ def tokenize_prompt(
     return TokenizedPrompt(
         prefix=_special_prefix(tokenizer) + _encode(tokenizer, template.before),
         texts=texts,
-        sep=_encode(tokenizer, template.sep),
+        sep=_encode(tokenizer, template.sep if sep is None else sep),
         suffix=_encode(tokenizer, template.suffix(question)),
         answer=list(answer_ids),
     )
+
+
+CHAT_MARKER = "LitAttnPromptMarker"
+"""Stand-in for the prompt when :func:`chat_template` renders the tokenizer's chat template."""
+
+
+def chat_template(template: PromptTemplate, tokenizer: PreTrainedTokenizerBase) -> PromptTemplate:
+    """``template`` inside the tokenizer's chat template: the whole prompt (texts, question) as
+    the one user message, then the opened assistant turn (``add_generation_prompt``) that the
+    answer follows. A BOS token that the chat template writes out is dropped from ``before``
+    when the tokenizer adds BOS itself (it would appear twice)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no chat template; "
+            "attribute without the chat template, or use a tokenizer that has one"
+        )
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": CHAT_MARKER}], tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(rendered, str) or rendered.count(CHAT_MARKER) != 1:
+        raise UserError(
+            "the tokenizer's chat template does not copy the user message into the prompt verbatim, so the "
+            "texts' positions cannot be known; attribute without the chat template"
+        )
+    head, tail = rendered.split(CHAT_MARKER)
+    bos = tokenizer.bos_token
+    if bos and _special_prefix(tokenizer) and head.startswith(bos):
+        head = head[len(bos) :]
+    return PromptTemplate(before=head + template.before, sep=template.sep, after=template.after + tail)
 
 
 def check_length(model: PreTrainedModel, prompt_tokens: int, answer_tokens: int) -> None:

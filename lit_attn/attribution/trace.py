@@ -34,6 +34,7 @@ from lit_attn.attribution.prompt import (
     TokenizedPrompt,
     check_contexts,
     check_length,
+    document_sep,
     encode_answer,
     generate_answer,
     resolve_template,
@@ -70,9 +71,10 @@ def prepare(
     max_new_tokens: int = 64,
 ) -> PreparedInput:
     """Check the inputs, tokenise the pieces, generate the answer greedily if none is given,
-    and check that prompt + answer fit the model's context."""
+    and check that prompt + answer fit the model's context. A document string is cut by
+    ``split`` and its pieces joined with nothing between them (the document verbatim)."""
     texts = check_contexts(contexts, split)
-    pieces = tokenize_prompt(tokenizer, resolve_template(template), texts, question)
+    pieces = tokenize_prompt(tokenizer, resolve_template(template), texts, question, sep=document_sep(contexts))
     prompt_length = len(pieces.build().input_ids)
     if answer is None:
         check_length(model, prompt_length, 1)
@@ -107,7 +109,9 @@ class AttnTrace:
         seed: seed of the draws.
         max_new_tokens: answer length cap when the answer is generated.
         batch_size: rounds per forward pass.
-        split: how a single document string is cut (``segment``, ``paragraph``, ``sentence``).
+        split: how a single document string is cut (``segment``, ``paragraph``, ``sentence``;
+            see :func:`~lit_attn.attribution.prompt.split_document`); its pieces follow each
+            other in the prompt with nothing between them, so the model reads the document verbatim.
     """
 
     method = "attntrace"
@@ -160,14 +164,6 @@ class AttnTrace:
         rng = random.Random(self.seed)
         return [sorted(rng.sample(range(num_texts), size)) for _ in range(self.num_subsamples)]
 
-    def plan(self, contexts: Sequence[str] | str, question: str, answer: str | None = None) -> list[SequenceInput]:
-        """The sequence of every round (token ids, text spans, answer start), without scoring."""
-        prepared = prepare(
-            self.model, self.tokenizer, self.template, contexts, question, answer,
-            split=self.split, max_new_tokens=self.max_new_tokens,
-        )
-        return [prepared.pieces.build(keep) for keep in self.draw_subsets(len(prepared.contexts))]
-
     def score_rounds(self, rounds: Sequence[SequenceInput], num_texts: int) -> list[float]:
         """Mean score of each text over the rounds that contain it (0 when none does)."""
         total = torch.zeros(num_texts, dtype=torch.float64)
@@ -191,7 +187,8 @@ class AttnTrace:
     ) -> AttributionResult:
         """Score every context text for ``answer`` (generated greedily when ``None``).
 
-        ``contexts`` is a list of texts, or one document string cut by ``split``.
+        ``contexts`` is a list of texts (joined by the template's ``sep``), or one document
+        string cut by ``split`` (its pieces joined with nothing: the document verbatim).
         """
         started = time.perf_counter()
         prepared = prepare(

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.errors import UserError
+from lit_attn.kv_cache import new_cache
 from lit_attn.logprobs import position_ids_from_mask
-from lit_attn.models import cache_keyword, context_length, eval_mode
+from lit_attn.models import cache_keyword, context_length, eval_mode, model_device
 from lit_attn.rollout import Rollout, eos_ids, left_pad
 
 
@@ -135,89 +135,6 @@ def _check_inputs(
     return counts, budgets
 
 
-class _ReservedLayer(DynamicLayer):
-    """A :class:`~transformers.cache_utils.DynamicLayer` whose keys and values live in a buffer
-    with room for ``capacity`` positions.
-
-    ``DynamicLayer.update`` concatenates, which copies the whole cache at every decoding step
-    (a cost that grows with the prefix length); here a step writes only its new position and
-    ``keys`` / ``values`` are views of the filled part. Batch selection copies the filled part.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-        self._key_buffer: torch.Tensor | None = None
-        self._value_buffer: torch.Tensor | None = None
-
-    def _set_buffers(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self._key_buffer, self._value_buffer = keys, values
-        self.keys = keys[:, :, : self.length]
-        self.values = values[:, :, : self.length]
-
-    def _reallocate(self, capacity: int, rows: torch.Tensor | None = None) -> None:
-        """New buffers of ``capacity`` positions holding the filled part (of ``rows`` only, if given)."""
-        keys, values = self.keys, self.values
-        if rows is not None:
-            keys, values = keys[rows], values[rows]
-        batch, heads, _, key_dim = keys.shape
-        new_keys = keys.new_empty(batch, heads, capacity, key_dim)
-        new_values = values.new_empty(batch, heads, capacity, values.shape[-1])
-        new_keys[:, :, : self.length] = keys
-        new_values[:, :, : self.length] = values
-        self.capacity = capacity
-        self._set_buffers(new_keys, new_values)
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new positions into the buffers; return views of everything cached."""
-        new = key_states.shape[-2]
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
-            self._reallocate(max(self.capacity, new))
-        elif self.length + new > self.capacity:
-            self._reallocate(max(2 * self.capacity, self.length + new))
-        self._key_buffer[:, :, self.length : self.length + new] = key_states
-        self._value_buffer[:, :, self.length : self.length + new] = value_states
-        self.length += new
-        self._set_buffers(self._key_buffer, self._value_buffer)
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep (and repeat) the batch rows ``indices``."""
-        if self.is_initialized:
-            self._reallocate(self.capacity, rows=indices.to(self.keys.device))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Repeat every batch row ``repeats`` times."""
-        if self.is_initialized:
-            rows = torch.arange(self.keys.shape[0], device=self.keys.device).repeat_interleave(repeats)
-            self.batch_select_indices(rows)
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """Drop the last ``-tokens_to_remove`` positions (transformers' convention: a negative count)."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"crop takes a negative number of positions to remove, got {tokens_to_remove}")
-        if self.is_initialized and tokens_to_remove < 0:
-            self.length = max(self.length + tokens_to_remove, 0)
-            self._set_buffers(self._key_buffer, self._value_buffer)
-
-
-def _new_cache(model: nn.Module, capacity: int) -> DynamicCache:
-    """A DynamicCache for ``model``; plain full-attention layers get room for ``capacity`` positions.
-
-    Other layer kinds (sliding window, linear attention, ...) keep transformers' own classes.
-    """
-    cache = DynamicCache(config=model.config)
-    layers = getattr(cache, "layers", None)
-    if layers:
-        cache.layers = [_ReservedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in layers]
-    return cache
-
-
 def _next_tokens(
     logits: torch.Tensor, temperature: float, do_sample: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,118 +212,148 @@ def sample_continuations(
     """
     counts, budgets = _check_inputs(model, prefixes, counts, max_new_tokens, temperature)
     prefixes = [[int(t) for t in prefix] for prefix in prefixes]
-    if batch_size is not None:
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1 (or None for one call), got {batch_size}")
-        groups: list[list[int]] = [[]]
-        for i, count in enumerate(counts):
-            if groups[-1] and sum(counts[j] for j in groups[-1]) + count > batch_size:
-                groups.append([])
-            groups[-1].append(i)
-        if len(groups) > 1:
-            parts = [
-                sample_continuations(
-                    model, tokenizer, [prefixes[i] for i in group], [counts[i] for i in group],
-                    max_new_tokens=[budgets[i] for i in group], temperature=temperature, do_sample=do_sample,
-                    generator_seed=None if generator_seed is None else generator_seed + k,
-                )
-                for k, group in enumerate(groups)
-            ]
-            return _concatenate(prefixes, parts, [group[0] for group in groups], tokenizer)
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    stop = torch.tensor(eos_ids(model, tokenizer), dtype=torch.long, device=device)
+    groups = _call_groups(counts, batch_size)
+    if len(groups) == 1:
+        return _sample(model, tokenizer, prefixes, counts, budgets, temperature, do_sample, generator_seed)
+    parts = [
+        _sample(
+            model, tokenizer, [prefixes[i] for i in group], [counts[i] for i in group], [budgets[i] for i in group],
+            temperature, do_sample, None if generator_seed is None else generator_seed + k,
+        )
+        for k, group in enumerate(groups)
+    ]
+    return _concatenate(prefixes, parts, [group[0] for group in groups], tokenizer)
 
-    # Distinct prefixes that get at least one continuation; continuation → distinct row.
-    distinct: dict[tuple[int, ...], int] = {}
-    row_of: list[int] = []
-    prefix_index: list[int] = []
-    row_budget: list[int] = []
-    for i, (prefix, count) in enumerate(zip(prefixes, counts)):
-        if count == 0:
-            continue
-        row = distinct.setdefault(tuple(prefix), len(distinct))
-        row_of += [row] * count
-        prefix_index += [i] * count
-        row_budget += [budgets[i]] * count
-    total = len(row_of)
-    if total == 0:
+
+def _call_groups(counts: list[int], batch_size: int | None) -> list[list[int]]:
+    """Consecutive prefixes grouped so that each group asks for at most ``batch_size``
+    continuations (a prefix that asks for more goes alone); one group when None."""
+    if batch_size is None:
+        return [list(range(len(counts)))]
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1 (or None for one call), got {batch_size}")
+    groups: list[list[int]] = [[]]
+    for i, count in enumerate(counts):
+        if groups[-1] and sum(counts[j] for j in groups[-1]) + count > batch_size:
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+@dataclass
+class _Rows:
+    """The batch rows of one sampling call: distinct prefixes, and for each continuation its
+    distinct prefix row, the index of the prefix it extends and its token budget."""
+
+    distinct: list[list[int]]
+    row_of: list[int]
+    prefix_index: list[int]
+    budget: list[int]
+
+    @classmethod
+    def of(cls, prefixes: list[list[int]], counts: list[int], budgets: list[int]) -> _Rows:
+        distinct: dict[tuple[int, ...], int] = {}
+        rows = cls([], [], [], [])
+        for i, (prefix, count) in enumerate(zip(prefixes, counts)):
+            if count == 0:
+                continue
+            row = distinct.setdefault(tuple(prefix), len(distinct))
+            rows.row_of += [row] * count
+            rows.prefix_index += [i] * count
+            rows.budget += [budgets[i]] * count
+        rows.distinct = [list(prefix) for prefix in distinct]
+        return rows
+
+
+def _sample(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prefixes: list[list[int]], counts: list[int],
+    budgets: list[int], temperature: float, do_sample: bool, generator_seed: int | None,
+) -> Continuations:
+    """One sampling call: prefill the distinct prefixes, repeat their cache rows, decode."""
+    device = model_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = _Rows.of(prefixes, counts, budgets)
+    if not rows.row_of:
         empty = torch.zeros(0, 0, dtype=torch.long)
         return Continuations(
             prefixes=prefixes, tokens=empty, logprobs=empty.float(), mask=empty.clone(),
             prefix_index=torch.zeros(0, dtype=torch.long), clipped=torch.zeros(0, dtype=torch.bool), texts=[],
         )
-
-    # 1. One prefill over the left-padded distinct prefixes.
-    rows = list(distinct)
-    ids, prefix_mask, _ = left_pad(rows, pad_id)
-    width = ids.shape[1]
-    ids, prefix_mask = ids.to(device), prefix_mask.to(device)
-    positions = position_ids_from_mask(prefix_mask)
-    cache_kw = cache_keyword(model)
-    longest = max(row_budget)
-    budget = torch.tensor(row_budget, dtype=torch.long, device=device)
-    cache = _new_cache(model, width + longest)
     generator = None
     if generator_seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(int(generator_seed))
+    budget = torch.tensor(rows.budget, dtype=torch.long, device=device)
+    stop = torch.tensor(eos_ids(model, tokenizer), dtype=torch.long, device=device)
+    with eval_mode(model):
+        tokens, logprobs, lengths, ended = _decode(model, rows, budget, stop, pad_id, temperature, do_sample, generator)
+    width = int(lengths.max())
+    columns = torch.arange(width, device=device)
+    token_mask = (columns[None, :] < lengths[:, None]).long()
+    tokens = tokens[:, :width].masked_fill(token_mask == 0, pad_id)
+    return Continuations(
+        prefixes=prefixes,
+        tokens=tokens,
+        logprobs=logprobs[:, :width] * token_mask,
+        mask=token_mask,
+        prefix_index=torch.tensor(rows.prefix_index, dtype=torch.long, device=device),
+        clipped=~ended & (lengths >= budget),
+        texts=tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True),
+    )
 
+
+def _decode(
+    model: PreTrainedModel, rows: _Rows, budget: torch.Tensor, stop: torch.Tensor, pad_id: int, temperature: float,
+    do_sample: bool, generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefill, then decode one token per step for every unfinished continuation; finished ones
+    leave the batch. Returns the (total, longest) new tokens and their log-probs, the lengths
+    and whether each continuation emitted a stop token."""
+    device = budget.device
+    total, longest = len(rows.row_of), int(budget.max())
+    # 1. One prefill over the left-padded distinct prefixes.
+    ids, prefix_mask, _ = left_pad(rows.distinct, pad_id)
+    ids, prefix_mask = ids.to(device), prefix_mask.to(device)
+    cache_kw = cache_keyword(model)
+    cache = new_cache(model, ids.shape[1] + longest)
     new_tokens = torch.full((total, longest), pad_id, dtype=torch.long, device=device)
     new_logprobs = torch.zeros(total, longest, dtype=torch.float32, device=device)
     lengths = torch.zeros(total, dtype=torch.long, device=device)
     ended = torch.zeros(total, dtype=torch.bool, device=device)
-
-    with eval_mode(model):
-        out = model(
-            input_ids=ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
-            logits_to_keep=1, **{cache_kw: cache},
-        )
-        # 2. Cache rows and next-token logits repeated to the continuations.
-        select = torch.tensor(row_of, dtype=torch.long, device=device)
-        cache.batch_select_indices(select)
-        logits = out.logits[:, -1][select]
-        del out
-        mask = prefix_mask[select]
-        next_position = prefix_mask.sum(-1)[select]
-        active = torch.arange(total, device=device)  # continuation of each batch row
-
-        # 3. Decode; finished continuations leave the batch.
-        for step in range(longest):
-            chosen, logprob = _next_tokens(logits, temperature, do_sample, generator)
-            new_tokens[active, step] = chosen
-            new_logprobs[active, step] = logprob
-            lengths[active] = step + 1
-            stopped = torch.isin(chosen, stop)
-            ended[active[stopped]] = True
-            finished = stopped | (budget[active] <= step + 1)  # a stop token, or its budget is spent
-            if step + 1 == longest:
-                break
-            if finished.any():
-                keep = (~finished).nonzero().squeeze(-1)
-                if keep.numel() == 0:
-                    break
-                cache.batch_select_indices(keep)
-                active, chosen, mask, next_position = active[keep], chosen[keep], mask[keep], next_position[keep]
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            out = model(
-                input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                use_cache=True, logits_to_keep=1, **{cache_kw: cache},
-            )
-            logits = out.logits[:, -1]
-            next_position = next_position + 1
-
-    width = int(lengths.max())
-    columns = torch.arange(width, device=device)
-    token_mask = (columns[None, :] < lengths[:, None]).long()
-    tokens = new_tokens[:, :width].masked_fill(token_mask == 0, pad_id)
-    logprobs = new_logprobs[:, :width] * token_mask
-    return Continuations(
-        prefixes=prefixes,
-        tokens=tokens,
-        logprobs=logprobs,
-        mask=token_mask,
-        prefix_index=torch.tensor(prefix_index, dtype=torch.long, device=device),
-        clipped=~ended & (lengths >= budget),
-        texts=tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True),
+    out = model(
+        input_ids=ids, attention_mask=prefix_mask, position_ids=position_ids_from_mask(prefix_mask), use_cache=True,
+        logits_to_keep=1, **{cache_kw: cache},
     )
+    # 2. Cache rows and next-token logits repeated to the continuations.
+    select = torch.tensor(rows.row_of, dtype=torch.long, device=device)
+    cache.batch_select_indices(select)
+    logits = out.logits[:, -1][select]
+    del out
+    mask = prefix_mask[select]
+    next_position = prefix_mask.sum(-1)[select]
+    active = torch.arange(total, device=device)  # continuation of each batch row
+    # 3. Decode; finished continuations leave the batch.
+    for step in range(longest):
+        chosen, logprob = _next_tokens(logits, temperature, do_sample, generator)
+        new_tokens[active, step] = chosen
+        new_logprobs[active, step] = logprob
+        lengths[active] = step + 1
+        stopped = torch.isin(chosen, stop)
+        ended[active[stopped]] = True
+        finished = stopped | (budget[active] <= step + 1)  # a stop token, or its budget is spent
+        if step + 1 == longest:
+            break
+        if finished.any():
+            keep = (~finished).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            active, chosen, mask, next_position = active[keep], chosen[keep], mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = model(
+            input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
+            use_cache=True, logits_to_keep=1, **{cache_kw: cache},
+        )
+        logits = out.logits[:, -1]
+        next_position = next_position + 1
+    return new_tokens, new_logprobs, lengths, ended

@@ -1,4 +1,4 @@
-"""lit_attn.branching.sample_continuations: prefix encoded once, same tokens and log-probs as
+"""lit_attn.sampling.sample_continuations: prefix encoded once, same tokens and log-probs as
 full re-encoding, reproducible seeded sampling, clear errors."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_attn.branching import Continuations, sample_continuations
+from lit_attn.sampling import Continuations, sample_continuations
 from lit_attn.errors import UserError
 from lit_attn.logprobs import token_logprobs
 from lit_attn.models import build_tiny_model
@@ -201,10 +201,10 @@ def test_bad_input_is_a_one_line_user_error(prefixes, counts, kwargs, needle) ->
 def test_reserved_cache_layer_matches_concatenation() -> None:
     from transformers.cache_utils import DynamicLayer
 
-    from lit_attn.branching import _ReservedLayer
+    from lit_attn.kv_cache import ReservedLayer
 
     gen = torch.Generator().manual_seed(0)
-    reserved, plain = _ReservedLayer(capacity=3), DynamicLayer()
+    reserved, plain = ReservedLayer(capacity=3), DynamicLayer()
     for length in (2, 1, 1, 3):  # overflows the capacity twice
         keys, values = torch.randn(2, 2, length, 4, generator=gen), torch.randn(2, 2, length, 4, generator=gen)
         got, want = reserved.update(keys, values), plain.update(keys, values)
@@ -223,7 +223,7 @@ def test_reserved_cache_layer_matches_concatenation() -> None:
 def test_sampling_never_builds_an_autograd_graph():
     # sampling runs inside training_step, where autograd is on: a graph here would keep every
     # prefill activation alive until the call returns (and slow the loop)
-    from lit_attn.branching import sample_continuations as sample
+    from lit_attn.sampling import sample_continuations as sample
     from lit_attn.models import build_tiny_model
 
     model = build_tiny_model("qwen2", vocab_size=50, max_positions=128)

@@ -1,0 +1,214 @@
+"""Attribution examples: one validation rule for the AttributionCallback and ``python -m lit_attn attribute``.
+
+An example is an object (a dict, or one line of a JSONL file) with exactly these keys:
+
+* ``contexts`` (required) — the texts whose influence is scored: a non-empty list of
+  non-empty strings, in prompt order; or one non-empty string, a document that
+  :func:`~lit_attn.attribution.prompt.split_document` cuts into consecutive texts (the prompt
+  then holds the document verbatim);
+* ``question`` (required) — a non-empty string;
+* ``answer`` (optional) — a string, attributed as given (teacher-forced); absent or null =
+  the model's greedy answer;
+* ``relevant`` (optional) — distinct indices into the texts (after splitting, for a
+  document): the ground truth; absent or null = none;
+* ``reference`` (optional) — a string, the expected answer (shown, never attributed).
+
+Anything else (another key, a wrong type, an index out of range, a duplicate index) is a
+one-line :class:`~lit_attn.errors.UserError` naming where (``path:line`` or ``examples[i]``),
+what is wrong, and the fix. :func:`builtin_examples` draws examples from the built-in task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lit_attn.attribution.prompt import SPLIT_MODES, split_document
+from lit_attn.errors import UserError
+from lit_attn.records import jsonl_rows
+from lit_attn.seeding import mix_seed
+
+EXAMPLE_KEYS = ("contexts", "question", "answer", "relevant", "reference")
+"""The keys an example may have."""
+
+BUILTIN = "builtin"
+"""The AttributionCallback's ``examples`` value for the built-in task's held-out prompts."""
+
+
+@dataclass(frozen=True)
+class AttributionExample:
+    """One probe: context texts, a question and, optionally, the answer and the ground truth.
+
+    Attributes:
+        contexts: the texts whose influence is scored, in prompt order (the pieces of
+            ``document`` when the example gave one).
+        question: the question asked after them.
+        answer: the answer to attribute (teacher-forced). None = the current model's greedy
+            answer, generated anew at every logging point.
+        relevant: indices into ``contexts`` of the texts that truly drive the answer (ground
+            truth for the scalars), sorted. None = no ground truth: table and heatmap only.
+        reference: the expected answer, shown in the table only (e.g. the verifier's answer).
+        document: the document string ``contexts`` was cut from (None for a list of texts).
+    """
+
+    contexts: tuple[str, ...]
+    question: str
+    answer: str | None = None
+    relevant: tuple[int, ...] | None = None
+    reference: str | None = None
+    document: str | None = None
+
+    @property
+    def prompt_contexts(self) -> str | list[str]:
+        """What :func:`~lit_attn.attribution.attribute` takes: the document (read verbatim,
+        cut into the same ``contexts`` by the same split mode) or the list of texts."""
+        return self.document if self.document is not None else list(self.contexts)
+
+
+def _parse_contexts(contexts: Any, where: str, split: str) -> tuple[tuple[str, ...], str | None]:
+    """The texts and, for a document string, the document."""
+    if isinstance(contexts, str):
+        try:
+            return tuple(split_document(contexts, split)), contexts
+        except UserError as err:
+            raise UserError(f"{where}: 'contexts': {err}") from None
+    if not isinstance(contexts, list) or not all(isinstance(t, str) for t in contexts):
+        raise UserError(
+            f"{where}: 'contexts' must be a list of strings (one per context text) or one document string; "
+            "write the texts as a JSON list of strings"
+        )
+    if not contexts:
+        raise UserError(f"{where}: 'contexts' is empty; give at least one context text")
+    for i, text in enumerate(contexts):
+        if not text:
+            raise UserError(
+                f"{where}: context text {i} is empty, so it would be missing from the prompt; remove it or give it content"
+            )
+    return tuple(contexts), None
+
+
+def _parse_relevant(relevant: Any, where: str, n: int) -> tuple[int, ...] | None:
+    """Distinct indices in ``[0, n)``, sorted; None stays None."""
+    if relevant is None:
+        return None
+    if (
+        not isinstance(relevant, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in relevant)
+        or any(not 0 <= i < n for i in relevant)
+        or len(set(relevant)) != len(relevant)
+    ):
+        raise UserError(
+            f"{where}: 'relevant' must be a list of distinct indices into the {n} context texts (0 to {n - 1}), "
+            f"got {relevant!r}; fix the indices or drop 'relevant'"
+        )
+    return tuple(sorted(relevant))
+
+
+def parse_example(raw: Any, where: str, *, split: str = "segment") -> AttributionExample:
+    """Check one example (see the module docstring) and return it; ``where`` names it in errors,
+    ``split`` cuts a document string (one of ``SPLIT_MODES``)."""
+    if split not in SPLIT_MODES:
+        raise UserError(f"unknown split mode {split!r}; use one of {', '.join(SPLIT_MODES)}")
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"{where}: an attribution example must be an object with 'contexts' and 'question', "
+            f"got {type(raw).__name__}; write each example as a JSON object"
+        )
+    unknown = sorted(set(raw) - set(EXAMPLE_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} in attribution example; "
+            f"use only {', '.join(EXAMPLE_KEYS)}"
+        )
+    if "contexts" not in raw:
+        raise UserError(f"{where}: 'contexts' is missing; add the context texts as a JSON list of strings")
+    contexts, document = _parse_contexts(raw["contexts"], where, split)
+    question = raw.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise UserError(f"{where}: 'question' must be a non-empty string; add the question")
+    for key in ("answer", "reference"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise UserError(
+                f"{where}: {key!r} must be a string or null, got {type(raw[key]).__name__}; quote it or drop it"
+            )
+    return AttributionExample(
+        contexts=contexts, question=question, answer=raw.get("answer"),
+        relevant=_parse_relevant(raw.get("relevant"), where, len(contexts)), reference=raw.get("reference"),
+        document=document,
+    )
+
+
+def read_jsonl_examples(path: Path, *, split: str = "segment") -> list[tuple[str, AttributionExample]]:
+    """``(path:line, example)`` for every non-blank line of a JSONL file, each checked by
+    :func:`parse_example` (the caller checks that the file exists and is not empty)."""
+    return [(where, parse_example(raw, where, split=split)) for where, raw in jsonl_rows(path)]
+
+
+def load_examples(source: str | Path | Sequence[dict], *, split: str = "segment") -> list[AttributionExample]:
+    """Examples from a list of dicts or a JSONL file (one JSON object per line, blank lines skipped)."""
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"attribution examples file {str(source)!r} does not exist; pass a JSONL path, a list of "
+                f"examples, or {BUILTIN!r} for the built-in task's held-out prompts"
+            )
+        examples = [example for _, example in read_jsonl_examples(path, split=split)]
+        if not examples:
+            raise UserError(f"{path}: no attribution examples in the file; add one JSON object per line")
+        return examples
+    if not isinstance(source, Sequence) or not source:
+        raise UserError(
+            f"examples must be a non-empty list of dicts, a JSONL path or {BUILTIN!r}, got {source!r}"
+        )
+    return [parse_example(raw, f"examples[{i}]", split=split) for i, raw in enumerate(source)]
+
+
+def builtin_examples(
+    datamodule: Any, num_examples: int | None, *, num_distractors: int | None = None
+) -> list[AttributionExample]:
+    """The first ``num_examples`` held-out records of a :class:`lit_attn.PromptDataModule`.
+
+    Records keep their ground truth: ``contexts``, ``question``, ``relevant`` (the facts the
+    question needs) and ``answer`` (shown as the reference; the attributed answer is the
+    model's own). Held-out records without ``contexts`` and ``question`` (a user's own data)
+    are skipped, so the list is empty for data that has none. With ``num_distractors`` set and
+    the built-in task as the data (no ``train_path`` / ``val_path``), the examples are drawn
+    afresh from the datamodule's task with that many distractor facts instead (seeded by the
+    datamodule's seed, no prompt of the training split): useful when training uses no
+    distractors, where every text is relevant and the scalars would be trivially 1.
+    """
+    from lit_attn.data import PromptDataModule
+    from lit_attn.task import make_split
+
+    if not isinstance(datamodule, PromptDataModule):
+        raise UserError(
+            f"examples={BUILTIN!r} needs lit_attn's PromptDataModule, got {type(datamodule).__name__}; "
+            "pass a list of examples or a JSONL path instead"
+        )
+    hp = datamodule.hparams
+    size = num_examples or hp.val_size
+    if num_distractors is not None and hp.train_path is None and hp.val_path is None:
+        if getattr(hp, "num_texts", 0):
+            raise UserError(
+                f"AttributionCallback num_distractors={num_distractors} redraws plain built-in examples, but the data "
+                f"uses long contexts (data.num_texts={hp.num_texts}); set num_distractors: null to attribute held-out prompts"
+            )
+        train = {r["prompt"] for r in datamodule.records("fit").get("train", [])}
+        try:
+            task = replace(datamodule.task, num_distractors=num_distractors)
+            records = make_split(task, size, seed=mix_seed(hp.seed, 3), exclude=train)
+        except ValueError as err:
+            raise UserError(f"AttributionCallback num_distractors={num_distractors}: {err}") from err
+    else:
+        records = [r for r in datamodule.val_records() if r.get("contexts") and r.get("question")][:size]
+    return [
+        AttributionExample(
+            contexts=tuple(r["contexts"]), question=str(r["question"]),
+            relevant=tuple(r["relevant"]) if r.get("relevant") is not None else None,
+            reference=str(r["answer"]) if r.get("answer") is not None else None,
+        )
+        for r in records
+    ]

@@ -1,0 +1,76 @@
+"""Reading and editing the YAML configs of ``python -m lit_attn fit``, as the CLI reads them.
+
+The shipped configs share a base: ``attnrl.yaml`` starts with ``config: default.yaml`` (the
+file it extends, relative to itself) and states only what differs; ``callbacks+:`` appends to
+the base's callback list. :func:`load_config` resolves both the way LightningCLI does, so a
+script or test can edit the full config and write it back as one self-contained file::
+
+    config = load_config("configs/attnrl.yaml")
+    set_callback_args(config, "AttentionBranchCallback", seed=3)
+    Path("run.yaml").write_text(yaml.safe_dump(config))
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_attn.errors import UserError
+
+INCLUDE = "config"
+"""The key that names the config a file extends (LightningCLI's ``--config``, inside a file)."""
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The whole config ``path`` stands for: its base (``config:``) loaded first, then this
+    file's keys merged over it (mappings key by key, anything else replaced, ``key+:`` lists
+    appended)."""
+    path = Path(path)
+    try:
+        own = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config not found: {path}; pass the path of a YAML config such as configs/default.yaml") from None
+    base: dict[str, Any] = {}
+    if INCLUDE in own:
+        base = load_config(path.parent / own.pop(INCLUDE))
+    return merge(base, own)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base`` (neither is changed): nested mappings merge, ``key+`` appends
+    its list to ``key``'s, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if key.endswith("+"):
+            name = key[:-1]
+            out[name] = list(out.get(name) or []) + copy.deepcopy(list(value))
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and "class_path" not in value:
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def callback_name(entry: dict[str, Any]) -> str:
+    """The class name of a ``trainer.callbacks`` entry."""
+    return str(entry["class_path"]).rsplit(".", 1)[-1]
+
+
+def keep_callbacks(config: dict[str, Any], names: Iterable[str]) -> None:
+    """Keep only the callbacks whose class name is in ``names`` (in their order)."""
+    wanted = set(names)
+    trainer = config.setdefault("trainer", {})
+    trainer["callbacks"] = [c for c in trainer.get("callbacks") or [] if callback_name(c) in wanted]
+
+
+def set_callback_args(config: dict[str, Any], name: str, **args: Any) -> None:
+    """Set ``init_args`` of every callback of class ``name`` (a missing one is an error)."""
+    found = [c for c in config.get("trainer", {}).get("callbacks") or [] if callback_name(c) == name]
+    if not found:
+        raise UserError(f"the config has no {name} callback to set {sorted(args)} on")
+    for entry in found:
+        entry.setdefault("init_args", {}).update(args)
