@@ -37,7 +37,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"grpo": "default.yaml", "attnrl": "attnrl.yaml", "treerl": "treerl.yaml", "early": "attnrl.yaml"}
 COLORS = {"grpo": "C0", "attnrl": "C3", "treerl": "C2", "early": "C1"}
-DEFAULT_DATA = "num_texts=30,num_ops=6,num_distractors=12"
 KEEP_CALLBACKS = ("AttentionBranchCallback", "EntropyBranchCallback")
 
 # ---------------------------------------------------------------------------------------------
@@ -190,12 +189,14 @@ def report(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, 
         "# AttnRL vs GRPO vs TreeRL vs early steps: held-out accuracy against generated tokens",
         "",
         f"Command: `python bench/efficiency.py --budget {args.budget} --seeds {' '.join(map(str, args.seeds))} "
-        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)} --data {args.data}"
+        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)}"
+        + (f" --data {args.data}" if args.data else "")
         + (f" --hard --hard-pool {' '.join(map(str, args.hard_pool))}`" if args.hard else "`"),
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; each run one "
         f"torch thread, {args.parallel} runs side by side; whole benchmark {wall / 60:.1f} min. Model: the shipped tiny "
-        f"Qwen2; task: the built-in facts + arithmetic chain with `{args.data}` for every method"
+        f"Qwen2; task: the built-in facts + arithmetic chain as the shipped configs set it"
+        + (f", with `{args.data}`" if args.data else "") + " for every method"
         + (f", hard prompts only (those the shipped model answers wrong greedily: {args.hard_counts})" if args.hard else "")
         + "; held-out greedy pass@1 over the held-out prompts. "
         "Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; "
@@ -266,7 +267,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="task settings for every method, key=value,...")
+    parser.add_argument("--data", default="", help="task settings for every method over the shipped configs' "
+                        "data section (which all methods share), key=value,...; default: none")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep every run's files here (default: a temporary folder); runs already finished there are reused")
     parser.add_argument("--hard", action="store_true",
@@ -274,7 +276,8 @@ def main() -> None:
     parser.add_argument("--hard-pool", type=int, nargs=2, default=[2400, 440], metavar=("TRAIN", "HELD_OUT"),
                         help="with --hard: built-in prompts rated for each split")
     args = parser.parse_args()
-    data = {k: yaml.safe_load(v) for k, v in (item.split("=") for item in args.data.split(","))}
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=") for item in args.data.split(",") if item)}
+    data = {**load_config(ROOT / "configs" / "default.yaml")["data"], **overrides}  # the setting every method trains on
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -68,6 +68,8 @@ from lit_attn.attribution.isolation import isolated
 from lit_attn.attribution.metrics import RANKING_METRICS, attribution_scalars
 from lit_attn.attribution.prompt import check_length, document_sep, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.attribution.report import heatmap_figure, result_markdown
+from lit_attn.attribution.scores import DEFAULT_TOP_K
+from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
 from lit_attn.strategy import check_strategy
@@ -86,7 +88,10 @@ class AttributionCallback(Callback):
 
     Args:
         examples: the probes. A list of dicts, or the path of a JSONL file with one dict per
-            line, each with ``contexts`` (list of texts), ``question``, optional ``answer``
+            line (checked by :func:`lit_attn.attribution.examples.parse_example`, as
+            ``python -m lit_attn attribute`` checks its input), each with ``contexts`` (list of
+            texts, or one document string cut by the method's ``split``, default ``segment``,
+            settable in ``method_kwargs``), ``question``, optional ``answer``
             (attributed as given; omitted = the current model's greedy answer at each logging
             point), optional ``relevant`` (indices of the texts that truly matter: enables the
             scalars) and optional ``reference`` (expected answer, shown in the table). Or
@@ -133,9 +138,9 @@ class AttributionCallback(Callback):
         tokenizer_attr: str = "tokenizer",
         template: PromptTemplate | str | None = None,
         method: Method = "attntrace",
-        top_k_tokens: int | None = 5,
-        subsample_ratio: float = 0.4,
-        num_subsamples: int = 30,
+        top_k_tokens: int | None = DEFAULT_TOP_K,
+        subsample_ratio: float = DEFAULT_SUBSAMPLE_RATIO,
+        num_subsamples: int = DEFAULT_NUM_SUBSAMPLES,
         seed: int = 0,
         max_new_tokens: int = 64,
         k: int = 5,

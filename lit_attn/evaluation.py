@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.markdown import cell
-from lit_attn.rollout import generate
+from lit_attn.sampling import generate
 
 
 def columns_of(records: list[dict], repeat: int = 1) -> dict[str, list]:

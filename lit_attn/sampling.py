@@ -225,6 +225,29 @@ def sample_continuations(
     return _concatenate(prefixes, parts, [group[0] for group in groups], tokenizer)
 
 
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    do_sample: bool = True,
+    generator_seed: int | None = None,
+    batch_size: int | None = None,
+) -> Rollout:
+    """``num_samples`` completions of each prompt string (rows grouped by prompt), as a
+    :class:`~lit_attn.rollout.Rollout`: :func:`sample_continuations` on the tokenized prompts.
+    ``do_sample=False`` decodes greedily (evaluation and predictions)."""
+    ids = [list(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return sample_continuations(
+        model, tokenizer, ids, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+        do_sample=do_sample, generator_seed=generator_seed, batch_size=batch_size,
+    ).to_rollout(pad_id)
+
+
 def _call_groups(counts: list[int], batch_size: int | None) -> list[list[int]]:
     """Consecutive prefixes grouped so that each group asks for at most ``batch_size``
     continuations (a prefix that asks for more goes alone); one group when None."""

@@ -3,12 +3,12 @@
 Plain Python and torch, no Lightning: everything here is a pure function of its inputs.
 
 **Input.** For one prompt, its G initial :class:`Response` objects. Each holds a
-:class:`Rollout` — the tokens one policy version sampled, their behaviour log-probs, that
+:class:`Sample` — the tokens one policy version sampled, their behaviour log-probs, that
 version, and the reward — and its branch points. A :class:`Branch` names a token offset *into
 the response* where the regenerated part starts and the continuations (rollouts) sampled from
 there; a continuation's tokens start at that offset. Continuations are not branched again.
 
-**Rollout addresses.** Response ``i`` is ``(i,)``; continuation ``j`` of branch ``b`` of
+**Sample addresses.** Response ``i`` is ``(i,)``; continuation ``j`` of branch ``b`` of
 response ``i`` is ``(i, b, j)``.
 
 **Tree.** One virtual root (no tokens) per prompt, with one child per response. A response of
@@ -51,7 +51,7 @@ Address = tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class Rollout:
+class Sample:
     """Tokens one policy version sampled (a response, or a continuation from a branch point),
     their behaviour log-probs (``None`` when unknown), that ``version`` and the reward in [0, 1]."""
 
@@ -67,14 +67,14 @@ class Branch:
     starts, ``0 <= offset < length``) and the continuations sampled from there."""
 
     offset: int
-    continuations: Sequence[Rollout]
+    continuations: Sequence[Sample]
 
 
 @dataclass(frozen=True)
 class Response:
     """One initial response and its branch points (sorted by offset)."""
 
-    rollout: Rollout
+    rollout: Sample
     branches: Sequence[Branch] = ()
 
 
@@ -97,7 +97,7 @@ class Node:
     reward. ``value``, ``num_leaves`` and ``advantage`` are filled in by :func:`build_tree`."""
 
     segment: Segment
-    source: Rollout | None = None
+    source: Sample | None = None
     children: list[Node] = field(default_factory=list)
     reward: float | None = None
     value: float = 0.0
@@ -156,9 +156,9 @@ def _where(address: Address) -> str:
     return f"response {address[0]}, branch {address[1]} continuation {address[2]}"
 
 
-def _check_rollout(rollout: object, where: str) -> Rollout:
-    if not isinstance(rollout, Rollout):
-        raise UserError(f"{where}: expected a Rollout, got {type(rollout).__name__}")
+def _check_rollout(rollout: object, where: str) -> Sample:
+    if not isinstance(rollout, Sample):
+        raise UserError(f"{where}: expected a Sample, got {type(rollout).__name__}")
     reward = rollout.reward
     if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
         raise UserError(f"{where}: reward must be a number in [0, 1], got {reward!r}")
@@ -169,7 +169,7 @@ def _check_rollout(rollout: object, where: str) -> Rollout:
     return rollout
 
 
-def _chain(rollout: Rollout, address: Address, offsets: Sequence[int]) -> list[Node]:
+def _chain(rollout: Sample, address: Address, offsets: Sequence[int]) -> list[Node]:
     """The segment nodes of one rollout cut at ``offsets``, the last one a leaf."""
     bounds = [0, *offsets, len(rollout.tokens)]
     nodes = [Node(Segment(address, bounds[m], bounds[m + 1]), rollout) for m in range(len(bounds) - 1)]

@@ -34,7 +34,7 @@ from lit_attn.experience import Experience, pack_sequences, rollout_metrics
 from lit_attn.branch_rules import RunningMean, adaptive_batch_size, choose_responses, expansion_count
 from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
-from lit_attn.tree import Branch, PathSample, Response, Rollout, all_leaves_equal, build_tree, paths
+from lit_attn.tree import Branch, PathSample, Response, Sample, all_leaves_equal, build_tree, paths
 
 Host = Any
 """The RL module: ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
@@ -72,7 +72,7 @@ class PromptGroup:
 
     record: dict
     prompt_ids: list[int]
-    responses: list[Rollout]
+    responses: list[Sample]
     offsets: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -131,7 +131,7 @@ class ExplorationState:
         self.batch_prompts = state["batch_prompts"]
         self.queue = list(state["queue"])
         self.pending = [
-            PromptGroup(g["record"], g["prompt_ids"], [Rollout(**r) for r in g["responses"]], g["offsets"])
+            PromptGroup(g["record"], g["prompt_ids"], [Sample(**r) for r in g["responses"]], g["offsets"])
             for g in state["pending"]
         ]
         self.fci_mean = RunningMean(**state["fci_mean"])
@@ -165,7 +165,7 @@ class Sampled:
     """The output of the one sampling call of a step."""
 
     groups: list[PromptGroup]  # batch m: G responses per prompt, no branch points yet
-    continuations: dict[tuple[int, int, int], list[Rollout]]  # (pending group, response, offset) → its continuations
+    continuations: dict[tuple[int, int, int], list[Sample]]  # (pending group, response, offset) → its continuations
     generated_tokens: int
     metrics: dict[str, float]
 
@@ -268,13 +268,13 @@ def sample(
         new_tokens.append(new)
     rewards = host.score(records, texts).detach().float().cpu() if texts else torch.zeros(0)
     rollouts = [
-        Rollout(tuple(new), tree_reward(rewards[row]), tuple(out.logprobs[row, : len(new)].tolist()), step)
+        Sample(tuple(new), tree_reward(rewards[row]), tuple(out.logprobs[row, : len(new)].tolist()), step)
         for row, new in enumerate(new_tokens)
     ]
 
     num_new = len(prompt_ids) * G
     groups = [PromptGroup(rec, ids, rollouts[p * G : (p + 1) * G]) for p, (rec, ids) in enumerate(zip(prompts, prompt_ids))]
-    continuations: dict[tuple[int, int, int], list[Rollout]] = {}
+    continuations: dict[tuple[int, int, int], list[Sample]] = {}
     for row in range(num_new, len(out)):
         continuations.setdefault(branch_points[int(out.prefix_index[row]) - len(prompt_ids)], []).append(rollouts[row])
     metrics = {"branching/continuations": float(len(out) - num_new)}
@@ -335,7 +335,7 @@ def choose_branch_points(
     return chosen
 
 
-def build_trees(pending: list[PromptGroup], continuations: dict[tuple[int, int, int], list[Rollout]]) -> list:
+def build_trees(pending: list[PromptGroup], continuations: dict[tuple[int, int, int], list[Sample]]) -> list:
     """Batch m−1's trees: its responses cut at their branch points, the continuations as siblings
     (docs/attnrl.md §6). A branch point whose continuations never came is left out."""
     trees = []

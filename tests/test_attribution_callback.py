@@ -241,6 +241,21 @@ def test_jsonl_examples_and_a_malformed_line(tmp_path):
         AttributionCallback(str(path))
 
 
+def test_a_document_example_is_split_as_the_method_splits_it():
+    document = "k=7. a=3!\nq=5?  m=2."
+    callback = AttributionCallback(
+        [{"contexts": document, "question": "a", "answer": "a=3", "relevant": [1]}], model_attr="lm",
+        tokenizer_attr="tok", num_subsamples=2, method_kwargs={"split": "sentence"},
+    )
+    [example] = callback.examples
+    assert example.contexts == ("k=7.", " a=3!", "\nq=5?", "  m=2.") and example.document == document
+    callback.setup(Trainer(logger=False, enable_progress_bar=False), ForeignLM(), "fit")
+    [result] = callback.attribute_examples(ForeignLM())
+    assert result.contexts == list(example.contexts) and len(result.scores) == 4
+    with pytest.raises(UserError, match=r"examples\[0\]: 'relevant' must be .*into the 1 context texts"):
+        AttributionCallback([{"contexts": document, "question": "a", "relevant": [1]}])  # segment: one piece
+
+
 def test_bad_arguments_are_one_line_errors():
     with pytest.raises(UserError, match="unknown method 'shapley'"):
         AttributionCallback(EXAMPLES, method="shapley")

@@ -121,7 +121,7 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
     ):
         assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
     points = [e.value for e in acc.Scalars("branching/points_per_expanded_response")]
-    assert max(points) == 2.0, points  # the default model's 5-step answers: N = 2 points per expanded response
+    assert max(points) == 2.0, points  # N = 2 branch points per expanded response (the default num_points)
     histograms = acc.Tags()["histograms"]
     assert "branching/fci" in histograms and "branching/branch_position" in histograms
     positions = acc.Histograms("branching/branch_position")[-1].histogram_value
@@ -205,10 +205,10 @@ class FixedScores:
 
 
 def pending(rewards):
-    from lit_attn.tree import Rollout
+    from lit_attn.tree import Sample
     from lit_attn.tree_rl import PromptGroup
 
-    return PromptGroup({"prompt": "p"}, [1], [Rollout((5, 6, 7), r, (0.0,) * 3, 0) for r in rewards])
+    return PromptGroup({"prompt": "p"}, [1], [Sample((5, 6, 7), r, (0.0,) * 3, 0) for r in rewards])
 
 
 def plan(rule, state, batch):
@@ -269,12 +269,12 @@ class _Host:
 
 
 def test_unbranched_responses_count_in_the_root_value_but_give_no_sequence():
-    from lit_attn.tree import Rollout
+    from lit_attn.tree import Sample
     from lit_attn.tree_rl import ExplorationSettings, build_trees, training_sequences
 
     batch = pending([1.0, 0.0, 0.0])
     batch.offsets[0] = [1]
-    continuations = {(0, 0, 1): [Rollout((8, 9), 0.0, (0.0, 0.0), 1), Rollout((8,), 1.0, (0.0,), 1)]}
+    continuations = {(0, 0, 1): [Sample((8, 9), 0.0, (0.0, 0.0), 1), Sample((8,), 1.0, (0.0,), 1)]}
     counts = {}
     for train_unbranched in (False, True):
         trees = build_trees([batch], continuations)

@@ -10,7 +10,7 @@ from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule, check_batch_arithmetic, group_advantages
 from lit_attn.ppo import PPOSettings
 from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
-from lit_attn.rollout import generate, pack
+from lit_attn.sampling import generate
 from lit_attn.tokenizer import build_char_tokenizer
 
 SMALL = SamplingSettings(prompts_per_step=2, group_size=2)
@@ -40,20 +40,6 @@ def test_batch_arithmetic_is_checked_with_the_fix():
         check_batch_arithmetic(SamplingSettings(group_size=8, prompts_per_step=16), minibatch_size=48)
     with pytest.raises(UserError, match="group_size"):
         SamplingSettings(group_size=1, prompts_per_step=16)
-
-
-def test_pack_masks_after_the_first_eos_and_flags_clipping():
-    tok = build_char_tokenizer()
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    a, b = tok.convert_tokens_to_ids(["a", "b"])
-    prompt_mask = torch.tensor([[0, 1], [1, 1]])
-    sequences = torch.tensor([[pad, a, b, eos, a], [a, a, b, b, b]])
-    rollout = pack(sequences, prompt_mask, [eos], tok, max_new_tokens=3)
-    assert rollout.completion_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert rollout.clipped.tolist() == [False, True]
-    assert rollout.completions == ["b", "bbb"]
-    assert rollout.input_ids[0, 4].item() == pad  # after EOS: padding, not the sampled token
-    assert rollout.lengths.tolist() == [2, 3]
 
 
 def test_generate_groups_rows_by_prompt_and_is_seeded(tiny_model_dir):
@@ -125,3 +111,50 @@ def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, t
     resumed = run(8, ckpt_in=next(tmp_path.glob("*step=4*.ckpt")))
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
+
+
+def test_the_grpo_config_trains_with_several_minibatches_and_a_kl_term(tiny_model_dir, reward_module):
+    """configs/grpo.yaml's update (several minibatches per RL step, k3 KL to a frozen reference
+    model), shrunk to the tiny model: every minibatch is an optimiser step, the second one of a
+    step sees a moved policy (ratio ≠ 1, so the clip statistics are live), and the KL grows
+    from 0 as the policy leaves the reference."""
+    from pathlib import Path
+
+    from lightning import Callback, Trainer
+
+    from lit_attn import PromptDataModule
+    from lit_attn.config_files import load_config
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")["model"]
+    update = PPOSettings(**{**shipped["update"], "minibatch_size": 4})
+    sampling = SamplingSettings(**{**shipped["sampling"], "prompts_per_step": 2, "max_new_tokens": 10})
+    assert update.kl_coef > 0 and sampling.completions_per_step // update.minibatch_size > 1
+    module = PolicyModule(
+        name_or_path=str(tiny_model_dir), sampling=sampling, update=update, optimizer=OptimizerSettings(lr=0.05),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([reward_module]),
+    )
+    assert module.ref_model is not None
+    reference = {k: v.clone() for k, v in module.ref_model.state_dict().items()}
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, dict[str, float]]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.steps.append((trainer.global_step, {k: float(v) for k, v in trainer.callback_metrics.items()}))
+
+    record = Record()
+    updates_per_step = sampling.completions_per_step // update.minibatch_size
+    trainer = Trainer(
+        max_steps=3 * updates_per_step, callbacks=[record], logger=False, limit_val_batches=0, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1, enable_checkpointing=False,
+    )
+    data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+    trainer.fit(module, data)
+    assert [step for step, _ in record.steps] == [updates_per_step * (i + 1) for i in range(3)]
+    metrics = [m for _, m in record.steps]
+    assert all("kl" in m and "ratio_mean" in m for m in metrics)
+    assert metrics[-1]["kl"] > 0.0 and metrics[-1]["kl"] > metrics[0]["kl"]
+    assert any(abs(m["ratio_mean"] - 1.0) > 1e-6 for m in metrics)  # later minibatches see a moved policy
+    for name, value in module.ref_model.state_dict().items():  # the reference stays frozen
+        torch.testing.assert_close(value, reference[name], msg=name)

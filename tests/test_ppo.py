@@ -170,3 +170,23 @@ def test_rows_with_a_kl_term_are_never_skipped():
     assert moved > 1e-4  # the KL term alone trains every row
     for x, y in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=2e-6)
+
+
+def test_the_update_takes_log_probs_at_the_experiences_sampling_temperature():
+    """An experience sampled at temperature 0.5 is scored at 0.5 (PolicyModule and the tree
+    step set it from the sampling settings): behaviour and training log-probs then agree."""
+    from lit_attn.logprobs import token_logprobs
+    from lit_attn.ppo import completion_logprobs
+
+    model = build_tiny_model("qwen2", seed=1)
+    exp = grpo_experience()
+    exp.temperature = 0.5
+    for share in (True, False):
+        lp, _ = completion_logprobs(model, exp, PPOSettings(share_prompts=share))
+        ref, _ = token_logprobs(model, exp.input_ids, exp.attention_mask, temperature=0.5)
+        ref = ref[:, exp.prompt_length - 1 : exp.prompt_length - 1 + lp.shape[1]]
+        valid = exp.completion_mask[:, : lp.shape[1]].bool()
+        torch.testing.assert_close(lp[valid], ref[valid], rtol=1e-5, atol=1e-5)
+        plain, _ = token_logprobs(model, exp.input_ids, exp.attention_mask)
+        plain = plain[:, exp.prompt_length - 1 : exp.prompt_length - 1 + lp.shape[1]]
+        assert (lp[valid] - plain[valid]).abs().max() > 1e-3  # temperature 1 would give other numbers

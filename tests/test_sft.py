@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lit_attn.cli import main
 from lit_attn.models import load_policy
-from lit_attn.rollout import generate
+from lit_attn.sampling import generate
 
 
 def test_sft_command_trains_and_exports_a_loadable_policy(tmp_path):

@@ -1,7 +1,7 @@
 """Hand-computed checks of lit_attn.tree (TreeRL-style tree advantages, docs/attnrl.md §6).
 
 Notation: V(n) = mean leaf reward under n, A(n) = [(V(n)-V(root)) + (V(n)-V(parent))]/sqrt(#leaves(n)).
-Rollout addresses: (i,) = response i; (i, b, j) = continuation j of branch b of response i.
+Sample addresses: (i,) = response i; (i, b, j) = continuation j of branch b of response i.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lit_attn.tree import (
     Node,
     PathSample,
     Response,
-    Rollout,
+    Sample,
     Segment,
     Tree,
     all_leaves_equal,
@@ -26,9 +26,9 @@ from lit_attn.tree import (
 )
 
 
-def C(length: int, reward: float) -> Rollout:
+def C(length: int, reward: float) -> Sample:
     """A rollout of ``length`` tokens (ids 0, 1, ...) with ``reward``."""
-    return Rollout(tuple(range(length)), reward)
+    return Sample(tuple(range(length)), reward)
 
 
 def R(length: int, reward: float, branches: list | None = None) -> Response:
@@ -250,7 +250,7 @@ def test_fractional_rewards_are_allowed() -> None:
         ([R(5, -0.1)], r"reward must be a number in \[0, 1\]"),
         ([R(5, float("inf"))], r"reward must be a number"),
         ([R(5, "1")], r"reward must be a number"),
-        ([Response(Rollout((1, 2), 1.0, logprobs=(0.0,)))], "1 log-probs for 2 tokens"),
+        ([Response(Sample((1, 2), 1.0, logprobs=(0.0,)))], "1 log-probs for 2 tokens"),
         ([R(5, 1.0, [Branch(5, [C(2, 1.0)])])], r"branch 0 offset 5 must be an int in 0\.\.4"),
         ([R(5, 1.0, [Branch(-2, [C(2, 1.0)])])], "offset -2"),
         (
@@ -266,7 +266,7 @@ def test_fractional_rewards_are_allowed() -> None:
             [R(3, 1.0), R(5, 1.0, [Branch(2, [C(2, float("nan"))])])],
             r"response 1, branch 0 continuation 0: reward must be a number in \[0, 1\], got nan",
         ),
-        ([R(5, 1.0, [Branch(2, [(2, 1.0)])])], "continuation 0: expected a Rollout, got tuple"),
+        ([R(5, 1.0, [Branch(2, [(2, 1.0)])])], "continuation 0: expected a Sample, got tuple"),
         ([(5, 1.0)], "response 0 must be a Response"),
     ],
 )
@@ -289,9 +289,9 @@ def test_a_branch_at_offset_0_is_a_fresh_sample_under_an_empty_node():
 
 
 def test_paths_carry_the_tokens_logprobs_and_versions_of_their_segments():
-    response = Rollout((10, 11, 12, 13), 0.0, logprobs=(-0.1, -0.2, -0.3, -0.4), version=3)
-    continuation = Rollout((20, 21), 1.0, logprobs=(-1.0, -2.0), version=4)
-    tree = build_tree([Response(response, [Branch(2, [continuation])]), Response(Rollout((30,), 1.0), ())])
+    response = Sample((10, 11, 12, 13), 0.0, logprobs=(-0.1, -0.2, -0.3, -0.4), version=3)
+    continuation = Sample((20, 21), 1.0, logprobs=(-1.0, -2.0), version=4)
+    tree = build_tree([Response(response, [Branch(2, [continuation])]), Response(Sample((30,), 1.0), ())])
     by = {p.leaf: p for p in paths(tree)}
     branch = by[(0, 0, 0)]
     assert branch.tokens == (10, 11, 20, 21) and branch.versions == (3, 3, 4, 4)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -37,6 +36,8 @@ from lit_attn.attribution.baselines import METHODS, attribute
 from lit_attn.attribution.examples import AttributionExample, read_jsonl_examples
 from lit_attn.attribution.prompt import SPLIT_MODES, TEMPLATES, PromptTemplate, chat_template, resolve_template
 from lit_attn.attribution.result import AttributionResult
+from lit_attn.attribution.scores import DEFAULT_TOP_K
+from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO
 from lit_attn.errors import UserError
 
 _TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
@@ -54,12 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``attribute`` subcommand's arguments."""
     parser = _Parser(prog="python -m lit_attn attribute", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="local model directory (default: the shipped model)")
-    parser.add_argument("--input", required=True, help="JSONL file: contexts, question, [answer], [relevant]")
+    parser.add_argument("--input", required=True, help="JSONL file: contexts, question, [answer], [relevant], [reference]")
     parser.add_argument("--output", default=None, help="JSONL file to write the scores to")
     parser.add_argument("--method", default="attntrace", choices=METHODS, help="attribution method")
-    parser.add_argument("--top-k", type=int, default=None, help="AttnTrace: tokens averaged per text, 0 = all (5)")
-    parser.add_argument("--num-subsamples", type=int, default=None, help="AttnTrace: rounds B (30)")
-    parser.add_argument("--subsample-ratio", type=float, default=None, help="AttnTrace: fraction ρ per round (0.4)")
+    parser.add_argument("--top-k", type=int, default=None, help=f"AttnTrace: tokens averaged per text, 0 = all ({DEFAULT_TOP_K})")
+    parser.add_argument("--num-subsamples", type=int, default=None, help=f"AttnTrace: rounds B ({DEFAULT_NUM_SUBSAMPLES})")
+    parser.add_argument("--subsample-ratio", type=float, default=None, help=f"AttnTrace: fraction ρ per round ({DEFAULT_SUBSAMPLE_RATIO})")
     parser.add_argument("--seed", type=int, default=None, help="AttnTrace: seed of the draws (0)")
     parser.add_argument("--template", default="builtin", choices=sorted(TEMPLATES), help="prompt template")
     parser.add_argument(
@@ -136,7 +137,8 @@ def prompt_template(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase
     try:
         return chat_template(resolve_template(args.template), tokenizer)
     except UserError as err:
-        raise UserError(f"--chat-template: {err}; drop --chat-template") from None
+        problem = str(err).split("; ")[0]
+        raise UserError(f"--chat-template: {problem}; drop --chat-template") from None
 
 
 def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_attn.errors import UserError
-from lit_attn.models import context_length, eval_mode
-from lit_attn.rollout import eos_ids
 from lit_attn.attention.steps import STEP_DELIMITER
+from lit_attn.errors import UserError
+from lit_attn.models import context_length
+from lit_attn.rollout import eos_ids
+from lit_attn.sampling import sample_continuations
 
 SPLIT_MODES = ("segment", "paragraph", "sentence")
 """Ways to cut one long document into texts."""
@@ -225,8 +226,9 @@ CHAT_MARKER = "LitAttnPromptMarker"
 def chat_template(template: PromptTemplate, tokenizer: PreTrainedTokenizerBase) -> PromptTemplate:
     """``template`` inside the tokenizer's chat template: the whole prompt (texts, question) as
     the one user message, then the opened assistant turn (``add_generation_prompt``) that the
-    answer follows. A BOS token that the chat template writes out is dropped from ``before``
-    when the tokenizer adds BOS itself (it would appear twice)."""
+    answer follows. The message is the prompt verbatim (whitespace that a chat template might
+    trim around a message is kept). A BOS token that the chat template writes out is dropped
+    from ``before`` when the tokenizer adds BOS itself (it would appear twice)."""
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"the tokenizer ({type(tokenizer).__name__}) has no chat template; "
@@ -266,16 +268,10 @@ def generate_answer(
     limit = context_length(model)
     budget = max_new_tokens if limit is None else min(max_new_tokens, limit - len(prompt_ids))
     check_length(model, len(prompt_ids), 1)
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    stop = eos_ids(model, tokenizer)
-    config = GenerationConfig(
-        max_new_tokens=max(1, budget), do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop or None
-    )
-    with eval_mode(model):
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    stop = set(eos_ids(model, tokenizer))
+    sampled = sample_continuations(model, tokenizer, [list(prompt_ids)], 1, max_new_tokens=max(1, budget), do_sample=False)
     answer: list[int] = []
-    for token in out[0, ids.shape[1] :].tolist():
+    for token in sampled.new_tokens(0):
         if token in stop:
             break
         answer.append(token)

@@ -13,7 +13,9 @@ For one sequence ``prompt ‖ answer`` (the prompt holding the texts at known to
 Nothing T×T is built: the model runs its normal sdpa forward while
 :func:`~lit_attn.attention.capture.capture_qk` streams each layer's post-RoPE queries and keys
 to :class:`TextScoreAccumulator`, which computes only the ``|R| × T`` rows, in head and row
-chunks (extra memory ``4 · batch · heads_per_chunk · rows_per_chunk · T`` bytes).
+chunks (extra memory ``4 · batch · heads_per_chunk · rows_per_chunk · T`` bytes per
+temporary; for a bfloat16 / float16 model also the layer's keys copied to fp32,
+``4 · batch · kv_heads · T · head_dim`` bytes, one layer at a time: docs/attribution.md §4).
 """
 
 from __future__ import annotations

@@ -42,6 +42,12 @@ from lit_attn.attribution.prompt import (
 )
 from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.scores import DEFAULT_TOP_K, text_scores_batch
+
+DEFAULT_SUBSAMPLE_RATIO = 0.4
+"""ρ of docs/attribution.md §3: the fraction of the texts each subsampling round keeps."""
+
+DEFAULT_NUM_SUBSAMPLES = 30
+"""B of docs/attribution.md §3: subsampling rounds."""
 from lit_attn.errors import UserError
 from lit_attn.rollout import left_pad
 
@@ -123,8 +129,8 @@ class AttnTrace:
         *,
         template: PromptTemplate | str | None = None,
         top_k_tokens: int | None = DEFAULT_TOP_K,
-        subsample_ratio: float = 0.4,
-        num_subsamples: int = 30,
+        subsample_ratio: float = DEFAULT_SUBSAMPLE_RATIO,
+        num_subsamples: int = DEFAULT_NUM_SUBSAMPLES,
         seed: int = 0,
         max_new_tokens: int = 64,
         batch_size: int = DEFAULT_BATCH_SIZE,
