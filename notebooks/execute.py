@@ -23,8 +23,10 @@ def execute(path: Path) -> None:
     nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     ).execute()
-    for cell in notebook.cells:  # kernel timing metadata changes every run; keep diffs to real changes
-        cell.get("metadata", {}).pop("execution", None)
+    for cell in notebook.cells:
+        cell.get("metadata", {}).pop("execution", None)  # timings change every run; keep diffs to real changes
+        if cell.cell_type == "code":  # warnings and progress bars name this machine's paths; results stay
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
     nbformat.write(notebook, path)
     print(f"executed {path.relative_to(ROOT)}")
 
