@@ -54,7 +54,6 @@ validation run that attributed (``attribution/seconds``, a wall-clock time, stay
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -62,7 +61,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_attn.attribution import METHODS, AttnTrace, AttributionResult, PromptTemplate, attention_scores, attribute, leave_one_out
+from lit_attn.attribution import METHODS, AttributionResult, PromptTemplate, attribute
+from lit_attn.attribution.baselines import check_method_params
 from lit_attn.attribution.examples import BUILTIN, AttributionExample, builtin_examples, load_examples
 from lit_attn.attribution.isolation import isolated
 from lit_attn.attribution.metrics import RANKING_METRICS, attribution_scalars
@@ -76,7 +76,6 @@ from lit_attn.strategy import check_strategy
 
 Method = Literal["attntrace", "leave_one_out", "attention"]
 ATTENTION_METHODS = ("attntrace", "attention")
-METHOD_TARGETS = {"attntrace": AttnTrace, "leave_one_out": leave_one_out, "attention": attention_scores}
 MONITORED = tuple(f"attribution/{name}" for name in RANKING_METRICS)
 """The scalars that also go to ``trainer.callback_metrics`` (through ``pl_module.log_dict``)."""
 
@@ -367,14 +366,5 @@ def _check_arguments(
 
 def _check_method_kwargs(method: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
     """``method_kwargs`` when the method takes every one of them; else a one-line :class:`UserError`."""
-    accepted = {
-        name for name, p in inspect.signature(METHOD_TARGETS[method]).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(method_kwargs) - accepted)
-    if unknown:
-        raise UserError(
-            f"AttributionCallback: method {method!r} does not take {', '.join(unknown)}; "
-            f"its options are {', '.join(sorted(accepted))}"
-        )
+    check_method_params(method, method_kwargs, who="AttributionCallback: method ")
     return dict(method_kwargs)

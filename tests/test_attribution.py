@@ -338,7 +338,7 @@ def test_attribute_dispatches_and_rejects_unknown_method_or_option() -> None:
     assert trace.method == "attntrace" and trace.params["rounds"] == 3
     with pytest.raises(UserError, match="unknown attribution method 'shapley'"):
         attribute(model, TOKENIZER, CONTEXTS, "a+m", "a=3", method="shapley")
-    with pytest.raises(UserError, match="leave_one_out does not take num_subsamples"):
+    with pytest.raises(UserError, match="'leave_one_out' does not take num_subsamples"):
         attribute(model, TOKENIZER, CONTEXTS, "a+m", "a=3", method="leave_one_out", num_subsamples=3)
 
 

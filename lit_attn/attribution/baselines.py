@@ -117,17 +117,25 @@ def attribute(
 ) -> AttributionResult:
     """Attribute ``answer`` to the context texts with ``method``; ``params`` go to the method
     (:class:`AttnTrace`'s arguments, or those of :func:`leave_one_out` / :func:`attention_scores`)."""
-    target = {"attntrace": AttnTrace, "leave_one_out": leave_one_out, "attention": attention_scores}.get(method)
-    if target is None:
-        raise UserError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
-    accepted = [
-        name for name, p in inspect.signature(target).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise UserError(f"{method} does not take {', '.join(unknown)}; its options are {', '.join(accepted)}")
+    check_method_params(method, params)
     if method == "attntrace":
         return AttnTrace(model, tokenizer, **params).attribute(contexts, question, answer)
     if method == "leave_one_out":
         return leave_one_out(model, tokenizer, contexts, question, answer, **params)
     return attention_scores(model, tokenizer, contexts, question, answer, **params)
+
+
+def method_options(method: str) -> list[str]:
+    """The keyword options ``method`` takes (its ``params`` in :func:`attribute`)."""
+    target = {"attntrace": AttnTrace, "leave_one_out": leave_one_out, "attention": attention_scores}.get(method)
+    if target is None:
+        raise UserError(f"unknown attribution method {method!r}; use one of {', '.join(METHODS)}")
+    return [name for name, p in inspect.signature(target).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def check_method_params(method: str, params: Any, *, who: str = "") -> None:
+    """A one-line :class:`UserError` unless ``method`` takes every key of ``params``."""
+    accepted = method_options(method)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise UserError(f"{who}{method!r} does not take {', '.join(unknown)}; its options are {', '.join(sorted(accepted))}")
