@@ -6,12 +6,13 @@ dicts, as :class:`lit_attn.PolicyModule` does (``prompt``, ``completion``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lit_attn.records import write_jsonl
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -34,12 +35,6 @@ class PredictionWriter(BasePredictionWriter):
         target = Path(self.path) if self.path else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
         if trainer.world_size > 1:
             target = target.with_suffix(f".rank{trainer.global_rank}.jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".partial")
-        with partial.open("w") as handle:
-            for batch in predictions:
-                for row in batch:
-                    handle.write(json.dumps(row) + "\n")
-        partial.replace(target)
+        write_jsonl(target, (row for batch in predictions for row in batch))
         self.written = target
         print(f"predictions written to {target}")

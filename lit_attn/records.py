@@ -13,7 +13,9 @@ Parquet), what is wrong and how to fix it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,21 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                     "fix the line so it holds exactly one JSON object"
                 ) from None
             yield where, value
+
+
+def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Write one JSON value per line to a temporary file beside ``path``, then rename it over
+    ``path``: a reader never sees half a file, and a failure leaves no partial file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:

@@ -21,9 +21,6 @@ input ends with one line ``error: <problem>; <fix>`` and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -39,6 +36,7 @@ from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.scores import DEFAULT_TOP_K
 from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO
 from lit_attn.errors import UserError
+from lit_attn.records import write_jsonl
 
 _TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -141,20 +139,6 @@ def prompt_template(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase
         raise UserError(f"--chat-template: {problem}; drop --chat-template") from None
 
 
-def _write_atomically(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write JSONL to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def load_model(
     name_or_path: str | None, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -211,5 +195,5 @@ def run_attribute(argv: list[str], console: Console | None = None) -> None:
             rows.append(output_row(where, example, result))
             progress.advance(task)
     if args.output:
-        _write_atomically(Path(args.output), rows)
+        write_jsonl(Path(args.output), rows)
         console.print(f"wrote {len(rows)} results to {args.output}", soft_wrap=True, highlight=False)
