@@ -161,10 +161,14 @@ def completion_logprobs(
 
 
 @torch.no_grad()
-def batched_completion_logprobs(model: torch.nn.Module, batch: Experience, settings: PPOSettings) -> torch.Tensor:
-    """Completion log-probs of every row, (N, C), computed one micro-batch at a time."""
+def batched_completion_logprobs(
+    model: torch.nn.Module, batch: Experience, settings: PPOSettings, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Completion log-probs of ``rows`` (default every row), in an (N, C) tensor (0 in the other
+    rows), computed one micro-batch at a time."""
     out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32, device=batch.input_ids.device)
-    rows = torch.arange(batch.num_sequences, device=batch.input_ids.device)
+    if rows is None:
+        rows = torch.arange(batch.num_sequences, device=batch.input_ids.device)
     for chunk in micro_batches(batch.attention_mask, rows, settings):
         lp = completion_logprobs(model, batch, settings, rows=chunk)[0]
         out[chunk, : lp.shape[1]] = lp.float()
@@ -245,12 +249,12 @@ def ppo_update(
         optimizer.step()
         return {}
     minibatches = [order[j * settings.minibatch_size : (j + 1) * settings.minibatch_size] for j in range(count)]
+    signal = _rows_with_signal(experience, mask, settings)
     old_lp = experience.old_logprobs
-    if old_lp is None and count > 1 and n:
-        old_lp = batched_completion_logprobs(model, experience, settings)
+    if old_lp is None and count > 1 and bool(signal.any()):  # only the rows that train need them
+        old_lp = batched_completion_logprobs(model, experience, settings, rows=signal.nonzero().squeeze(-1))
     ref_lp = _reference_logprobs(model, experience, settings, ref_model, ref_context) if n else None
     length = int(reduce_over_ranks(trainer, [mask.shape[-1]], "max")[0])  # Dr. GRPO's constant T
-    signal = _rows_with_signal(experience, mask, settings)
 
     totals: dict[str, float] = {}
     weight = 0.0

@@ -119,13 +119,15 @@ def _positions_run(model) -> list[int]:
     return seen
 
 
+@pytest.mark.parametrize("minibatch_size", [12, 4])
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_shared_prompts_and_skipped_rows_give_the_plain_update(aggregation):
+def test_shared_prompts_and_skipped_rows_give_the_plain_update(aggregation, minibatch_size):
     """share_prompts and skip_zero_advantage change the work, not the update: the weights after
-    the step equal those of the plain update, and the body runs on fewer positions."""
+    the step equal those of the plain update, and the body runs on fewer positions. With three
+    minibatches the behaviour log-probs are computed first, for the trained rows only."""
     model = build_tiny_model("qwen2", seed=1)
     exp = grpo_experience()
-    base = dict(minibatch_size=12, aggregation=aggregation, grad_clip=0.0, micro_batch_size=5)
+    base = dict(minibatch_size=minibatch_size, aggregation=aggregation, grad_clip=0.0, micro_batch_size=5)
     plain = copy.deepcopy(model)
     plain_seen = _positions_run(plain)
     ppo_update(SGDHost(plain), plain, exp, PPOSettings(**base, share_prompts=False, skip_zero_advantage=False),
