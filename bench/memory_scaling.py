@@ -109,6 +109,9 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
 NOTES = """
 ## Reading the numbers (written by hand)
 
+- **Measured before `share_prompts` and `skip_zero_advantage` existed** (docs/scaling.md). Both
+  only take work out of a micro-batch (a prompt run once for the rows that share it; rows
+  with no gradient left out), so they can lower these peaks, not raise them; not re-run.
 - **Flat at a fixed micro-batch.** With `micro_batch_size = rollout_batch_size = 2` the peak
   stays at 1.64-1.75 GiB above the baseline while the step's batch grows 8× (2 → 16
   sequences of 2.3K tokens), for GRPO and for AttnRL alike. Without micro-batches it doubles
