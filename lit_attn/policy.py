@@ -34,10 +34,15 @@ from lit_attn.models import context_length, load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
 from lit_attn.records import validate_prompt_lengths
 from lit_attn.rewards import RewardSet
-from lit_attn.sampling import generate, sample_continuations
 from lit_attn.rollout import Rollout
+from lit_attn.sampling import generate, sample_continuations
 from lit_attn.seeding import mix_seed
-from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
+from lit_attn.settings import (
+    EvaluationSettings,
+    OptimizerSettings,
+    RewardSettings,
+    SamplingSettings,
+)
 from lit_attn.strategy import check_strategy
 
 

@@ -21,7 +21,10 @@ WHERE = f"(transformers {transformers.__version__})"
 
 def test_attention_and_mask_registries_that_capture_qk_extends():
     """lit_attn.attention.capture registers an attention function next to ``sdpa``."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     assert "sdpa" in ALL_ATTENTION_FUNCTIONS, f"ALL_ATTENTION_FUNCTIONS lost 'sdpa' {WHERE}: update lit_attn/attention/capture.py"
