@@ -69,7 +69,7 @@ from lit_attn.attribution.metrics import RANKING_METRICS, attribution_scalars
 from lit_attn.attribution.prompt import check_length, document_sep, encode_answer, resolve_template, tokenize_prompt
 from lit_attn.attribution.report import heatmap_figure, result_markdown
 from lit_attn.attribution.scores import DEFAULT_TOP_K
-from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO
+from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO, check_trace_settings
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
 from lit_attn.strategy import check_strategy
@@ -345,12 +345,10 @@ def _check_arguments(
     """One-line :class:`UserError` for a bad AttributionCallback argument."""
     if method not in METHODS:
         raise UserError(f"AttributionCallback: unknown method {method!r}; use one of {', '.join(METHODS)}")
-    for name, value in (("top_k_tokens", top_k_tokens or 1), ("num_subsamples", num_subsamples),
-                        ("max_new_tokens", max_new_tokens), ("k", k)):
+    check_trace_settings(top_k_tokens, subsample_ratio, num_subsamples, who="AttributionCallback: ")
+    for name, value in (("max_new_tokens", max_new_tokens), ("k", k)):
         if value < 1:
             raise UserError(f"AttributionCallback: {name} must be >= 1, got {value}")
-    if not 0.0 < subsample_ratio <= 1.0:
-        raise UserError(f"AttributionCallback: subsample_ratio must be in (0, 1], got {subsample_ratio}")
     if num_examples is not None and num_examples < 1:
         raise UserError(f"AttributionCallback: num_examples must be >= 1 or null (all), got {num_examples}")
     if every_n_train_steps is not None and every_n_train_steps < 0:

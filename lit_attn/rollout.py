@@ -52,6 +52,14 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[
     return sorted(i for i in ids if i is not None)
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for padding (pad, else end-of-sequence, else 0); padded positions are masked."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """``(input_ids, attention_mask, pad_offsets)`` of a left-padded batch."""
     width = max(len(s) for s in sequences)

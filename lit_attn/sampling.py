@@ -35,7 +35,7 @@ from lit_attn.errors import UserError
 from lit_attn.kv_cache import new_cache
 from lit_attn.logprobs import position_ids_from_mask
 from lit_attn.models import cache_keyword, context_length, eval_mode, model_device
-from lit_attn.rollout import Rollout, eos_ids, left_pad
+from lit_attn.rollout import Rollout, eos_ids, left_pad, pad_id
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _concatenate(
 ) -> Continuations:
     """One :class:`Continuations` from calls over consecutive groups of prefixes (group ``k``
     starts at prefix ``firsts[k]``)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     kept = [(part, first) for part, first in zip(parts, firsts) if len(part)]
     if not kept:
         parts[0].prefixes = prefixes
@@ -165,7 +165,7 @@ def _concatenate(
 
     return Continuations(
         prefixes=prefixes,
-        tokens=torch.cat([padded(p.tokens, pad_id) for p in parts]),
+        tokens=torch.cat([padded(p.tokens, pad) for p in parts]),
         logprobs=torch.cat([padded(p.logprobs, 0.0) for p in parts]),
         mask=torch.cat([padded(p.mask, 0) for p in parts]),
         prefix_index=torch.cat([p.prefix_index.cpu() + first for p, first in zip(parts, firsts)]).to(parts[0].tokens.device),
@@ -241,11 +241,11 @@ def generate(
     :class:`~lit_attn.rollout.Rollout`: :func:`sample_continuations` on the tokenized prompts.
     ``do_sample=False`` decodes greedily (evaluation and predictions)."""
     ids = [list(tokenizer(prompt)["input_ids"]) for prompt in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     return sample_continuations(
         model, tokenizer, ids, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
         do_sample=do_sample, generator_seed=generator_seed, batch_size=batch_size,
-    ).to_rollout(pad_id)
+    ).to_rollout(pad)
 
 
 def _call_groups(counts: list[int], batch_size: int | None) -> list[list[int]]:
@@ -294,7 +294,7 @@ def _sample(
 ) -> Continuations:
     """One sampling call: prefill the distinct prefixes, repeat their cache rows, decode."""
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     rows = _Rows.of(prefixes, counts, budgets)
     if not rows.row_of:
         empty = torch.zeros(0, 0, dtype=torch.long)
@@ -309,11 +309,11 @@ def _sample(
     budget = torch.tensor(rows.budget, dtype=torch.long, device=device)
     stop = torch.tensor(eos_ids(model, tokenizer), dtype=torch.long, device=device)
     with eval_mode(model):
-        tokens, logprobs, lengths, ended = _decode(model, rows, budget, stop, pad_id, temperature, do_sample, generator)
+        tokens, logprobs, lengths, ended = _decode(model, rows, budget, stop, pad, temperature, do_sample, generator)
     width = int(lengths.max())
     columns = torch.arange(width, device=device)
     token_mask = (columns[None, :] < lengths[:, None]).long()
-    tokens = tokens[:, :width].masked_fill(token_mask == 0, pad_id)
+    tokens = tokens[:, :width].masked_fill(token_mask == 0, pad)
     return Continuations(
         prefixes=prefixes,
         tokens=tokens,

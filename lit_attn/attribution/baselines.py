@@ -19,9 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.models import eval_mode
 from lit_attn.attribution.prompt import PromptTemplate
-from lit_attn.rollout import left_pad
+from lit_attn.rollout import left_pad, pad_id
 from lit_attn.attribution.result import AttributionResult
-from lit_attn.attribution.trace import DEFAULT_BATCH_SIZE, AttnTrace, pad_id, prepare
+from lit_attn.attribution.trace import DEFAULT_BATCH_SIZE, AttnTrace, prepare
 from lit_attn.errors import UserError
 from lit_attn.logprobs import token_logprobs
 

@@ -49,7 +49,7 @@ DEFAULT_SUBSAMPLE_RATIO = 0.4
 DEFAULT_NUM_SUBSAMPLES = 30
 """B of docs/attribution.md §3: subsampling rounds."""
 from lit_attn.errors import UserError
-from lit_attn.rollout import left_pad
+from lit_attn.rollout import left_pad, pad_id
 
 DEFAULT_BATCH_SIZE = 8
 """Sequences per forward pass (rounds, or leave-one-out variants)."""
@@ -92,12 +92,14 @@ def prepare(
     return PreparedInput(contexts=texts, question=question, answer=answer, pieces=pieces)
 
 
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id used for left padding (pad, else end-of-sequence, else 0)."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
+def check_trace_settings(top_k_tokens: int | None, subsample_ratio: float, num_subsamples: int, *, who: str = "") -> None:
+    """A one-line :class:`UserError` (prefixed ``who``) for a bad K, ρ or B."""
+    if top_k_tokens is not None and top_k_tokens < 1:
+        raise UserError(f"{who}top_k_tokens must be >= 1 (or None for all tokens), got {top_k_tokens}")
+    if not 0.0 < subsample_ratio <= 1.0:
+        raise UserError(f"{who}subsample_ratio must be in (0, 1], got {subsample_ratio}")
+    if num_subsamples < 1:
+        raise UserError(f"{who}num_subsamples must be >= 1, got {num_subsamples}")
 
 
 class AttnTrace:
@@ -136,12 +138,7 @@ class AttnTrace:
         batch_size: int = DEFAULT_BATCH_SIZE,
         split: str = "segment",
     ) -> None:
-        if top_k_tokens is not None and top_k_tokens < 1:
-            raise UserError(f"top_k_tokens must be >= 1 (or None for all tokens), got {top_k_tokens}")
-        if not 0.0 < subsample_ratio <= 1.0:
-            raise UserError(f"subsample_ratio must be in (0, 1], got {subsample_ratio}")
-        if num_subsamples < 1:
-            raise UserError(f"num_subsamples must be >= 1, got {num_subsamples}")
+        check_trace_settings(top_k_tokens, subsample_ratio, num_subsamples)
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if max_new_tokens < 1:
