@@ -200,7 +200,10 @@ class SFTModule(LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> torch.Tensor:
         input_ids, mask, labels, lookups = self.encode_lookups(batch)
         weight = self.hparams.lookup_supervision
-        if self.hparams.context_hygiene > 0 and self.global_step >= self.hparams.context_hygiene_from:
+        # Context hygiene needs every head's rows at every solution position: the subtotal mode's
+        # long solutions (no context lookups but the facts', already supervised) skip it.
+        hygiene_batch = not any(rec.get("mode") == "subtotal" for rec in batch)
+        if hygiene_batch and self.hparams.context_hygiene > 0 and self.global_step >= self.hparams.context_hygiene_from:
             out, lookup, hygiene = self.hygiene_forward(batch, input_ids, mask, labels, lookups)
             self.log("train/lookup_loss", lookup, batch_size=len(batch))
             self.log("train/context_hygiene_loss", hygiene, batch_size=len(batch))

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_attn.attribution.longcontext import LongContextTask
 from lit_attn.errors import UserError
-from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, format_prompt, make_split
+from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, SubtotalTask, format_prompt, make_split, slip_subtotals
 
 FIRST_FACTS = 8
 """Most facts per context while the curriculum starts (recall drills only)."""
@@ -73,6 +73,13 @@ class WarmStartMix:
             (with context hygiene on, its heads look away), as attribution needs when it
             drops texts from the context.
         absent_from: the first batch that may hold such chains.
+        subtotal: from batch ``subtotal_from`` on, the fraction of batches drawn from the
+            task's subtotal mode (:class:`~lit_attn.task.SubtotalTask`), with 0 to 6
+            distractors and 3 to 6 facts per subtotal.
+        subtotal_from: the first batch that may be a subtotal batch.
+        slip: in subtotal batches, the chance that each subtotal of a reference solution slips
+            by ±1 (:func:`~lit_attn.task.slip_subtotals`): the warm-started policy errs at the
+            load-bearing steps at about this rate, and RL has those errors to remove.
     """
 
     drill: float = 0.3
@@ -84,8 +91,15 @@ class WarmStartMix:
     ramp_steps: int = 500
     absent: float = 0.0
     absent_from: int = 0
+    subtotal: float = 0.0
+    subtotal_from: int = 0
+    slip: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.subtotal <= 1 or not 0 <= self.slip <= 1 or self.subtotal_from < 0:
+            raise ValueError(
+                f"subtotal and slip must be in [0, 1] and subtotal_from >= 0; got {self.subtotal}, {self.slip}, {self.subtotal_from}"
+            )
         if not 0 <= self.absent <= 1 or self.absent_from < 0:
             raise ValueError(f"absent must be in [0, 1] and absent_from >= 0; got {self.absent}, {self.absent_from}")
         if not (0 <= self.drill and 0 <= self.long_context and self.drill + self.long_context <= 1):
@@ -130,8 +144,18 @@ class WarmStartMix:
             paraphrases=rng.random() < 0.5, injection=rng.random() < 0.5,
         ).record(rng)
 
+    def subtotal_example(self, rng: random.Random) -> dict[str, Any]:
+        """One subtotal-mode record, its subtotals slipped at the rate ``slip``."""
+        task = SubtotalTask(subtotal_facts=rng.randint(3, 6), num_distractors=rng.randint(0, 6), modulus=self.modulus)
+        return slip_subtotals(task.example(rng), rng, self.slip, self.modulus)
+
     def batch(self, seed: int, index: int, size: int) -> list[dict[str, Any]]:
         """Training batch ``index`` of the run seeded ``seed`` (a pure function of the three)."""
+        if self.subtotal > 0 and index >= self.subtotal_from:
+            # A stream of its own, so the other batches stay those of a run without this mode.
+            own = random.Random(f"warm-start-subtotal-{seed}-{index}")
+            if own.random() < self.subtotal:
+                return [self.subtotal_example(own) for _ in range(size)]
         rng = random.Random(f"warm-start-{seed}-{index}")
         kind = self.kind(rng, index)
         facts = self.max_facts(index)
@@ -179,18 +203,27 @@ def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[in
 
     ``query`` is a position at or after ``prompt_length`` holding a fact key (``m=``) whose key
     occurs exactly once in the prompt; ``source`` is the prompt position right after that
-    occurrence — the first token of the fact's value. A key absent from the prompt, or present
-    twice, has no single right answer and is left out.
+    occurrence — the first token of the fact's value. A key present twice in the prompt has no
+    single right answer and is left out. A key absent from the prompt is a name the solution
+    defines itself (the subtotal mode's ``…=x=7``): its later occurrences look up the value
+    written right after its first one.
     """
     seen: dict[int, list[int]] = {}
     for pos in range(prompt_length):
         if input_ids[pos] in key_ids:
             seen.setdefault(int(input_ids[pos]), []).append(pos)
+    named: dict[int, int] = {}  # keys the solution itself defines (the subtotal mode's x=, y=)
     pairs = []
     for pos in range(prompt_length, len(input_ids)):
-        where = seen.get(int(input_ids[pos]))
-        if where is not None and len(where) == 1 and where[0] + 1 < prompt_length:
-            pairs.append((pos, where[0] + 1))
+        key = int(input_ids[pos])
+        where = seen.get(key)
+        if where is not None:
+            if len(where) == 1 and where[0] + 1 < prompt_length:
+                pairs.append((pos, where[0] + 1))
+        elif key in key_ids:
+            first = named.setdefault(key, pos)
+            if first != pos:
+                pairs.append((pos, first + 1))
     return pairs
 
 
@@ -248,8 +281,14 @@ HELD_OUT_SETS: dict[str, tuple[int, int, int]] = {
 """Held-out sets of the warm start: name → (num_ops, distractor facts, texts; 0 = plain task)."""
 
 
+SUBTOTAL_SET = "subtotal"
+"""Held-out set of the subtotal mode (:class:`~lit_attn.task.SubtotalTask` defaults, correct solutions)."""
+
+
 def held_out_set(name: str, size: int, seed: int, modulus: int = 10) -> list[dict[str, Any]]:
     """``size`` held-out records of set ``name``, drawn from seeds no training batch uses."""
+    if name == SUBTOTAL_SET:
+        return make_split(SubtotalTask(modulus=modulus), size, seed=f"warm-start-held-out-{name}-{seed}")
     num_ops, distractors, texts = HELD_OUT_SETS[name]
     if not texts:
         task = FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=modulus)
@@ -277,7 +316,11 @@ class WarmStartDataModule(LightningDataModule):
             some of the facts the question needs (``WarmStartMix``).
         absent_from: the first batch with such chains (the SFT command sets it to
             ``model.context_hygiene_from``).
-        val_sets: held-out sets to validate on (names of ``HELD_OUT_SETS``).
+        subtotal: fraction of batches, from batch ``subtotal_from`` on, of the task's subtotal
+            mode (``WarmStartMix``).
+        subtotal_from: the first batch that may be a subtotal batch.
+        slip: the chance that each subtotal of a subtotal-mode reference solution slips by ±1.
+        val_sets: held-out sets to validate on (names of ``HELD_OUT_SETS``, or ``subtotal``).
         val_size: examples per held-out set.
         seed: seed of the training batches and of the held-out sets.
     """
@@ -295,6 +338,9 @@ class WarmStartDataModule(LightningDataModule):
         ramp_steps: int = 500,
         absent: float = 0.0,
         absent_from: int = 0,
+        subtotal: float = 0.0,
+        subtotal_from: int = 0,
+        slip: float = 0.0,
         val_sets: list[str] | None = None,
         val_size: int = 64,
         seed: int = 0,
@@ -305,13 +351,16 @@ class WarmStartDataModule(LightningDataModule):
             self.mix = WarmStartMix(
                 drill=drill, long_context=long_context, min_texts=min_texts, max_texts=max_texts, modulus=modulus,
                 recall_steps=recall_steps, ramp_steps=ramp_steps, absent=absent, absent_from=absent_from,
+                subtotal=subtotal, subtotal_from=subtotal_from, slip=slip,
             )
         except ValueError as err:
             raise UserError(f"data: {err}") from err
         self.val_sets = list(HELD_OUT_SETS) if val_sets is None else list(val_sets)
-        unknown = sorted(set(self.val_sets) - set(HELD_OUT_SETS))
+        unknown = sorted(set(self.val_sets) - set(HELD_OUT_SETS) - {SUBTOTAL_SET})
         if unknown:
-            raise UserError(f"data.val_sets: unknown set(s) {', '.join(unknown)}; choose from {', '.join(HELD_OUT_SETS)}")
+            raise UserError(
+                f"data.val_sets: unknown set(s) {', '.join(unknown)}; choose from {', '.join([*HELD_OUT_SETS, SUBTOTAL_SET])}"
+            )
         if batch_size < 1 or val_batch_size < 1 or val_size < 1:
             raise UserError("data.batch_size, data.val_batch_size and data.val_size must be >= 1")
         self.batches = WarmStartBatches(self.mix, seed, batch_size)

@@ -103,3 +103,80 @@ def test_in_format_accepts_reference_shapes_and_rejects_others():
     assert not in_format("\n\n".join(steps[:-2] + steps[-1:]), ex["question"])  # a step missing
     assert not in_format(ex["solution"].replace("(", ""), ex["question"])
     assert not in_format(ex["solution"] + "\n\nanswer 3", ex["question"])
+
+
+# ----------------------------------------------------------------------------- subtotal mode
+
+from lit_attn.task import OPENERS, SUBTOTALS, SubtotalTask, first_wrong_step, slip_subtotals, solution_steps  # noqa: E402
+
+
+def test_subtotal_solution_is_correct_long_and_names_its_results_mid_answer():
+    task = SubtotalTask()
+    for seed in range(30):
+        ex = task.example(random.Random(seed))
+        steps = ex["solution"].split("\n\n")
+        assert verify(ex["solution"], ex["answer"]) == 1.0
+        assert len(steps) == task.num_steps >= 12  # long enough for the paper's Δ = 4
+        named = [i for i, s in enumerate(steps) if "=x=" in s or "=y=" in s]
+        assert named == [task.subtotal_facts - 1, 2 * task.subtotal_facts - 1]  # the last step of each subtotal
+        # every step of the final chain opens with a free word and reads a subtotal or a fact by name
+        assert all(s.split(" ")[0] in OPENERS for s in steps[2 * task.subtotal_facts : -1])
+        readers = [i for i, s in enumerate(steps) if "(x=" in s or "(y=" in s]
+        assert len(readers) == len(task.pattern)
+        assert min(readers) >= named[0] + 4  # read back at least Δ = 4 steps later
+        assert not any(c.split("=")[0] in SUBTOTALS for c in ex["contexts"])
+
+
+def test_subtotal_answer_recomputed_by_hand():
+    ex = SubtotalTask(subtotal_facts=3, pattern="xyy", num_distractors=0, modulus=10).example(random.Random(5))
+    values = {k: int(v) for k, v in (c.split("=") for c in ex["contexts"])}
+    definitions, final = ex["question"].split(";")
+
+    def evaluate(expr: str, env: dict) -> int:
+        acc, i = env[expr[0]], 1
+        while i < len(expr):
+            acc = (acc + env[expr[i + 1]] if expr[i] == "+" else acc - env[expr[i + 1]]) % 10
+            i += 2
+        return acc
+
+    for definition in definitions.split(","):
+        name, expr = definition.split(":")
+        values[name] = evaluate(expr, values)
+    assert ex["answer"] == str(evaluate(final, values))
+
+
+def test_slips_always_change_the_answer_and_are_followed_consistently():
+    task = SubtotalTask()
+    for seed in range(40):
+        ex = task.example(random.Random(seed))
+        slipped = slip_subtotals(ex, random.Random(seed), rate=1.0)
+        assert sorted(slipped["slipped"]) == ["x", "y"]
+        assert verify(slipped["solution"], ex["answer"]) == 0.0  # x and y are read a different number of times
+        steps = slipped["solution"].split("\n\n")
+        x = int(steps[task.subtotal_facts - 1].rsplit("=", 1)[1])
+        assert f"(x={x})" in slipped["solution"]  # later steps read the slipped value
+        assert first_wrong_step(slipped["solution"], ex["solution"]) == task.subtotal_facts - 1
+    assert slip_subtotals(ex, random.Random(0), rate=0.0) is ex
+
+
+def test_a_pattern_whose_slips_can_cancel_is_refused():
+    with pytest.raises(ValueError, match="cancel"):
+        SubtotalTask(pattern="xyxy")
+    with pytest.raises(ValueError, match="num_distractors"):
+        SubtotalTask(num_distractors=30)
+
+
+def test_first_wrong_step():
+    ex = FactChainTask(num_ops=3).example(random.Random(2))
+    steps = ex["solution"].split("\n\n")
+    assert first_wrong_step(ex["solution"], ex["solution"]) is None
+    wrong = steps[:2] + [steps[2].replace(")=", ")=1", 1)] + steps[3:]
+    assert first_wrong_step("\n\n".join(wrong), ex["solution"]) == 2
+    assert first_wrong_step("\n\n".join(steps[:2]), ex["solution"]) == 2  # stopped early: the first missing step
+    # the opening word of a subtotal-mode final step is free
+    sub = SubtotalTask().example(random.Random(1))
+    reworded = "\n\n".join(
+        ("so " + s.split(" ", 1)[1]) if s.split(" ")[0] in OPENERS else s for s in sub["solution"].split("\n\n")
+    )
+    assert reworded != sub["solution"] and first_wrong_step(reworded, sub["solution"]) is None
+    assert solution_steps("then a+b:1+(b=2)=3") == ["a+b:1+(b=2)=3"]

@@ -170,3 +170,35 @@ def test_a_solution_is_learned_up_to_the_key_of_its_first_absent_fact():
     assert learned[1] == "a=3\n\na+m:3+(m="  # nothing after the key of the missing fact
     rows = lookups[0].tolist()
     assert rows.count(0) == 3 and rows.count(1) == 2  # a= and k= still have a fact to read; m= has none
+
+
+def test_lookup_targets_follow_names_the_solution_defines():
+    from lit_attn.task import SubtotalTask
+
+    ex = SubtotalTask().example(__import__("random").Random(0))
+    prompt = TOK(ex["prompt"])["input_ids"]
+    ids = prompt + TOK(ex["solution"], add_special_tokens=False)["input_ids"]
+    pairs = lookup_targets(ids, len(prompt), KEYS)
+    named = [(q, s) for q, s in pairs if TOK.decode([ids[q]]) in ("x=", "y=")]
+    assert len(named) == len(SubtotalTask().pattern)  # every read of a subtotal
+    for query, source in named:
+        assert source > len(prompt)  # the value the solution wrote where it named the subtotal
+        assert TOK.decode([ids[source - 1]]) == TOK.decode([ids[query]])
+        assert ids[source] == ids[query + 1]  # ... which is the value the read copies
+
+
+def test_subtotal_batches_join_from_their_step_and_leave_other_batches_alone():
+    plain = WarmStartMix(recall_steps=0, ramp_steps=0)
+    mixed = WarmStartMix(recall_steps=0, ramp_steps=0, subtotal=0.5, subtotal_from=10, slip=0.5)
+    assert [plain.batch(0, i, 2) for i in range(10)] == [mixed.batch(0, i, 2) for i in range(10)]
+    later = [mixed.batch(0, i, 4) for i in range(10, 60)]
+    subtotal = [b for b in later if b[0].get("mode") == "subtotal"]
+    assert 10 < len(subtotal) < 40
+    others = [b for i, b in zip(range(10, 60), later) if b[0].get("mode") != "subtotal"]
+    assert all(b == plain.batch(0, i, 4) for i, b in zip(range(10, 60), later) if b in others)
+    records = [r for b in subtotal for r in b]
+    slipped = sum(bool(r.get("slipped")) for r in records) / len(records)
+    assert 0.55 < slipped < 0.95  # each of two subtotals slips with p = 0.5: 1 - 0.25 of solutions
+    assert all(verify(r["solution"], r["answer"]) == float(not r.get("slipped")) for r in records)
+    with pytest.raises(ValueError, match="slip"):
+        WarmStartMix(slip=1.5)

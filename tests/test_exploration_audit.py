@@ -1,0 +1,34 @@
+"""What branching found: step of a branch offset, first wrong step of a built-in record."""
+
+from __future__ import annotations
+
+import random
+
+from lit_attn.attention import split_steps
+from lit_attn.exploration_audit import before_first_error, first_error, step_of_offset
+from lit_attn.task import SubtotalTask
+from lit_attn.tokenizer import build_char_tokenizer
+
+TOK = build_char_tokenizer()
+
+
+def test_offsets_map_to_the_step_that_holds_them():
+    prompt = TOK("a=1\na?\n\n")["input_ids"]
+    response = TOK("a=1\n\nb:2\n\nanswer 3", add_special_tokens=False)["input_ids"]
+    spans = split_steps(prompt + response, TOK, prompt_length=len(prompt))
+    starts = [a - len(prompt) for a, _ in spans[1:]]
+    assert [step_of_offset(spans, len(prompt), off) for off in starts] == [0, 1, 2]
+    assert step_of_offset(spans, len(prompt), starts[1] + 2) == 1  # a token inside step 1
+    assert step_of_offset(spans, len(prompt), len(response)) == 2  # the end belongs to the last step
+    assert before_first_error(spans, len(prompt), [starts[1], starts[2]], error_step=1) == [True, False]
+
+
+def test_first_error_of_a_slipped_subtotal_response():
+    task = SubtotalTask()
+    record = task.example(random.Random(4))
+    steps = record["solution"].split("\n\n")
+    slipped = steps[:]
+    slipped[3] = slipped[3][:-1] + str((int(slipped[3][-1]) + 1) % 10)
+    assert first_error(record, "\n\n".join(slipped)) == 3
+    assert first_error(record, record["solution"]) is None
+    assert first_error({"prompt": "p", "answer": "1"}, "anything") is None  # a user's data: no step truth
