@@ -28,10 +28,11 @@ when there is no earlier batch to train on yet).
 
 Prompt batch: the data loader's batch (``prompts_per_step`` records) joins a queue; a step
 takes its current batch size ``B_m`` from the front. When ``B_m`` has grown past what the
-queue holds, the missing prompts are drawn at random from the training dataset (the
-callback's own generator). The queue keeps at most ``4 × prompts_per_step`` records; older
-ones beyond that are dropped (counted in ``branching/prompts_skipped``). All of this state is in ``state_dict()``: a run
-killed and resumed from a checkpoint continues exactly.
+queue holds, the callback takes the training loader's next batches at once (those Lightning
+would have handed to the next steps), so every prompt is used once, in data order, as in the
+authors' code; what a step leaves stays queued for the next one (``branching/prompts_queued``).
+All of this state is in ``state_dict()``: a run killed and resumed from a checkpoint
+continues exactly (the loader's own position counts the batches taken early).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loops.fetchers import _PrefetchDataFetcher
 
 from lit_attn.attention.fci import DEFAULT_BLOCK_SIZE
 from lit_attn.attention.steps import STEP_DELIMITER
@@ -64,7 +66,7 @@ class BranchingCallback(Callback):
     Args:
         continuations: T, new continuations sampled at each branch point (paper: 2).
         num_points: branch points per expanded response (paper: 2).
-        adaptive_sampling: docs/attnrl.md §4's ADS — expand ``round(exp(-z)·G)`` responses per prompt
+        adaptive_sampling: docs/attnrl.md §4's ADS — expand ``ceil(exp(-z)·G)`` responses per prompt
             (incorrect-first rule), FCI filter for all-correct prompts. Off: every response is
             expanded (TreeRL).
         all_correct_expand: responses expanded for an all-correct prompt kept by the filter (paper: 3).
@@ -73,10 +75,9 @@ class BranchingCallback(Callback):
         target_sequences: B′, training sequences wanted per step; None = the loader's prompts
             per step × G × (1 + num_points × continuations), the paths an expanded response
             yields (the authors' B·G·5).
-        max_batch_prompts: the largest prompt batch B_m may grow to (None = 4 × the loader's
-            prompts per step). Prompts beyond what the loader gave are drawn at random from the
-            training dataset when it is a map-style dataset of records batched by the loader;
-            otherwise a step takes at most what the queue holds.
+        max_batch_prompts: an optional memory guard: the largest prompt batch B_m may grow to
+            (None = no cap, as in the authors' code). Prompts beyond what the loader gave are
+            the loader's next ones; at the end of an epoch a step takes what there is.
         train_unbranched: also train on responses that were not expanded, each as a one-node
             path with advantage 2·(r − V(root)). Off by default, as in the authors' code: they
             count only in V(root).
@@ -187,25 +188,30 @@ class BranchingCallback(Callback):
     def make_experience(self, module: LightningModule, records: list[dict]) -> Experience:
         """What this step trains on (:func:`lit_attn.tree_rl.explore_step`)."""
         experience, self._histograms = explore_step(
-            module, records, self.state, self.settings, self.rule, self._draw_prompts, self._reduce
+            module, records, self.state, self.settings, self.rule, self._next_prompts, self._reduce
         )
         return experience
 
     def _reduce(self, values: list[float], op: str) -> list[float]:
         return reduce_over_ranks(self._trainer, values, op)
 
-    def _draw_prompts(self, count: int, generator: torch.Generator) -> list[dict]:
-        """``count`` extra prompts for a batch grown past the loader's, drawn at random (the
-        state's generator, so a resumed run draws the same) from the training dataset."""
-        loader = self._trainer.train_dataloader if self._trainer is not None else None
-        pool = getattr(loader, "dataset", None)
-        # only a map-style dataset of records (a loader that batches them) can lend prompts
-        if getattr(loader, "batch_size", None) is None or not (hasattr(pool, "__getitem__") and hasattr(pool, "__len__")):
+    def _next_prompts(self, count: int) -> list[dict]:
+        """At least ``count`` more prompts for a batch grown past the loader's: the training
+        loader's next batches, taken now from the iterator Lightning's fit loop reads (so later
+        steps get the batches after them), until ``count`` are in or the epoch ends. The batches
+        taken here skip Lightning's batch-transfer hooks (records are plain lists of dicts).
+        Nothing when the module reads the loader itself (a ``dataloader_iter`` training step)."""
+        fetcher = getattr(getattr(self._trainer, "fit_loop", None), "_data_fetcher", None)
+        if not isinstance(fetcher, _PrefetchDataFetcher):
             return []
-        if len(pool) == 0 or not isinstance(pool[0], dict):
-            return []
-        picks = torch.randint(len(pool), (count,), generator=generator).tolist()
-        return [pool[i] for i in picks]
+        prompts: list[dict] = []
+        while len(prompts) < count:
+            try:
+                batch, _, _ = next(fetcher)
+            except StopIteration:
+                break
+            prompts.extend(batch)
+        return prompts
 
 
 class AttentionBranchCallback(BranchingCallback):
@@ -226,7 +232,9 @@ class AttentionBranchCallback(BranchingCallback):
             eligible steps, FCI not used for choosing; the FCI filter of ADS still applies).
         think_end_tag: for thinking models, steps from the one that closes this tag on are
             not FCI targets (None = off).
-        fci_block_size: query rows per block in the FCI computation (memory ∝ block · T).
+        fci_block_size: query rows per block in the FCI computation; None (default) = auto,
+            chosen from the batch, head count and length so a score tile stays cache-sized
+            (lit_attn.attention.fci.fci_block_shape; measured in docs/bench_attention_scoring.md).
         **kwargs: :class:`BranchingCallback`'s arguments (continuations, num_points, ADS,
             adaptive batch size, seed).
     """
@@ -239,7 +247,7 @@ class AttentionBranchCallback(BranchingCallback):
         min_token_distance: int = 0,
         selection: str = "fci",
         think_end_tag: str | None = None,
-        fci_block_size: int = DEFAULT_BLOCK_SIZE,
+        fci_block_size: int | None = DEFAULT_BLOCK_SIZE,
         continuations: int = 2,
         num_points: int = 2,
         adaptive_sampling: bool = True,

@@ -135,15 +135,21 @@ def entropy_branch_offsets(entropy: torch.Tensor | Sequence[float], *, num_point
 
 def expansion_count(num_correct: int, group_size: int) -> int:
     """Responses to expand for a prompt with ``num_correct`` of ``group_size`` correct:
-    ``round(exp(-z) · G)`` with ``z = num_correct / G`` (docs/attnrl.md §4; half rounds up).
+    ``ceil(exp(-z) · G)`` with ``z = num_correct / G`` (docs/attnrl.md §4, as the authors' code).
 
-    For G = 6 and 0..6 correct: 6, 5, 4, 4, 3, 3, 2. (All-correct prompts go through the FCI
-    filter instead; see :class:`AdaptiveSampling`.)
+    For G = 6 and 0..6 correct: 6, 6, 5, 4, 4, 3, 3. (All-correct prompts go through the FCI
+    filter instead; see :func:`lit_attn.tree_rl.plan_expansion`.)
     """
     if not 0 <= num_correct <= group_size:
         raise UserError(f"num_correct must be in 0..{group_size}, got {num_correct}")
     z = num_correct / group_size
-    return int(math.floor(math.exp(-z) * group_size + 0.5))
+    return _exact_ceil(math.exp(-z) * group_size)
+
+
+def _exact_ceil(value: float) -> int:
+    """``ceil(value)``, float noise removed first: a value within 1e-9 of an integer is that
+    integer (``0.1 * 21 + 0.9 * 21`` is 21.000000000000004 in floats; its ceil must be 21)."""
+    return math.ceil(round(value, 9))
 
 
 def choose_responses(correct: Sequence[bool], count: int, generator: torch.Generator) -> list[int]:
@@ -195,13 +201,14 @@ def prompt_mean_fci(fci_per_response: Sequence[torch.Tensor]) -> float:
 
 
 def adaptive_batch_size(previous: int, target_sequences: int, sequences_left: int, *, lam: float = 0.9) -> int:
-    """``B_m = round(λ·B_{m-1} + (1-λ)·(B′/B″)·B_{m-1})`` (docs/attnrl.md §4).
+    """``B_m = ceil((1-λ)·⌊B_{m-1}·B′/B″⌋ + λ·B_{m-1})`` (docs/attnrl.md §4, as the authors' code).
 
-    ``target_sequences`` is B′, ``sequences_left`` B″ (training sequences after last step's
-    zero-advantage filter; 0 is treated as 1 so an all-filtered step doubles down on prompts
-    instead of dividing by zero). The result is at least 1.
+    ``previous`` is B_{m-1}, the value this recurrence gave last (the batch size last decided,
+    not the size of some batch trained since); ``target_sequences`` is B′, ``sequences_left``
+    B″ (training sequences after this step's zero-advantage filter; 0 is treated as 1 so an
+    all-filtered step grows the batch instead of dividing by zero). The result is at least 1.
     """
     if not 0 <= lam <= 1:
         raise UserError(f"lambda must be in [0, 1], got {lam} (the paper's value is 0.9)")
-    ratio = target_sequences / max(sequences_left, 1)
-    return max(1, int(math.floor(lam * previous + (1 - lam) * ratio * previous + 0.5)))
+    wanted = previous * target_sequences // max(sequences_left, 1)
+    return max(1, _exact_ceil((1 - lam) * wanted + lam * previous))

@@ -14,7 +14,8 @@ Per token, with ``r = exp(logp - logp_old)`` (the log-ratio clamped to ±20 firs
   advantage the plain PPO objective is unbounded as ``r`` grows; the dual clip caps it.
 * **KL penalty** towards a reference policy (optional), the "k3" estimator
   ``exp(ref - logp) - (ref - logp) - 1``, which is non-negative and unbiased for
-  KL(policy ‖ ref) when the tokens are sampled from the policy; added as ``kl_coef · kl``.
+  KL(policy ‖ ref) when the tokens are sampled from the policy; clamped to ±10 per token
+  (as verl's "low_var_kl", which the authors' code uses); added as ``kl_coef · kl``.
 
 The per-token losses are reduced in one of three ways:
 
@@ -47,6 +48,9 @@ AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 LOG_RATIO_CLAMP = 20.0
 """Bound on |logp - logp_old| and |ref - logp| before exponentiation (exp(20) ≈ 4.9e8)."""
+
+KL_CLAMP = 10.0
+"""Bound on each token's k3 KL value (verl's "low_var_kl"): a token past it adds no KL gradient."""
 
 
 def _check_shapes(
@@ -181,7 +185,7 @@ def policy_loss(
     if ref_logprobs is not None:
         ref_diff = torch.where(valid, ref_logprobs.detach() - logprobs, zero)
         ref_diff = ref_diff.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        kl = torch.exp(ref_diff) - ref_diff - 1.0
+        kl = (torch.exp(ref_diff) - ref_diff - 1.0).clamp(-KL_CLAMP, KL_CLAMP)
         if kl_coef > 0.0:
             per_token = pg + kl_coef * kl
 

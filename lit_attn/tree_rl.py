@@ -60,7 +60,7 @@ COUNT_METRICS = frozenset({
     "branching/continuations", "branching/fci_filter_kept", "branching/fci_filter_dropped",
     "branching/responses_expanded", "branching/branch_points", "branching/sequences_after_filter",
     "branching/prompts_trained", "branching/prompts_zero_advantage", "branching/prompts_dropped",
-    "branching/prompts_skipped", "branching/batch_prompts",
+    "branching/prompts_queued", "branching/batch_prompts",
 })
 """The step metrics that are counts: summed over ranks when logged (the others are averaged)."""
 
@@ -104,7 +104,7 @@ class ExplorationState:
     seed: int = 0
     rank: int = 0  # this process's rank (not checkpointed: each rank's state is saved under its rank)
     rl_step: int = 0
-    batch_prompts: int | None = None
+    batch_prompts: int | None = None  # B_m: the adaptive batch recurrence's last value (the next step takes it)
     queue: list[dict] = field(default_factory=list)
     pending: list[PromptGroup] = field(default_factory=list)
     fci_mean: RunningMean = field(default_factory=RunningMean)
@@ -179,19 +179,19 @@ def explore_step(
     state: ExplorationState,
     settings: ExplorationSettings,
     rule: BranchRule,
-    draw_prompts: Callable[[int, torch.Generator], list[dict]] = lambda count, generator: [],
+    next_prompts: Callable[[int], list[dict]] = lambda count: [],
     reduce: Reduce = lambda values, op: list(values),
 ) -> tuple[Experience, dict[str, torch.Tensor]]:
     """Sample, choose branch points, build last step's trees: what this step trains on.
 
-    ``records`` is the data loader's batch (this rank's); ``draw_prompts(count, generator)``
-    lends extra prompts when the adaptive batch has grown past what the queue holds;
-    ``reduce(values, "sum")`` sums numbers over the processes of a data-parallel run, so ADS's
-    running mean and the batch size are global (identity in one process). Returns the
-    experience (its ``metrics`` filled; the counts among them listed in ``count_metrics``)
-    and histograms to log.
+    ``records`` is the data loader's batch (this rank's); ``next_prompts(count)`` lends at
+    least ``count`` more prompts, the next ones in data order (or fewer where the data ends),
+    when the adaptive batch has grown past what the queue holds; ``reduce(values, "sum")`` sums
+    numbers over the processes of a data-parallel run, so ADS's running mean and the batch
+    size are global (identity in one process). Returns the experience (its ``metrics``
+    filled; the counts among them listed in ``count_metrics``) and histograms to log.
     """
-    prompts, skipped = take_prompts(state, records, draw_prompts)
+    prompts = take_prompts(state, records, next_prompts)
     sampled = sample(host, prompts, state.pending, settings, state.rl_step, state.rank)
     scores = rule.score(host, sampled.groups) if sampled.groups else None
     expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings, reduce)
@@ -200,18 +200,19 @@ def explore_step(
     experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
 
     if settings.adaptive_batch:
-        # every rank gets the same B_m: the update reads the ranks' mean prompts and sequences
-        trained, left, active = reduce([len(state.pending), experience.num_sequences, float(bool(state.pending))], "sum")
+        # every rank gets the same B_m: the update reads the ranks' mean sequences (B″) and the
+        # recurrence's own last value, which every rank holds alike
+        left, active = reduce([experience.num_sequences, float(bool(state.pending))], "sum")
         if active:
             state.batch_prompts = next_batch_size(
-                round(trained / active), round(left / active), len(records), host.group_size, settings
+                state.batch_prompts, round(left / active), len(records), host.group_size, settings
             )
     state.pending = sampled.groups
     state.rl_step += 1
     experience.generated_tokens = sampled.generated_tokens
     experience.metrics = {
         **sampled.metrics, **ads_metrics, **chosen.metrics, **tree_metrics,
-        "branching/prompts_skipped": float(skipped),
+        "branching/prompts_queued": float(len(state.queue)),
         "branching/batch_prompts": float(len(prompts)),
     }
     experience.count_metrics = COUNT_METRICS
@@ -221,21 +222,18 @@ def explore_step(
 # ------------------------------------------------------------------------------- stages
 
 
-def take_prompts(
-    state: ExplorationState, records: list[dict], draw_prompts: Callable[[int, torch.Generator], list[dict]]
-) -> tuple[list[dict], int]:
-    """The step's ``B_m`` prompts from the front of the queue the loader's batch joins; extra
-    ones drawn when B_m exceeds the queue; returns them and how many old ones were dropped
-    (the queue keeps at most 4 × the loader's batch)."""
+def take_prompts(state: ExplorationState, records: list[dict], next_prompts: Callable[[int], list[dict]]) -> list[dict]:
+    """The step's ``B_m`` prompts from the front of the queue the loader's batch joins, in data
+    order: when B_m exceeds the queue, ``next_prompts`` adds the ones that come next. What is
+    left stays queued for the next step (nothing is dropped: with B_m below the loader's
+    batch the queue grows by the difference each step; it holds prompt records only)."""
     state.queue.extend(records)
     if state.batch_prompts is None:
         state.batch_prompts = len(records)
     if len(state.queue) < state.batch_prompts:
-        state.queue.extend(draw_prompts(state.batch_prompts - len(state.queue), state.generator))
+        state.queue.extend(next_prompts(state.batch_prompts - len(state.queue)))
     taken, state.queue = state.queue[: state.batch_prompts], state.queue[state.batch_prompts :]
-    skipped = max(0, len(state.queue) - 4 * max(len(records), 1))
-    state.queue = state.queue[skipped:]
-    return taken, skipped
+    return taken
 
 
 def sample(
@@ -287,7 +285,7 @@ def plan_expansion(
     groups: list[PromptGroup], scores: list[float] | None, state: ExplorationState, settings: ExplorationSettings,
     reduce: Reduce = lambda values, op: list(values),
 ) -> tuple[list[list[int]], dict[str, float]]:
-    """ADS (docs/attnrl.md §4): which responses of each prompt to expand. ``round(exp(-z)·G)``
+    """ADS (docs/attnrl.md §4): which responses of each prompt to expand. ``ceil(exp(-z)·G)``
     with the incorrect-first rule; an all-correct prompt is kept (3 expanded) only when its
     filter score (``scores[p]``; None = no filter) beats the running mean of all-correct
     prompts so far, this batch included — on every rank (``reduce`` sums over ranks)."""
@@ -379,12 +377,13 @@ def training_sequences(
     return experience, metrics
 
 
-def next_batch_size(trained_prompts: int, sequences_left: int, loader_prompts: int, group_size: int, settings: ExplorationSettings) -> int:
-    """B_m from the prompts trained this step and the sequences the filter left (B″), toward
-    B′ = loader prompts × G × (1 + N·T), capped at ``max_batch_prompts`` (4 × the loader's)."""
+def next_batch_size(previous: int, sequences_left: int, loader_prompts: int, group_size: int, settings: ExplorationSettings) -> int:
+    """The next B_m from the recurrence's last value and the sequences the filter left (B″),
+    toward B′ = loader prompts × G × (1 + N·T); at most ``max_batch_prompts`` when that memory
+    guard is set (the recurrence then goes on from the capped value)."""
     target = settings.target_sequences or loader_prompts * group_size * (1 + settings.num_points * settings.continuations)
-    grown = adaptive_batch_size(trained_prompts, target, sequences_left, lam=settings.batch_lambda)
-    return min(grown, settings.max_batch_prompts or 4 * max(loader_prompts, 1))
+    grown = adaptive_batch_size(previous, target, sequences_left, lam=settings.batch_lambda)
+    return grown if settings.max_batch_prompts is None else min(grown, settings.max_batch_prompts)
 
 
 def tree_reward(value: torch.Tensor) -> float:

@@ -82,9 +82,11 @@ def test_entropy_offsets_are_the_highest_entropy_tokens_but_the_last_in_position
 
 
 def test_expansion_counts_match_the_paper_table():
-    assert [expansion_count(c, 6) for c in range(7)] == [6, 5, 4, 4, 3, 3, 2]
+    # ceil(exp(-z)·G), as the authors' code: one more than rounding at 1, 2 and 4 correct of 6
+    assert [expansion_count(c, 6) for c in range(7)] == [6, 6, 5, 4, 4, 3, 3]
     assert expansion_count(0, 8) == 8
-    assert expansion_count(4, 8) == round(math.exp(-0.5) * 8)
+    assert expansion_count(4, 8) == math.ceil(math.exp(-0.5) * 8)  # 4.85 → 5
+    assert [expansion_count(0, g) for g in range(1, 65)] == list(range(1, 65))  # an exact integer stays itself
     with pytest.raises(UserError):
         expansion_count(7, 6)
 
@@ -132,11 +134,14 @@ def test_running_mean_and_prompt_mean_fci():
 
 
 def test_adaptive_batch_size():
-    # B_m = round(λ B + (1-λ) (B'/B'') B)
+    # B_m = ceil((1-λ)·floor(B·B'/B'') + λ·B), B = the recurrence's own last value
     assert adaptive_batch_size(16, 96, 96, lam=0.9) == 16
-    assert adaptive_batch_size(16, 96, 48, lam=0.9) == round(0.9 * 16 + 0.1 * 2 * 16)  # 17.6 → 18
-    assert adaptive_batch_size(16, 96, 192, lam=0.9) == 15  # 14.4 + 0.8 = 15.2
-    assert adaptive_batch_size(16, 96, 0, lam=0.0) == 16 * 96
+    assert adaptive_batch_size(16, 96, 48, lam=0.9) == 18  # 0.1·32 + 14.4 = 17.6
+    assert adaptive_batch_size(16, 96, 192, lam=0.9) == 16  # 0.1·8 + 14.4 = 15.2 (rounding gave 15)
+    assert adaptive_batch_size(16, 480, 270, lam=0.9) == 18  # floor(28.44) = 28: 2.8 + 14.4 = 17.2
+    assert adaptive_batch_size(16, 96, 0, lam=0.0) == 16 * 96  # B'' = 0 counts as 1
     assert adaptive_batch_size(1, 1, 1000, lam=0.0) == 1
+    # 0.1·1 + 0.9·21 is 19.000000000000004 in floats: the ceil of an exact 19 stays 19
+    assert adaptive_batch_size(21, 1, 21, lam=0.9) == 19
     with pytest.raises(UserError, match="lambda"):
         adaptive_batch_size(16, 96, 96, lam=1.5)

@@ -41,17 +41,18 @@ def trainer(max_steps: int, callbacks: list, **kwargs) -> Trainer:
 
 
 class Recorder:
-    """Wraps a callback's make_experience: keeps each experience and a copy of the weights that
-    sampled it (the weights in place when make_experience runs)."""
+    """Wraps a callback's make_experience: keeps each experience, a copy of the weights that
+    sampled it (the weights in place when make_experience runs) and the prompts it took."""
 
     def __init__(self, callback, module):
-        self.experiences, self.weights = [], []
+        self.experiences, self.weights, self.prompts = [], [], []
         inner = callback.make_experience
 
         def wrapped(mod, records):
             self.weights.append(copy.deepcopy(mod.model.state_dict()))
             exp = inner(mod, records)
             self.experiences.append(exp)
+            self.prompts.append([g.record["prompt"] for g in callback.state.pending])  # the prompts this step took
             return exp
 
         callback.make_experience = wrapped
@@ -225,7 +226,7 @@ def test_ads_through_the_callback_fci_filter_and_expansion_counts():
     from lit_attn.tree_rl import ExplorationState
 
     all_right = [1.0] * 6
-    mostly_right = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # z = 4/6 → 3 expanded, both wrong ones among them
+    mostly_right = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # z = 4/6 → ceil(3.08) = 4 expanded, both wrong ones among them
     rule, state = FixedScores([1.0, 3.0, 9.0]), ExplorationState()
     batch = [pending(all_right), pending(all_right), pending(mostly_right)]
     metrics = plan(rule, state, batch)
@@ -234,7 +235,7 @@ def test_ads_through_the_callback_fci_filter_and_expansion_counts():
     assert [bool(o) for o in batch[0].offsets] == [False] * 6  # 1.0 ≤ 2: dropped
     assert sum(bool(o) for o in batch[1].offsets) == 3  # 3.0 > 2: kept, 3 expanded
     expanded = [i for i, o in enumerate(batch[2].offsets) if o]
-    assert len(expanded) == 3 and {1, 4} <= set(expanded)
+    assert len(expanded) == 4 and {1, 4} <= set(expanded)  # rounding gave 3
     assert metrics["branching/fci_filter_kept"] == 1 and metrics["branching/fci_filter_dropped"] == 1
 
     # the next batch compares against the mean of everything seen: (1 + 3 + 2.5) / 3
@@ -294,7 +295,115 @@ def test_the_prompt_batch_grows_when_the_filter_leaves_fewer_sequences_than_want
     trainer(4, [callback]).fit(module, small_data())
     sizes = [e.metrics["branching/batch_prompts"] for e in rec.experiences]
     # B' = 2 prompts × G=4 × (1 + 2 points × 2 continuations) = 40 sequences, far more than a
-    # step of 2 prompts yields: B_m grows past the loader's 2 prompts (extra ones drawn from the dataset)
+    # step of 2 prompts yields: B_m grows past the loader's 2 prompts
     assert sizes[0] == 2 and max(sizes) > 2, sizes
-    assert max(sizes) <= 8  # at most 4 × the loader's batch
     assert any(e.num_sequences for e in rec.experiences)
+    # the extra prompts are the loader's next ones: the steps took the data order, each prompt once
+    data = small_data()
+    data.setup("fit")
+    order = [r["prompt"] for batch in data.train_dataloader() for r in batch]
+    taken = [p for step in rec.prompts for p in step]
+    assert len(taken) > 2 * len(rec.prompts) and taken == order[: len(taken)]
+
+
+class _NoRule:
+    """A branch rule that needs no model: one branch point at offset 1 of every expanded response."""
+
+    def score(self, host, groups):
+        return None
+
+    def filter_scores(self, scores):
+        return None
+
+    def choose(self, host, groups, expand, scores, num_points):
+        from lit_attn.tree_rl import Chosen
+
+        for p, group in enumerate(groups):
+            for i in expand[p]:
+                group.offsets[i] = [1]
+        return Chosen()
+
+
+def fake_steps(monkeypatch, callback, *, loader_prompts, sequences_left, steps, group_size=6, start=None):
+    """Runs ``callback.make_experience`` as Lightning's fit loop would (the loader's batches read
+    through Lightning's data fetcher), with sampling and the trees faked: step m's filter leaves
+    ``sequences_left[m - 1]`` sequences. Returns the batch sizes taken, the prompts taken in
+    order, and the stand-in trainer (pass it back as ``start`` to go on with the same data)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loops.fetchers import _PrefetchDataFetcher
+    from lightning.pytorch.utilities.combined_loader import CombinedLoader
+    from torch.utils.data import DataLoader
+
+    import lit_attn.tree_rl as tree_rl
+    from lit_attn.tree import Sample
+
+    def sample(host, prompts, pending, settings, step, rank=0):
+        groups = [
+            tree_rl.PromptGroup(r, [1], [Sample((5, 6, 7), float(i % 2), (0.0,) * 3, step) for i in range(host.group_size)])
+            for r in prompts
+        ]
+        return tree_rl.Sampled(groups, {}, 0, {})
+
+    def training_sequences(host, trees, pending, settings):
+        return SimpleNamespace(num_sequences=sequences_left.pop(0) if pending else 0), {}
+
+    monkeypatch.setattr(tree_rl, "sample", sample)
+    monkeypatch.setattr(tree_rl, "training_sequences", training_sequences)
+    stand_in = start
+    if stand_in is None:
+        loader = DataLoader([{"prompt": f"p{i}"} for i in range(1000)], batch_size=loader_prompts, collate_fn=list)
+        fetcher = _PrefetchDataFetcher()
+        fetcher.setup(CombinedLoader(loader, "max_size_cycle"))
+        iter(fetcher)
+        stand_in = SimpleNamespace(fit_loop=SimpleNamespace(_data_fetcher=fetcher), train_dataloader=loader, world_size=1)
+    fetcher = stand_in.fit_loop._data_fetcher
+    callback.rule = _NoRule()
+    callback._trainer = stand_in
+    host = SimpleNamespace(group_size=group_size)
+    sizes, taken = [], []
+    for _ in range(steps):
+        batch, _, _ = next(fetcher)
+        experience = callback.make_experience(host, batch)
+        sizes.append(int(experience.metrics["branching/batch_prompts"]))
+        taken += [int(g.record["prompt"][1:]) for g in callback.state.pending]
+    return sizes, taken, stand_in
+
+
+def test_the_adaptive_batch_follows_its_own_recurrence_step_by_step(monkeypatch):
+    # B_m = ceil(0.1·floor(B_{m-1}·B'/B'') + 0.9·B_{m-1}) with B_{m-1} the recurrence's own last
+    # value, B' = 16 × 6 × 5 = 480: B'' = 270 → 18, then 320 → 19, 20, 21. Multiplying by the size
+    # of the batch trained (one step older) gave two interleaved chains: 16, 16, 17, 17, 18, 18.
+    callback = AttentionBranchCallback(adaptive_sampling=False)
+    sizes, taken, _ = fake_steps(monkeypatch, callback, loader_prompts=16, sequences_left=[270, 320, 320, 320, 320], steps=6)
+    assert sizes == [16, 16, 18, 19, 20, 21]
+    assert callback.state.batch_prompts == 22  # 0.1·floor(21·1.5) + 0.9·21 = 3.1 + 18.9
+    # the extra prompts are the next ones in data order: every prompt once, none skipped
+    assert taken == list(range(sum(sizes)))
+    # read ahead by whole loader batches: the rest of the last one waits for the next step
+    assert callback.state.queue == [{"prompt": "p110"}, {"prompt": "p111"}]
+
+
+def test_the_recurrence_resumes_exactly_from_the_checkpointed_state(monkeypatch):
+    straight = AttentionBranchCallback(adaptive_sampling=False)
+    sizes, taken, _ = fake_steps(monkeypatch, straight, loader_prompts=16, sequences_left=[270, 320, 320, 320, 320], steps=6)
+    first = AttentionBranchCallback(adaptive_sampling=False)
+    head, head_taken, stand_in = fake_steps(monkeypatch, first, loader_prompts=16, sequences_left=[270, 320], steps=3)
+    saved = copy.deepcopy(first.state_dict())  # what a checkpoint after step 3 holds (the loader keeps its own position)
+    resumed = AttentionBranchCallback(adaptive_sampling=False)
+    resumed.load_state_dict(saved)
+    tail, tail_taken, _ = fake_steps(monkeypatch, resumed, loader_prompts=16, sequences_left=[320, 320, 320], steps=3, start=stand_in)
+    assert head + tail == sizes and head_taken + tail_taken == taken
+
+
+def test_no_cap_on_the_batch_unless_max_batch_prompts_guards_memory(monkeypatch):
+    # loader batch 4, B' = 4 × 6 × 5 = 120, B'' = 10: 4 → 9 → 19 → 40, past 4 × the loader's batch
+    grown, taken, _ = fake_steps(monkeypatch, AttentionBranchCallback(adaptive_sampling=False), loader_prompts=4, sequences_left=[10] * 4, steps=5)
+    assert grown == [4, 4, 9, 19, 40]
+    assert taken == list(range(sum(grown)))
+    # the optional guard caps B_m, and the recurrence goes on from the capped value
+    capped, _, _ = fake_steps(
+        monkeypatch, AttentionBranchCallback(adaptive_sampling=False, max_batch_prompts=12), loader_prompts=4,
+        sequences_left=[10] * 4, steps=5,
+    )
+    assert capped == [4, 4, 9, 12, 12]

@@ -221,12 +221,28 @@ def test_kl_is_reported_but_not_added_when_kl_coef_is_zero() -> None:
 
 def test_kl_diff_is_clamped() -> None:
     logp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
-    ref = torch.full((2, 3), 1000.0, dtype=torch.float64)  # d = 1000 -> clamped to 20
+    ref = torch.full((2, 3), 1000.0, dtype=torch.float64)  # d = 1000 -> clamped to 20, e^20 stays finite
     loss, stats = policy_loss(logp, _zeros(), torch.zeros(2, dtype=torch.float64), _ones(),
                               ref_logprobs=ref, kl_coef=1.0)
-    # e^20 - 20 - 1
-    assert loss.item() == pytest.approx(math.exp(20.0) - 21.0, rel=1e-12)
+    # e^20 - 20 - 1, then the k3 value's own clamp at 10
+    assert loss.item() == 10.0
     assert torch.isfinite(stats["kl"])
+
+
+def test_k3_value_is_clamped_at_10_as_verl_low_var_kl() -> None:
+    # d = ref - logp: row 0 [3, 2, 0], row 1 [-20, 0, ln2]; k3 = e^d - d - 1
+    logp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([[3.0, 2.0, 0.0], [-20.0, 0.0, LN2]], dtype=torch.float64)
+    loss, stats = policy_loss(logp, _zeros(), torch.zeros(2, dtype=torch.float64), _ones(),
+                              ref_logprobs=ref, kl_coef=1.0)
+    # d = 3: e^3 - 4 = 16.09 -> 10; d = -20: 19 + e^-20 -> 10; d = 2: e^2 - 3 = 4.389 (kept); d = ln2: 1 - ln2
+    per_token = [10.0, math.exp(2.0) - 3.0, 0.0, 10.0, 0.0, 1.0 - LN2]
+    assert stats["kl"].item() == pytest.approx(sum(per_token) / 6, abs=1e-12)
+    assert loss.item() == pytest.approx(sum(per_token) / 6, abs=1e-12)
+    loss.backward()
+    # a clamped token gives no gradient; the others d k3 / d logp = 1 - e^d, over 6 tokens
+    expected = torch.tensor([[0.0, 1.0 - math.exp(2.0), 0.0], [0.0, 0.0, -1.0]], dtype=torch.float64) / 6
+    assert torch.allclose(logp.grad, expected, atol=1e-15)
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
