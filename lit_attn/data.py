@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning import LightningDataModule
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lit_attn.errors import UserError
 from lit_attn.records import load_records
 from lit_attn.attribution.longcontext import LongContextTask
-from lit_attn.task import FactChainTask, make_splits
+from lit_attn.task import FactChainTask, SubtotalTask, make_splits
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,10 @@ class PromptDataModule(LightningDataModule):
         val_batch_size: prompts per validation / test / predict batch.
         train_size: built-in task: number of training prompts.
         val_size: built-in task: held-out prompts (or rows split off ``train_path``).
+        mode: built-in task: ``chain`` (facts + arithmetic chain, ``num_ops`` steps) or
+            ``subtotal`` (two subtotals named mid-answer and read back by a final chain, 15
+            steps; docs/task.md). ``num_ops``, ``lookup_drill`` and ``num_texts`` are chain-mode
+            knobs.
         num_ops: built-in task: arithmetic steps per question.
         lookup_drill: built-in task: fraction of training examples that are lookup drills
             (warm-start curriculum, see lit_attn/task.py; the held-out split has none).
@@ -143,6 +147,7 @@ class PromptDataModule(LightningDataModule):
         val_batch_size: int = 64,
         train_size: int = 20000,
         val_size: int = 200,
+        mode: Literal["chain", "subtotal"] = "chain",
         num_ops: int = 3,
         lookup_drill: float = 0.0,
         num_distractors: int = 3,
@@ -155,6 +160,10 @@ class PromptDataModule(LightningDataModule):
         self.save_hyperparameters()
         if prompts_per_step < 1 or val_batch_size < 1:
             raise UserError("data.prompts_per_step and data.val_batch_size must be >= 1")
+        if mode not in ("chain", "subtotal"):
+            raise UserError(f"data.mode must be 'chain' or 'subtotal', got {mode!r}")
+        if mode == "subtotal" and (num_texts or lookup_drill):
+            raise UserError("data.num_texts and data.lookup_drill are chain-mode knobs; set them to 0 with data.mode=subtotal")
         try:
             self.task = FactChainTask(num_ops=num_ops, num_distractors=num_distractors, modulus=modulus)
             self.train_task = FactChainTask(
@@ -165,6 +174,8 @@ class PromptDataModule(LightningDataModule):
                     num_texts=num_texts, num_ops=num_ops, num_distractor_facts=num_distractors, modulus=modulus
                 )
                 self.task = self.train_task = LongContextPrompts(long)
+            if mode == "subtotal":
+                self.task = self.train_task = SubtotalTask(num_distractors=num_distractors, modulus=modulus)
         except ValueError as err:
             raise UserError(f"data: {err}") from err
         self._splits: dict[str, list[dict]] | None = None

@@ -9,8 +9,9 @@ metrics (``branching/position``, ``branching/before_first_error``, ``branching/r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from lit_attn.attention.steps import Span
+from lit_attn.attention.steps import STEP_DELIMITER, Span, split_steps
 from lit_attn.task import first_wrong_step
 
 
@@ -38,3 +39,35 @@ def before_first_error(spans: Sequence[Span], prompt_length: int, offsets: Seque
     """For each branch offset: does it regenerate the first wrong step (the branch point sits
     at or before step ``error_step``)?"""
     return [step_of_offset(spans, prompt_length, off) <= error_step for off in offsets]
+
+
+def branch_audit(groups: Sequence[Any], tokenizer: Any, threshold: float, delimiter: str = STEP_DELIMITER) -> list[bool]:
+    """For every branch point of a wrong response whose record carries the built-in task's
+    ``solution``: does it sit at or before the response's first wrong step? ``groups`` are
+    prompt groups (``record``, ``prompt_ids``, ``responses``, ``offsets``); a response is wrong
+    when its reward is below ``threshold``. Empty for a user's data (no step-level truth)."""
+    flags: list[bool] = []
+    for group in groups:
+        for response, offsets in zip(group.responses, group.offsets):
+            if not offsets or response.reward >= threshold:
+                continue
+            error = first_error(group.record, tokenizer.decode(list(response.tokens), skip_special_tokens=True))
+            if error is None:
+                continue
+            ids = list(group.prompt_ids) + list(response.tokens)
+            spans = split_steps(ids, tokenizer, delimiter, prompt_length=len(group.prompt_ids))
+            flags += before_first_error(spans, len(group.prompt_ids), offsets, error)
+    return flags
+
+
+def rescued(groups: Sequence[Any], continuations: dict, threshold: float) -> list[bool]:
+    """For every wrong response that was branched: did any of its continuations reach a
+    reward of at least ``threshold``? ``continuations`` maps ``(group, response, offset)`` to
+    the continuations sampled there (:func:`lit_attn.tree_rl.sample`)."""
+    found = []
+    for p, group in enumerate(groups):
+        for i, (response, offsets) in enumerate(zip(group.responses, group.offsets)):
+            if not offsets or response.reward >= threshold:
+                continue
+            found.append(any(c.reward >= threshold for off in offsets for c in continuations.get((p, i, off), ())))
+    return found

@@ -30,7 +30,9 @@ import torch
 
 from lit_attn.sampling import sample_continuations
 from lit_attn.errors import UserError
+from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
+from lit_attn.exploration_audit import branch_audit, rescued
 from lit_attn.branch_rules import RunningMean, adaptive_batch_size, choose_responses, expansion_count
 from lit_attn.lora import unwrap
 from lit_attn.seeding import mix_seed
@@ -197,6 +199,9 @@ def explore_step(
     expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings, reduce)
     chosen = choose_branch_points(host, sampled.groups, expand, scores, settings, rule)
     trees = build_trees(state.pending, sampled.continuations)
+    found = rescued(state.pending, sampled.continuations, settings.correct_threshold)
+    if found:
+        chosen.metrics["branching/rescued"] = sum(found) / len(found)
     experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
 
     if settings.adaptive_batch:
@@ -324,7 +329,10 @@ def choose_branch_points(
     responses = [(r, offs) for g in groups for r, offs in zip(g.responses, g.offsets)]
     positions = [off / max(len(r.tokens), 1) for r, offs in responses for off in offs]
     expanded = sum(1 for _, offs in responses if offs)
-    chosen.histograms["branching/branch_position"] = torch.tensor(positions, dtype=torch.float32)
+    chosen.histograms["branching/position"] = torch.tensor(positions, dtype=torch.float32)
+    before = branch_audit(groups, host.tokenizer, settings.correct_threshold, getattr(rule, "delimiter", STEP_DELIMITER))
+    if before:
+        chosen.metrics["branching/before_first_error"] = sum(before) / len(before)
     chosen.metrics.update({
         "branching/responses_expanded": float(expanded),
         "branching/branch_points": float(len(positions)),

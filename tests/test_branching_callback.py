@@ -118,15 +118,17 @@ def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
         "reward", "tokens/generated", "branching/batch_prompts", "branching/responses_expanded",
         "branching/points_per_expanded_response", "branching/prompts_dropped",
         "branching/fci_filter_kept", "branching/fci_filter_dropped", "branching/sequences_after_filter",
-        "branching/fci_mean", "loss", "clip_ratio/high_mean",
+        "branching/fci_mean", "loss", "clip_ratio/high_mean", "branching/before_first_error", "branching/rescued",
     ):
         assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
     points = [e.value for e in acc.Scalars("branching/points_per_expanded_response")]
     assert max(points) == 2.0, points  # N = 2 branch points per expanded response (the default num_points)
     histograms = acc.Tags()["histograms"]
-    assert "branching/fci" in histograms and "branching/branch_position" in histograms
-    positions = acc.Histograms("branching/branch_position")[-1].histogram_value
+    assert "branching/fci" in histograms and "branching/position" in histograms
+    positions = acc.Histograms("branching/position")[-1].histogram_value
     assert 0 < positions.min and positions.max < 1  # relative to response length, strictly inside
+    for tag in ("branching/before_first_error", "branching/rescued"):  # shares
+        assert all(0.0 <= e.value <= 1.0 for e in acc.Scalars(tag))
     version = next((run_dir / "attnrl").iterdir())
     assert (version / "policy" / "config.json").is_file()
 

@@ -32,3 +32,30 @@ def test_first_error_of_a_slipped_subtotal_response():
     assert first_error(record, "\n\n".join(slipped)) == 3
     assert first_error(record, record["solution"]) is None
     assert first_error({"prompt": "p", "answer": "1"}, "anything") is None  # a user's data: no step truth
+
+
+def test_branch_audit_and_rescued_over_prompt_groups():
+    from lit_attn.exploration_audit import branch_audit, rescued
+    from lit_attn.tree import Sample
+    from lit_attn.tree_rl import PromptGroup
+
+    record = SubtotalTask().example(random.Random(7))
+    steps = record["solution"].split("\n\n")
+    slipped = steps[:]
+    slipped[3] = slipped[3][:-1] + str((int(slipped[3][-1]) + 1) % 10)  # the x subtotal slips (step 3)
+    prompt_ids = TOK(record["prompt"])["input_ids"]
+
+    def response(text: str, reward: float) -> Sample:
+        ids = TOK(text, add_special_tokens=False)["input_ids"]
+        return Sample(tuple(ids), reward, tuple(0.0 for _ in ids), 0)
+
+    wrong, right = response("\n\n".join(slipped), 0.0), response(record["solution"], 1.0)
+    spans = split_steps(list(prompt_ids) + list(wrong.tokens), TOK, prompt_length=len(prompt_ids))
+    at = [spans[k][0] - len(prompt_ids) for k in (3, 5)]  # response steps 2 and 4: before and after the slip
+    group = PromptGroup(record, list(prompt_ids), [wrong, right], [at, [at[0]]])
+    assert branch_audit([group], TOK, threshold=1.0) == [True, False]  # the right response is not audited
+    continuations = {(0, 0, at[0]): [response("", 0.0), response("", 1.0)], (0, 0, at[1]): [response("", 0.0)]}
+    assert rescued([group], continuations, threshold=1.0) == [True]
+    assert rescued([group], {(0, 0, at[1]): [response("", 0.0)]}, threshold=1.0) == [False]
+    user = PromptGroup({"prompt": "p", "answer": "1"}, list(prompt_ids), [wrong], [at])
+    assert branch_audit([user], TOK, threshold=1.0) == []  # no step-level truth for a user's data
