@@ -21,6 +21,7 @@ waiting for a core held by other work on a shared machine is not counted. Run::
 
     python bench/attention_scoring.py                   # 1K, 4K, 16K, 32K; writes docs/bench_attention_scoring.md
     python bench/attention_scoring.py --lengths 1024 4096 --no-write
+    python bench/attention_scoring.py --block-sizes auto 256      # the page: the default and a fixed block
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def step_spans(length: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def one(variant: str, length: int, repeats: int) -> dict:
-    """Measure one variant (``sdpa``, ``eager`` or ``fci:<block_size>``) at one length in this
+    """Measure one variant (``sdpa``, ``eager`` or ``fci:<block_size or auto>``) at one length in this
     (fresh) process; return the numbers."""
     import torch
 
@@ -86,7 +87,8 @@ def one(variant: str, length: int, repeats: int) -> dict:
                 out = decoder(input_ids=ids, use_cache=False, output_attentions=True)
                 assert len(out.attentions) == 4 and out.attentions[0].shape[-1] == length
             else:
-                scores = fci_scores(model, ids[0], spans, block_size=int(variant.split(":")[1]))
+                block = variant.split(":")[1]
+                scores = fci_scores(model, ids[0], spans, block_size=None if block == "auto" else int(block))
                 assert scores.shape == (len(spans),)
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -167,7 +169,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
     parser.add_argument("--repeats", type=int, default=2, help="timed calls below 16K tokens (best kept); 1 from 16K")
     parser.add_argument("--eager-max", type=int, default=4096, help="longest T for the eager variant")
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128], help="fci_scores block_size values")
+    parser.add_argument(
+        "--block-sizes", nargs="+", default=["auto"], help="fci_scores block_size values: numbers or 'auto' (the default, None)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, do not write the docs page")
     args = parser.parse_args()
     variants = ["sdpa"] + [f"fci:{b}" for b in args.block_sizes] + ["eager"]
@@ -218,46 +222,87 @@ def _torch_version() -> str:
 
 NOTES = """## Reading the numbers
 
-**Why FCI costs more than the forward.** `fci_scores` *is* an sdpa forward (the capture runs each
-layer's ordinary sdpa attention) plus, per layer, the exact attention probabilities recomputed
-block by block: a fp32 query × key matmul, a softmax, and per-step sums. The fused sdpa kernel
-does its query × key, softmax and value product in cache-sized tiles; FCI's blocks
-(block_size rows × T keys × heads, fp32) go through memory three to four times. The extra work
-is of the order of the forward's own attention, and at long T attention dominates both, so the
-time ratio rises with T (block_size 32: 1.6× at 1K, 2.1× at 4K, 2.8-2.9× from 16K on). A
-profile at 8K tokens (one thread) shows the forward's flash attention at 2.2 s, and FCI's matmul
-2.3 s, softmax 1.3 s and step sums 1.1 s. **The time goal (≤ 2×) is missed from 4K on; the
-memory goal (≤ 1.5×) is met at every length, and 32K completes.**
+**The goal is met at every length from 1K to 32K**, with the default (`block_size=None`, auto)
+and with block_size 256 alike: FCI costs 1.1-1.7× the time of the sdpa forward and at most
+1.2× its extra memory, and 32K completes. An earlier full run of the same command, minutes
+before this one, gave for auto 1.41× / 1.47× / 1.53× / 1.61× time and 1.18× / 1.07× / 1.03× /
+1.02× memory at 1K / 4K / 16K / 32K (block 256: 1.21× / 1.31× / 1.58× / 1.60× time). The
+time ratio still rises slowly with T (the attention work grows as T², the rest as T) and should
+level off near 1.7× for this model; the memory ratio falls.
 
-**Block size.** On this CPU block_size 32 beats 128 at every length, in time (by 35% at 32K)
-and in memory. With 128 at 32K the score and probability blocks are 64 MiB each and the time
-grows faster than T² (16K → 32K: 5.2× instead of 4×), most likely because the blocks no longer
-fit in the caches. The library default is 128 (AttentionBranchCallback's `fci_block_size` is
-256); on CPU pass 32. On a GPU, larger blocks mean fewer kernel launches — not measured here.
+**Before this change** (the code as it was, same protocol, same machine and day, against the
+sdpa numbers of that earlier run), with block_size 256, the callback's and configs/attnrl.yaml's
+former default:
 
-**Changed with this benchmark.** FCI used to average the probabilities per key step with a
-dense (T × S) weight matrix product — O(block · T · S) per block, S = number of steps, i.e.
-cubic in T — and kept two S × T fp32 weight matrices (2 × 57 MB at 32K). It now sums over the
-contiguous key runs of each step (`torch.segment_reduce`, O(block · T)) and adds rows per query
-step: 8K tokens 5.0 s → 3.75 s, 16K 24.9 s → 14.7 s, same values (old vs new agree to 2e-8; the
-exactness tests in `tests/test_attention.py` pass).
+| T | seconds | extra peak MiB | time / sdpa | memory / sdpa |
+|---|---|---|---|---|
+| 1K | 0.10 | 23 | 1.77× | 1.56× |
+| 4K | 0.99 | 69 | 2.36× | 1.96× |
+| 16K | 19.77 | 249 | 4.11× | 2.15× |
+| 32K | 84.30 | 490 | 4.67× | 2.19× |
 
-**What would lower time further (not done here).**
-- `CapturedLayer.attention_rows` (lit_attn/attention/capture.py, shared with attribution)
-  multiplies the queries by a transposed *view* of the keys; a contiguous transposed copy made
-  once per layer made that matmul 1.7× faster in a micro-benchmark (256 rows × 8K keys:
-  13.4 → 7.8 ms).
-- The softmax could become `exp(scores − lse)` with each row's log-sum-exp, which the CPU flash
-  kernel already computes (`aten::_scaled_dot_product_flash_attention_for_cpu` returns it): one
-  pass over the block instead of three; this needs the capture to call the kernel itself.
-- More threads, and on GPU a fused kernel for "attention probabilities → per-step sums".
+The previous version of this page had block_size 32 as the best setting: 2.83× time at 32K.
 
-**Memory.** FCI's extra memory is the block: `block_size × T × heads × 4 B` per tensor, with
-the scores and the probabilities alive together — 64 MiB each at block 128 and 32K for this
-model. The forward's own peak (MLP activations, T × 384 × 4 B each) is small for a 0.8M-parameter
-model, so the block dominates the ratio; block_size 32 cuts it about 4× at a small time cost.
-With a real model the forward's activations grow with the hidden size while the block does not
-(it scales with heads only), so the memory ratio falls.
+**What changed.** Three things, none of them an approximation:
+
+1. *Only what FCI sums is computed.* Per key position `s`, FCI needs
+   `c[s] = Σ_t w[t] · A[t, s]` over the query rows `t` whose step is at least Δ steps after the
+   key's step, with `w[t] = 1/|step of t|`; a step's score is the mean of `c` over its keys.
+   So no full softmax rows, no per-row step sums and no step × step matrix: only the target
+   columns (keys of steps 2 and later, up to each row's limit) and, for them, a sum over rows.
+2. *The softmax normaliser comes from the forward.* `A[t, s] = exp(score − lse[t])` needs each
+   row's log-sum-exp `lse[t]`. On CPU, sdpa runs torch's flash kernel, which computes it anyway
+   and returns it; when the consumer asks for it (`FCIAccumulator.wants_logsumexp`), the capture
+   calls that kernel directly, after the same dispatch check sdpa makes, so the layer output is
+   the same tensor (a test checks it bit for bit, padded and unpadded, for Qwen2, Llama, GPT-2).
+3. *One matmul gives the exponent.* `w[t] · A[t, s] = 2^(x)` with
+   `x = log2(e) · scale · q_t·k_s + (log2 w[t] − log2(e) · lse[t])`; the queries get the
+   per-row constant as an extra component and the keys a component 1, so one batched fp32
+   matmul per tile yields `x`, then an in-place `exp2` (about 2.7× cheaper than `exp` on this
+   CPU in a micro-benchmark, and accurate to one unit in the last place) and a sum over the tile's rows, which the
+   key-major tile layout keeps contiguous. Keys past a row's limit are zeroed in the small band
+   where the limit changes inside a tile; the layer's own mask (padding, sliding window) is
+   applied to the tile.
+
+Tiles are `rows × key_chunk` per batch row and head, about 2 MiB of fp32 on CPU
+(`lit_attn.attention.fci.fci_block_shape`): `block_size` sets the rows, the key chunk fills the
+budget. Auto picks the power of two that fits 1024 keys per row (128 rows for this model's 4
+heads at batch 1, 16 rows for 28 heads). Tuned in-process at 8K tokens: tiles of 2^19 or 2^20
+elements with 32-256 rows all gave 1.46-1.52×; 2^21 elements 1.6-1.7× (past the cache), 2^18
+with 32-64 rows 1.6-1.7× (more calls).
+
+**Block size matters little now.** From 4K on, auto and 256 are within noise of each other
+(medians of 7 in-process calls at 4K: 0.604 vs 0.603 s). At 1K, 256 was ahead in both full
+runs (0.061 vs 0.069 s here, 0.067 vs 0.078 s before; in-process medians 0.074 vs 0.081 s):
+with calls this short, fewer row blocks mean less per-call overhead — some 8 ms, well inside the
+goal either way. Auto is the default because it keeps the tile cache-sized when heads × batch
+is large, where a fixed 256 rows would make each tile tens of MiB.
+
+**Exactness.** The values are the definition's, up to fp32 rounding: the exactness tests
+against eager attention (`tests/test_attention.py`: Qwen2, Llama, GPT-2; several gaps, block
+sizes, small key chunks, left-padded batches, a sliding-window model, the think-end cut) pass
+at 1e-5, and auto agrees with fixed block sizes to 1e-6. Differences against the eager maps are
+about 1e-7; the flash kernel's log-sum-exp agrees with `torch.logsumexp` to about 1e-6.
+
+**Where the time goes now.** A profile at 16K tokens (one thread; the profiler adds overhead):
+the forward's flash attention 5.7 s; FCI's matmul 2.5 s, `exp2` 0.8 s, row sums 0.4 s, the rest
+small. FCI's extra work is about 0.7× the forward's attention kernel. The matmul (33-long dot
+products, fp32) already runs at roughly 80% of this core's fp32 multiply-add peak, so going lower would need
+lower-precision scores, i.e. no longer exact.
+
+**Memory.** FCI's extra memory is now one tile (2 MiB), the fp32 keys with their column of ones
+(`T × 33 × 4 B` per KV head: 8 MiB at 32K here) and `heads × T` floats for the sums and the
+log-sum-exp; the old block 256 kept two `256 × T × heads` fp32 blocks (128 MiB each at 32K).
+
+**Where the forward's log-sum-exp is not available** — GPU, CPU under autocast, or an sdpa
+that picks another kernel — FCI computes it from the fp32 scores of each row block (one more
+matmul and a log-sum-exp pass; memory `4 · batch · heads · rows · T` bytes per block) and uses
+larger tiles (256 MiB) on accelerators. That path is tested on CPU (with sdpa forced to its math
+kernel) but its speed was not measured; no GPU was available for this page.
+
+**A realistic layer shape.** With Qwen2.5-0.5B-like layers (14 query / 2 KV heads of 64 dims,
+hidden 896, MLP 4864; 2 layers, random weights) at 8K tokens, in-process best of 2: the forward
+9.0 s, FCI auto 10.9 s (1.21×), block 256 10.5 s (1.17×): the MLPs weigh more, the ratio falls.
 
 **Noise.** The machine was shared with other engineers' runs. CPU time excludes waiting for a
 core, not memory-bandwidth contention: expect ±10-15% on times between runs.

@@ -37,7 +37,7 @@ class FCIBranching:
     min_token_distance: int = 0
     selection: str = "fci"
     think_end_tag: str | None = None
-    fci_block_size: int = DEFAULT_BLOCK_SIZE
+    fci_block_size: int | None = DEFAULT_BLOCK_SIZE
 
     def score(self, host: Host, groups: list[PromptGroup]) -> tuple[list[list[torch.Tensor]], list[list[list[Span]]]]:
         """FCI of every step of every response, and the step spans (per prompt, per response),

@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2ForCausalLM
 
@@ -26,6 +27,7 @@ from lit_attn.attention import (
     split_steps,
 )
 from lit_attn.attention import capture as capture_module
+from lit_attn.attention import fci as fci_module
 from lit_attn.errors import UserError
 from lit_attn.models import build_tiny_model
 from lit_attn.tokenizer import build_char_tokenizer
@@ -151,6 +153,133 @@ def test_fci_batch_left_padded_equals_single(architecture: str) -> None:
         single = fci_scores(model, ids, spans, min_gap=3, block_size=11)
         assert batched[row].shape == (len(spans),)
         torch.testing.assert_close(batched[row], single, atol=1e-5, rtol=0)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles of a few keys, so that short test sequences cross many key chunks."""
+    monkeypatch.setattr(fci_module, "CPU_TILE_ELEMENTS", 4 * 8 * 5)
+    monkeypatch.setattr(fci_module, "MIN_KEY_CHUNK", 5)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize(("block_size", "min_gap"), [(8, 4), (3, 0), (None, 2)])
+def test_fci_key_chunks_match_naive_reference(architecture: str, block_size: int | None, min_gap: int, small_tiles) -> None:
+    model = tiny(architecture)
+    ids, spans = random_case(20, length=77)
+    assert fci_module.fci_block_shape(block_size, batch=1, heads=4, length=77)[1] <= 13  # several key chunks
+    expected = naive_fci(eager_copy(model), ids, spans, min_gap)
+    got = fci_scores(model, ids, spans, min_gap=min_gap, block_size=block_size)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_fci_key_chunks_batch_left_padded_equals_single(small_tiles) -> None:
+    model = tiny("qwen2")
+    cases = [random_case(30 + r, length=n) for r, n in enumerate([60, 45, 72])]
+    length = max(len(ids) for ids, _ in cases)
+    input_ids = torch.zeros(len(cases), length, dtype=torch.long)
+    mask = torch.zeros(len(cases), length, dtype=torch.long)
+    for row, (ids, _) in enumerate(cases):
+        input_ids[row, length - len(ids) :] = ids
+        mask[row, length - len(ids) :] = 1
+    batched = fci_scores_batch(model, input_ids, mask, [spans for _, spans in cases], min_gap=2, block_size=6)
+    for row, (ids, spans) in enumerate(cases):
+        expected = naive_fci(eager_copy(model), ids, spans, 2)
+        torch.testing.assert_close(batched[row], expected, atol=1e-5, rtol=0)
+
+
+def test_fci_sliding_window_layers_match_naive_reference() -> None:
+    """The layer's own mask (here a sliding window) also holds inside the target columns."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(3)
+    config = Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, use_sliding_window=True, sliding_window=12, max_window_layers=0,
+    )
+    config._attn_implementation = "sdpa"
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.config.layer_types == ["sliding_attention"] * 2
+    ids, spans = random_case(3, length=70)
+    expected = naive_fci(eager_copy(model), ids, spans, 1)
+    for block_size in (None, 4):
+        torch.testing.assert_close(fci_scores(model, ids, spans, min_gap=1, block_size=block_size), expected, atol=1e-5, rtol=0)
+
+
+def test_fci_block_shape_auto() -> None:
+    shape = fci_module.fci_block_shape
+    # CPU: a 2 MiB tile; rows from the heads and batch, keys fill the rest.
+    assert shape(None, batch=1, heads=4, length=32768) == (128, 1024)
+    assert shape(None, batch=1, heads=4, length=300) == (256, 512)  # short rows: taller blocks
+    assert shape(None, batch=1, heads=28, length=8192) == (16, 1170)
+    assert shape(None, batch=8, heads=28, length=8192) == (16, 256)  # at least MIN_KEY_CHUNK keys
+    assert shape(256, batch=1, heads=4, length=32768) == (256, 512)  # a given block size is kept
+    assert shape(1, batch=1, heads=4, length=64) == (1, 1 << 17)
+    # Other devices: whole rows, 256 MiB.
+    assert shape(None, batch=1, heads=4, length=32768, device="cuda") == (512, 32768)
+    with pytest.raises(UserError, match="block_size"):
+        shape(0, batch=1, heads=4, length=10)
+
+
+def test_fci_auto_block_size_equals_fixed_block_sizes() -> None:
+    model = tiny("llama")
+    ids, spans = random_case(40, length=300)
+    auto = fci_scores(model, ids, spans, min_gap=1)
+    assert fci_module.DEFAULT_BLOCK_SIZE is None
+    for block_size in (1, 32, 256, 1000):
+        torch.testing.assert_close(fci_scores(model, ids, spans, min_gap=1, block_size=block_size), auto, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_fci_without_the_forward_logsumexp(architecture: str) -> None:
+    """With sdpa on its math kernel there is no log-sum-exp to capture: FCI computes it."""
+    model = tiny(architecture)
+    ids, spans = random_case(2)
+    seen: list[torch.Tensor | None] = []
+    accumulator = FCIAccumulator([spans], seq_len=len(ids), min_gap=1, block_size=5)
+    original = accumulator._accumulate
+    accumulator._accumulate = lambda layer: (seen.append(layer.logsumexp), original(layer))  # type: ignore[method-assign]
+    with sdpa_kernel([SDPBackend.MATH]), capture_qk(model, accumulator), torch.no_grad():
+        model(ids[None], use_cache=False)
+    assert seen and all(lse is None for lse in seen)
+    expected = naive_fci(eager_copy(model), ids, spans, 1)
+    torch.testing.assert_close(accumulator.scores()[0], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("padded", [False, True])
+def test_capture_with_logsumexp_keeps_the_sdpa_outputs(architecture: str, padded: bool) -> None:
+    """Asking for the log-sum-exp runs torch's CPU flash kernel directly: same outputs, bit for bit."""
+    model = tiny(architecture)
+    ids = torch.randint(2, VOCAB, (2, 37), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :9] = 0
+    kwargs = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if padded else {}
+    layers: list[CapturedLayer] = []
+
+    class Consumer:
+        wants_logsumexp = True
+
+        def __call__(self, layer: CapturedLayer) -> None:
+            computed = CapturedLayer(
+                layer_idx=layer.layer_idx, query=layer.query, key=layer.key, scaling=layer.scaling,
+                attention_mask=layer.attention_mask, module=layer.module,
+            )
+            real = slice(9 if padded else 0, None)
+            torch.testing.assert_close(
+                layer.row_logsumexp(slice(0, 37))[..., real], computed.row_logsumexp(slice(0, 37))[..., real],
+                atol=1e-5, rtol=0,
+            )
+            layers.append(layer)
+
+    with torch.no_grad():
+        plain = model(ids, use_cache=False, **kwargs).logits
+        with capture_qk(model, Consumer()):
+            captured = model(ids, use_cache=False, **kwargs).logits
+    assert torch.equal(plain, captured)
+    assert len(layers) == 2 and all(layer.logsumexp is not None for layer in layers)
+    assert layers[0].logsumexp.shape == (2, 4, 37)
 
 
 def test_fci_rejects_bad_input() -> None:

@@ -8,10 +8,17 @@ key, value, attention_mask, scaling=..., dropout=..., **kwargs)`` with ``impl`` 
 ``config._attn_implementation`` at every call. :func:`capture_qk` registers one extra
 implementation, ``"lit_attn_capture"`` (with the sdpa mask builder), switches the model to it
 and, for every layer call, first hands a :class:`CapturedLayer` (layer index, queries, keys,
-scaling, the mask the layer received) to the caller's *consumer*, then computes the layer's
+scaling, the mask the layer received) to the caller's *consumer* and computes the layer's
 output with the ordinary sdpa implementation — the forward's outputs are those of sdpa. The
 consumer must use the layer immediately (e.g. :meth:`CapturedLayer.attention_rows` over row
 blocks and accumulate), so extra memory stays O(one layer).
+
+A consumer with ``wants_logsumexp = True`` (FCI) also gets each query row's softmax normaliser
+(:attr:`CapturedLayer.logsumexp`) from the forward's own attention kernel when that kernel is
+torch's CPU flash attention: the layer then calls that kernel directly — exactly what sdpa
+would run (same dispatch check, same inputs), so the outputs are unchanged — and keeps the
+log-sum-exp it returns. Elsewhere (GPU, other kernels) the consumer gets ``None`` and
+:meth:`CapturedLayer.row_logsumexp` computes it.
 
 Example — the per-token attention of AttnTrace's rows R (docs/attribution.md §2) would be a
 consumer summing ``layer.attention_rows(rows_index, heads=chunk).sum(dim=(1, 2))`` over layers
@@ -32,9 +39,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend
 from transformers import PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+try:  # the GQA rule of transformers' sdpa attention, to call the kernel exactly as it would
+    from transformers.integrations.sdpa_attention import repeat_kv, use_gqa_in_sdpa
+except ImportError:  # pragma: no cover - a transformers release that moved them: no log-sum-exp capture
+    repeat_kv = use_gqa_in_sdpa = None
 
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
@@ -57,7 +70,10 @@ class CapturedLayer:
     dtype. Query head ``h`` uses key head ``h // (heads // kv_heads)`` (grouped KV heads).
     ``attention_mask`` is the mask the layer received: ``None`` (plain causal), a boolean
     tensor (``True`` = may attend) or an additive float tensor, broadcastable to
-    ``(batch, heads, query_length, key_length)``.
+    ``(batch, heads, query_length, key_length)``. ``logsumexp`` is ``(batch, heads,
+    query_length)``, the natural-log softmax normaliser of each query row as the forward's
+    attention kernel computed it, or ``None`` (not asked for, or not available from the kernel:
+    use :meth:`row_logsumexp`).
     """
 
     layer_idx: int
@@ -66,6 +82,7 @@ class CapturedLayer:
     scaling: float
     attention_mask: torch.Tensor | None
     module: nn.Module = field(repr=False)
+    logsumexp: torch.Tensor | None = field(default=None, repr=False)
     _keys_fp32: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -120,6 +137,27 @@ class CapturedLayer:
         allowed (padding queries) are all zero. Grouped KV heads are handled by a grouped
         matmul (keys are not copied per query head). Memory: O(batch · heads · rows · K').
         """
+        scores, fully_masked_possible = self._scores(rows, heads=heads, trim_keys=trim_keys)
+        probs = torch.softmax(scores, dim=-1)
+        if fully_masked_possible:
+            probs = torch.nan_to_num_(probs, nan=0.0)  # rows with every key masked
+        return probs
+
+    def row_logsumexp(self, rows: slice) -> torch.Tensor:
+        """``(batch, heads, len(rows))`` fp32 natural-log softmax normaliser of the selected
+        query rows: the forward kernel's (:attr:`logsumexp`) when it was captured, else computed
+        from the fp32 scores (memory O(batch · heads · rows · key_length)). Rows with every key
+        masked give ``-inf``."""
+        if self.logsumexp is not None:
+            return self.logsumexp[:, :, rows].float()
+        scores, _ = self._scores(rows, trim_keys=True)
+        return torch.logsumexp(scores, dim=-1)
+
+    def _scores(
+        self, rows: RowSelection, *, heads: slice | None = None, trim_keys: bool = False
+    ) -> tuple[torch.Tensor, bool]:
+        """The fp32 scaled scores of :meth:`attention_rows`, ``-inf`` where masked, and whether
+        a row may have every key masked."""
         head_range = range(self.num_heads)[heads if heads is not None else slice(None)]
         if head_range.step != 1:
             raise ValueError("attention_rows takes a contiguous slice of heads (step 1)")
@@ -140,7 +178,7 @@ class CapturedLayer:
         batch = self.query.shape[0]
         if num_rows == 0 or len(head_range) == 0:
             width = 0 if trim_keys else self.key_length
-            return torch.zeros(batch, len(head_range), num_rows, width, device=device)
+            return torch.zeros(batch, len(head_range), num_rows, width, device=device), False
         key_end = min(self.key_length, last + 1 + offset) if trim_keys else self.key_length
 
         # Grouped matmul over the KV heads that the selected query heads use.
@@ -171,10 +209,7 @@ class CapturedLayer:
                 scores.masked_fill_(~mask, float("-inf"))
             else:
                 scores.add_(mask.float())
-        probs = torch.softmax(scores, dim=-1)
-        if mask is not None or first + offset < 0:
-            probs = torch.nan_to_num_(probs, nan=0.0)  # rows with every key masked
-        return probs
+        return scores, mask is not None or first + offset < 0
 
 
 LayerConsumer = Callable[[CapturedLayer], None]
@@ -219,20 +254,85 @@ def _capturing_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The registered attention function: report q/k to the session, then run sdpa."""
+    """The registered attention function: run sdpa, report q/k (and, when asked for and
+    available, the log-sum-exp) to the session."""
     session = _SESSIONS.get(id(module))
-    if session is not None:
-        effective_scaling = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
-        layer_idx = session.next_layer_index(module)
-        session.layers_seen.append(layer_idx)
-        session.consumer(
-            CapturedLayer(
-                layer_idx=layer_idx, query=query, key=key, scaling=effective_scaling,
-                attention_mask=attention_mask, module=module,
-            )
-        )
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if session is None:
+        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    layer_idx = session.next_layer_index(module)
+    session.layers_seen.append(layer_idx)
+    logsumexp = None
+    flash = None
+    if getattr(session.consumer, "wants_logsumexp", False):
+        flash = _cpu_flash_with_logsumexp(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if flash is None:
+        result = sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    else:
+        output, logsumexp = flash
+        result = (output, None)
+    effective_scaling = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
+    session.consumer(
+        CapturedLayer(
+            layer_idx=layer_idx, query=query, key=key, scaling=effective_scaling,
+            attention_mask=attention_mask, module=module, logsumexp=logsumexp,
+        )
+    )
+    return result
+
+
+def _cpu_flash_with_logsumexp(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    dropout: float,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The layer's sdpa output and log-sum-exp from one call of torch's CPU flash kernel, or
+    ``None`` when sdpa would not run that kernel here (then the caller runs sdpa itself).
+
+    Mirrors transformers' sdpa attention for a full no-cache forward (its GQA rule, its
+    ``is_causal`` rule) and torch's own sdpa for the flash branch (the dispatch check
+    ``torch._fused_sdp_choice`` and its boolean-mask conversion), so the output is the tensor
+    sdpa would return; ``tests/test_attention.py`` checks that bit for bit.
+    """
+    if (
+        query.device.type != "cpu"
+        or use_gqa_in_sdpa is None
+        or torch.is_autocast_enabled("cpu")  # sdpa may be cast there; the kernel called directly would not
+        or dropout
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+        or query.dim() != 4
+        or query.shape[2] < 2
+        or key.shape[2] != query.shape[2]
+    ):
+        return None
+    enable_gqa = False
+    if getattr(module, "num_key_value_groups", 1) > 1:
+        if use_gqa_in_sdpa(attention_mask, key, value):
+            enable_gqa = True
+        else:
+            key = repeat_kv(key, module.num_key_value_groups)
+            value = repeat_kv(value, module.num_key_value_groups)
+    is_causal = kwargs.get("is_causal")
+    is_causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    is_causal = attention_mask is None and is_causal
+    choice = torch._fused_sdp_choice(
+        query, key, value, attention_mask, dropout, is_causal, scale=scaling, enable_gqa=enable_gqa
+    )
+    if choice != SDPBackend.FLASH_ATTENTION.value:
+        return None
+    mask = attention_mask
+    if mask is not None and mask.dtype == torch.bool:  # what sdpa does before calling the kernel
+        mask = torch.zeros_like(mask, dtype=query.dtype).masked_fill_(mask.logical_not(), float("-inf"))
+    output, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, dropout, is_causal, attn_mask=mask, scale=scaling
+    )
+    return output.transpose(1, 2).contiguous(), logsumexp
 
 
 def _register() -> None:

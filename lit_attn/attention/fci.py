@@ -10,18 +10,31 @@ fp32 softmax attention over the whole ``prompt ‖ response`` sequence:
   thinking models, the step holding the closing think tag and every later one score 0; they
   still count as queries.
 
-Nothing T×T is built: the queries and keys of each layer are streamed out of a normal sdpa
-forward (:mod:`lit_attn.attention.capture`); per block of ``block_size`` query rows the exact
-softmax rows are computed (softmax is per row), summed over the keys of each step (a segment
-sum over the contiguous key runs, O(block · T) work, no T × S matrix) and added per query step.
-Extra memory per layer: about ``4 · batch · heads · block_size · T`` bytes for the score block,
-plus ``batch · heads · S²``.
+How it is computed (exactly, nothing T×T is built). Written per key position,
+``y[l, h, k] = (1/|k|) Σ_{s ∈ k} c[s]`` with the weighted column sum
+``c[s] = Σ_t w[t] · A[t, s]`` over the query rows ``t`` whose step is at least ``k + min_gap``
+(``w[t]`` = 1/|step of t|). So only the target columns of ``A`` (keys of steps ``2 …`` up to
+each row's own limit: the end of step ``step(t) − min_gap``) are needed, and each only as a
+sum over rows. With ``lse[t]`` the row's log-sum-exp (the softmax normaliser),
+``w[t] · A[t, s] = 2^(log2(e) · (scale · q_t · k_s − lse[t]) + log2 w[t])``: one matmul of
+the queries, extended by that per-row constant, with the keys, extended by a column of ones,
+gives the exponent directly; ``exp2`` and a sum over the rows follow. No softmax pass, no
+per-row step sums. The queries and keys are streamed out of a normal sdpa forward
+(:mod:`lit_attn.attention.capture`), which on CPU also hands over ``lse`` from its flash
+kernel; elsewhere ``lse`` is computed here from the fp32 scores of each row block.
+
+Work is cut into tiles of ``rows`` query rows × ``key_chunk`` key columns (per batch row and
+head) so that a tile stays cache-sized on CPU: :func:`fci_block_shape` picks them
+(``block_size`` = rows; ``None`` = auto). Extra memory per layer: one tile, the fp32 keys, a
+``batch · heads · T`` accumulator, and without a captured ``lse`` the full-row scores of one
+block (``4 · batch · heads · rows · T`` bytes).
 Only query rows from the first step that can reach a target (step ``2 + min_gap``) are
 processed; a sequence with fewer steps needs no forward at all and scores all zero.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,11 +48,53 @@ from lit_attn.models import model_device
 DEFAULT_MIN_GAP = 4
 """Δ of docs/attnrl.md §2 (``min_step_gap``): a step is influenced only by steps at least Δ later."""
 
-DEFAULT_BLOCK_SIZE = 256
-"""Query rows per block; trades peak memory (∝ block · T) for fewer kernel launches."""
+DEFAULT_BLOCK_SIZE: int | None = None
+"""Query rows per block; ``None`` = chosen from the batch, head count and length
+(:func:`fci_block_shape`). Measured in docs/bench_attention_scoring.md."""
 
 FIRST_TARGET_STEP = 2
 """Spans 0 (prompt) and 1 (first response step) are never FCI targets."""
+
+CPU_TILE_ELEMENTS = 1 << 19
+"""fp32 elements of one score tile on CPU, all batch rows and heads together (2 MiB: a core's
+share of the cache; measured fastest in docs/bench_attention_scoring.md)."""
+
+DEVICE_TILE_ELEMENTS = 1 << 26
+"""The same on an accelerator (256 MiB): few, large kernels. Not measured here."""
+
+MIN_KEY_CHUNK = 256
+"""Fewest key columns per tile (shorter chunks cost more in per-call overhead than they save)."""
+
+_LOG2E = 1.0 / math.log(2.0)
+_NO_WEIGHT = -1e30
+"""Exponent of rows that count for nothing (2^-1e30 = 0); finite, so the matmul never sees inf."""
+
+
+def fci_block_shape(
+    block_size: int | None, *, batch: int, heads: int, length: int, device: torch.device | str = "cpu"
+) -> tuple[int, int]:
+    """``(rows, key_chunk)`` of the FCI tiles for ``batch`` rows of ``length`` tokens and
+    ``heads`` query heads.
+
+    ``rows`` is ``block_size`` when given. ``None`` (auto) takes the largest power of two
+    (16 to 1024) for which ``batch · heads · rows`` rows of 1024 keys (CPU) or of the whole
+    sequence (other devices) fit the tile budget (:data:`CPU_TILE_ELEMENTS`,
+    :data:`DEVICE_TILE_ELEMENTS`). ``key_chunk`` fills the budget with those rows, at least
+    :data:`MIN_KEY_CHUNK` keys.
+    """
+    if block_size is not None and block_size < 1:
+        raise UserError(f"block_size must be >= 1 or None (auto), got {block_size}")
+    on_cpu = torch.device(device).type == "cpu"
+    budget = CPU_TILE_ELEMENTS if on_cpu else DEVICE_TILE_ELEMENTS
+    lanes = max(1, batch * heads)
+    if block_size is None:
+        width = min(max(length, 1), 1024) if on_cpu else max(length, 1)
+        rows = max(1, budget // (lanes * width))
+        rows = min(1024, max(16, 1 << (rows.bit_length() - 1)))
+    else:
+        rows = int(block_size)
+    key_chunk = max(MIN_KEY_CHUNK, budget // (lanes * rows))
+    return rows, key_chunk
 
 
 def _validate_spans(spans: Sequence[Span], length: int, row: int | None = None) -> list[Span]:
@@ -80,11 +135,14 @@ class FCIAccumulator:
         seq_len: padded length ``T`` of the batch.
         pad_offsets: per row, number of left-padding tokens (default: none).
         min_gap: Δ; ``0`` lets a step's own attention count.
-        block_size: query rows per block.
+        block_size: query rows per block, ``None`` = auto (:func:`fci_block_shape`).
         think_end_steps: per row, the index of the step holding the closing think tag (it and
             later steps are not targets), or ``None``.
-        device: where the step matrices live (the device of the captured tensors).
+        device: where the step tables live (the device of the captured tensors).
     """
+
+    wants_logsumexp = True
+    """Asks the capture for the forward kernel's log-sum-exp (see :mod:`lit_attn.attention.capture`)."""
 
     def __init__(
         self,
@@ -93,14 +151,14 @@ class FCIAccumulator:
         seq_len: int,
         pad_offsets: Sequence[int] | None = None,
         min_gap: int = DEFAULT_MIN_GAP,
-        block_size: int = DEFAULT_BLOCK_SIZE,
+        block_size: int | None = DEFAULT_BLOCK_SIZE,
         think_end_steps: Sequence[int | None] | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if min_gap < 0:
             raise UserError(f"min_gap must be >= 0, got {min_gap}")
-        if block_size < 1:
-            raise UserError(f"block_size must be >= 1, got {block_size}")
+        if block_size is not None and block_size < 1:
+            raise UserError(f"block_size must be >= 1 or None (auto), got {block_size}")
         batch = len(step_spans_per_row)
         pads = [0] * batch if pad_offsets is None else [int(p) for p in pad_offsets]
         ends = [None] * batch if think_end_steps is None else list(think_end_steps)
@@ -118,61 +176,56 @@ class FCIAccumulator:
         num_steps = max(self.num_spans)
         device = torch.device(device) if device is not None else torch.device("cpu")
 
-        # Per row: the key positions cut into runs (a step's span, or a stretch outside every
-        # step: padding, gaps), and per query position its step (num_steps = none) and 1/|step|.
-        self._run_ends: list[torch.Tensor] = []
-        self._step_runs: list[torch.Tensor] = []
-        self._inverse_lengths: list[torch.Tensor] = []
-        row_step = torch.full((batch, seq_len), num_steps, dtype=torch.long)
-        row_scale = torch.zeros(batch, seq_len, dtype=torch.float32)
+        # Per row and position: the step of the key there (num_steps = none); for a query row,
+        # its weight w = 1/|step| (0 when it reaches no target) and its key limit (the end of
+        # step `step - min_gap`, never past the last target nor past itself).
+        key_step = torch.full((batch, seq_len), num_steps, dtype=torch.long)
+        weight = torch.zeros(batch, seq_len, dtype=torch.float32)
+        limit = torch.zeros(batch, seq_len, dtype=torch.long)
+        inverse_lengths = torch.zeros(batch, num_steps, dtype=torch.float32)
         targets = torch.zeros(batch, num_steps, dtype=torch.bool)
-        first_row = seq_len
-        first_query_step = FIRST_TARGET_STEP + min_gap
+        first_key = seq_len
         for b, spans in enumerate(rows):
-            run_ends: list[int] = []
-            step_runs: list[int] = []
-            position = 0
+            pad = pads[b]
             for s, (start, end) in enumerate(spans):
-                start, end = pads[b] + start, pads[b] + end
-                if start > position:
-                    run_ends.append(start)
-                step_runs.append(len(run_ends))
-                run_ends.append(end)
-                position = end
-                row_step[b, start:end] = s
-                row_scale[b, start:end] = 1.0 / (end - start)
-            if position < seq_len:
-                run_ends.append(seq_len)
-            self._run_ends.append(torch.tensor(run_ends, dtype=torch.long))
-            self._step_runs.append(torch.tensor(step_runs, dtype=torch.long))
-            self._inverse_lengths.append(torch.tensor([1.0 / (e - s) for s, e in spans], dtype=torch.float32))
+                key_step[b, pad + start : pad + end] = s
+                inverse_lengths[b, s] = 1.0 / (end - start)
             target_end = len(spans) if ends[b] is None else min(len(spans), int(ends[b]))
+            if target_end <= FIRST_TARGET_STEP:
+                continue
             targets[b, FIRST_TARGET_STEP:target_end] = True
-            if first_query_step < len(spans) and targets[b].any():
-                first_row = min(first_row, pads[b] + spans[first_query_step][0])
-        step = torch.arange(num_steps)
-        # gap[j, k]: query step j counts for target k.
-        gap = (step[:, None] >= step[None, :] + min_gap).float()
-        self.first_row = first_row
-        self._row_step = row_step
-        self._row_scale = row_scale
-        self._gap = gap
+            key_start = pad + spans[FIRST_TARGET_STEP][0]
+            key_end = pad + spans[target_end - 1][1]
+            first_key = min(first_key, key_start)
+            for j in range(FIRST_TARGET_STEP + min_gap, len(spans)):
+                start, end = pad + spans[j][0], pad + spans[j][1]
+                step_limit = min(pad + spans[j - min_gap][1], key_end)
+                positions = torch.arange(start, end)
+                row_limit = positions + 1 if min_gap == 0 else torch.full_like(positions, step_limit)
+                row_limit = row_limit.clamp(max=step_limit)
+                reaches = row_limit > key_start
+                limit[b, start:end] = torch.where(reaches, row_limit, 0)
+                weight[b, start:end] = torch.where(reaches, 1.0 / (end - start), 0.0)
+        active = (weight > 0).any(dim=0)
+        self.first_row = int(active.nonzero()[0]) if bool(active.any()) else seq_len
+        self._first_key = first_key
+        self._key_step = key_step
+        self._weight = weight
+        self._limit = limit
+        self._inverse_lengths = inverse_lengths
         self._targets = targets
+        self._schedules: dict[int, list[tuple[int, int, int, int]]] = {}
         self._device = torch.device("cpu")
         self._to(device)
         self._best = torch.zeros(batch, num_steps, dtype=torch.float32, device=device)
         self.layers_done: list[int] = []
 
     def _to(self, device: torch.device) -> None:
-        """Move the per-row step tables to ``device`` (where the captured tensors are)."""
+        """Move the per-row tables to ``device`` (where the captured tensors are)."""
         if device == self._device:
             return
-        self._run_ends = [t.to(device) for t in self._run_ends]
-        self._step_runs = [t.to(device) for t in self._step_runs]
-        self._inverse_lengths = [t.to(device) for t in self._inverse_lengths]
-        self._row_step = self._row_step.to(device)
-        self._row_scale = self._row_scale.to(device)
-        self._gap = self._gap.to(device)
+        for name in ("_key_step", "_weight", "_limit", "_inverse_lengths"):
+            setattr(self, name, getattr(self, name).to(device))
         if hasattr(self, "_best"):
             self._best = self._best.to(device)
         self._device = device
@@ -196,31 +249,79 @@ class FCIAccumulator:
         with torch.no_grad():  # also inside a caller's forward that tracks gradients
             self._accumulate(layer)
 
+    def _schedule(self, rows: int) -> list[tuple[int, int, int, int]]:
+        """Row blocks ``(start, end, lowest, highest key limit of its weighted rows)``; blocks
+        without a weighted row are left out. Computed once per block height, on the CPU."""
+        if rows not in self._schedules:
+            weight, limit = self._weight.cpu(), self._limit.cpu()
+            blocks = []
+            for start in range(self.first_row, self.seq_len, rows):
+                end = min(start + rows, self.seq_len)
+                block_limits = limit[:, start:end][weight[:, start:end] > 0]
+                if block_limits.numel():
+                    blocks.append((start, end, int(block_limits.min()), int(block_limits.max())))
+            self._schedules[rows] = blocks
+        return self._schedules[rows]
+
     def _accumulate(self, layer: CapturedLayer) -> None:
-        batch, heads, length = layer.query.shape[:3]
+        batch, heads, length, dim = layer.query.shape
+        kv_heads, group = layer.num_kv_heads, layer.group_size
         self._to(layer.query.device)
-        num_steps = self._gap.shape[0]
-        # alpha[b, h, j, k] = Σ over query rows t of step j (1/|j|) · Σ over keys of step k (1/|k|) A[t, ·];
-        # query rows outside every step go to the extra row j = num_steps.
-        alpha = torch.zeros(batch, heads, num_steps + 1, num_steps, dtype=torch.float32, device=self._device)
-        for start in range(self.first_row, length, self.block_size):
-            end = min(start + self.block_size, length)
-            probs = layer.attention_rows(slice(start, end), trim_keys=True)  # (B, H, r, K')
-            rows, keys = probs.shape[2], probs.shape[3]
-            for b in range(batch):
-                # Sum of A over the keys of each run of key positions: O(H · r · K'), no T × S matrix.
-                run_ends = self._run_ends[b].clamp(max=keys)
-                lengths = torch.diff(run_ends, prepend=run_ends.new_zeros(1))
-                sums = torch.segment_reduce(
-                    probs[b].reshape(heads * rows, keys), "sum", axis=1,
-                    lengths=lengths.expand(heads * rows, -1).contiguous(),
-                )
-                # Mean over each step's keys, then weighted by 1/|query step| and added per query step.
-                steps = self._step_runs[b].numel()
-                per_key_step = sums.index_select(1, self._step_runs[b]) * self._inverse_lengths[b]
-                per_key_step = per_key_step.view(heads, rows, steps) * self._row_scale[b, start:end, None]
-                alpha[b, :, :, :steps].index_add_(1, self._row_step[b, start:end], per_key_step)
-        influence = (alpha[:, :, :num_steps] * self._gap).sum(dim=-2)  # (B, H, S): Σ_j α[j, k] over j ≥ k + Δ
+        device = self._device
+        rows, key_chunk = fci_block_shape(self.block_size, batch=batch, heads=heads, length=length, device=device)
+        schedule = self._schedule(rows)
+        first_key = self._first_key
+        last_key = max(block[3] for block in schedule)
+        width_all = last_key - first_key
+        # Keys of the target columns, extended by a column of ones (the per-row constant's
+        # partner), laid out (batch · kv_heads, keys, dim + 1): each tile is one batched matmul
+        # over a contiguous run of keys, and comes out key-major, so the sum over query rows
+        # runs along contiguous memory.
+        keys = layer.key[:, :, first_key:last_key].float()
+        keys = torch.cat([keys, keys.new_ones(batch, kv_heads, width_all, 1)], dim=-1)
+        keys = keys.reshape(batch * kv_heads, width_all, dim + 1)
+        column_sums = torch.zeros(batch, kv_heads, width_all, group, device=device)
+        mask = layer.attention_mask
+        query_scale = layer.scaling * _LOG2E
+        for start, end, low, high in schedule:
+            count = end - start
+            # Per row: log2(w) − log2(e) · lse, or "nothing" for rows without weight.
+            weight = self._weight[:, None, start:end]
+            lse = layer.row_logsumexp(slice(start, end))
+            offset = torch.where(weight > 0, torch.log2(weight) - lse * _LOG2E, _NO_WEIGHT)
+            queries = torch.cat([layer.query[:, :, start:end].float() * query_scale, offset[..., None]], dim=-1)
+            queries = queries.reshape(batch * kv_heads, group * count, dim + 1).transpose(1, 2).contiguous()
+            block_limit = self._limit[:, None, start:end]  # (batch, 1, rows)
+            for chunk_start in range(first_key, high, key_chunk):
+                chunk_end = min(chunk_start + key_chunk, high)
+                width = chunk_end - chunk_start
+                tile = torch.bmm(keys[:, chunk_start - first_key : chunk_end - first_key], queries)
+                tile = tile.view(batch, kv_heads, width, group, count)  # [b, kv, s, g, t]
+                layer_mask = None
+                if mask is not None:  # the layer's own mask (padding, sliding window), as [b, kv, s, g, t]
+                    layer_mask = mask[:, :, start:end, chunk_start:chunk_end]
+                    if layer_mask.shape[1] > 1:
+                        layer_mask = layer_mask.unflatten(1, (kv_heads, group)).permute(0, 1, 4, 2, 3)
+                    else:
+                        layer_mask = layer_mask.transpose(-1, -2)[:, :, :, None, :]
+                    if layer_mask.dtype != torch.bool:
+                        tile.add_(layer_mask.float() * _LOG2E)
+                tile.exp2_()  # = w[t] · A[t, s]
+                if layer_mask is not None and layer_mask.dtype == torch.bool:
+                    tile.masked_fill_(~layer_mask, 0.0)
+                if chunk_end > low:  # keys past some row's limit: not its targets
+                    cut = max(chunk_start, low)
+                    columns = torch.arange(cut, chunk_end, device=device)
+                    beyond = columns[None, :, None] >= block_limit  # (batch, keys, rows)
+                    tile[:, :, cut - chunk_start :].masked_fill_(beyond[:, None, :, None, :], 0.0)
+                column_sums[:, :, chunk_start - first_key : chunk_end - first_key] += tile.sum(dim=-1)
+        column_sums = column_sums.permute(0, 1, 3, 2).reshape(batch, heads, width_all)
+        # y[b, h, k] = (1/|k|) Σ over the keys s of step k of c[s].
+        num_steps = self._inverse_lengths.shape[1]
+        key_step = self._key_step[:, None, first_key:last_key].expand(batch, heads, width_all)
+        influence = column_sums.new_zeros(batch, heads, num_steps + 1)
+        influence.scatter_add_(2, key_step, column_sums)
+        influence = influence[..., :num_steps] * self._inverse_lengths[:, None, :]
         torch.maximum(self._best, influence.amax(dim=1), out=self._best)
 
     def scores(self) -> list[torch.Tensor]:
@@ -236,7 +337,7 @@ def fci_scores_batch(
     step_spans_per_row: Sequence[Sequence[Span]],
     *,
     min_gap: int = DEFAULT_MIN_GAP,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
     think_end_steps: Sequence[int | None] | None = None,
 ) -> list[torch.Tensor]:
     """FCI of every step of every row of a left-padded batch, in one forward.
@@ -250,7 +351,7 @@ def fci_scores_batch(
             :func:`~lit_attn.attention.steps.split_steps` returns them for the unpadded row);
             span 0 is the prompt.
         min_gap: Δ of docs/attnrl.md §2.
-        block_size: query rows per block (memory ∝ batch · heads · block_size · T).
+        block_size: query rows per block, ``None`` = auto (:func:`fci_block_shape`).
         think_end_steps: per row, index of the step holding the closing think tag, or ``None``.
 
     Returns:
@@ -284,7 +385,7 @@ def fci_scores(
     step_spans: Sequence[Span],
     *,
     min_gap: int = DEFAULT_MIN_GAP,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = DEFAULT_BLOCK_SIZE,
     think_end_step: int | None = None,
 ) -> torch.Tensor:
     """FCI of every step of one unpadded ``prompt ‖ response`` sequence (1-D float32 CPU tensor).
