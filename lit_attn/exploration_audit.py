@@ -49,7 +49,7 @@ def branch_audit(groups: Sequence[Any], tokenizer: Any, threshold: float, delimi
     flags: list[bool] = []
     for group in groups:
         for response, offsets in zip(group.responses, group.offsets):
-            if not offsets or response.reward >= threshold:
+            if not offsets or response.reward >= threshold or not group.record.get("solution"):
                 continue
             error = first_error(group.record, tokenizer.decode(list(response.tokens), skip_special_tokens=True))
             if error is None:

@@ -199,6 +199,10 @@ def explore_step(
     expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings, reduce)
     chosen = choose_branch_points(host, sampled.groups, expand, scores, settings, rule)
     trees = build_trees(state.pending, sampled.continuations)
+    # what exploration finds (docs/attnrl.md, TensorBoard): built-in records only for the first
+    before = branch_audit(sampled.groups, host.tokenizer, settings.correct_threshold, getattr(rule, "delimiter", STEP_DELIMITER))
+    if before:
+        chosen.metrics["branching/before_first_error"] = sum(before) / len(before)
     found = rescued(state.pending, sampled.continuations, settings.correct_threshold)
     if found:
         chosen.metrics["branching/rescued"] = sum(found) / len(found)
@@ -330,9 +334,6 @@ def choose_branch_points(
     positions = [off / max(len(r.tokens), 1) for r, offs in responses for off in offs]
     expanded = sum(1 for _, offs in responses if offs)
     chosen.histograms["branching/position"] = torch.tensor(positions, dtype=torch.float32)
-    before = branch_audit(groups, host.tokenizer, settings.correct_threshold, getattr(rule, "delimiter", STEP_DELIMITER))
-    if before:
-        chosen.metrics["branching/before_first_error"] = sum(before) / len(before)
     chosen.metrics.update({
         "branching/responses_expanded": float(expanded),
         "branching/branch_points": float(len(positions)),

@@ -362,7 +362,7 @@ def fake_steps(monkeypatch, callback, *, loader_prompts, sequences_left, steps, 
     fetcher = stand_in.fit_loop._data_fetcher
     callback.rule = _NoRule()
     callback._trainer = stand_in
-    host = SimpleNamespace(group_size=group_size)
+    host = SimpleNamespace(group_size=group_size, tokenizer=None)  # records carry no solution: nothing is decoded
     sizes, taken = [], []
     for _ in range(steps):
         batch, _, _ = next(fetcher)
