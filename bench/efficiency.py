@@ -1,22 +1,33 @@
-"""AttnRL vs GRPO vs TreeRL vs the early-steps ablation: held-out accuracy against generated tokens.
+"""AttnRL vs GRPO vs TreeRL vs the early-steps ablation: held-out accuracy at equal generated tokens.
 
-Each method runs its shipped config (configs/default.yaml = GRPO, configs/attnrl.yaml,
-configs/treerl.yaml; ``early`` = configs/attnrl.yaml with ``selection: early``) on the same
-shipped model and the same built-in task setting (``--data``, applied to every method), with
-the same budget of generated tokens, for several seeds. A probe callback measures held-out
-greedy pass@1 (all held-out prompts) every ``budget / points`` generated tokens and stops the
-run at the budget. Prints a markdown table and writes docs/bench_efficiency.md (+ .json, +
-.png with accuracy against tokens and against training seconds):
+A race under one set of rules (issue 18). Every method runs its shipped config
+(configs/default.yaml = GRPO, configs/attnrl.yaml, configs/treerl.yaml; ``early`` =
+configs/attnrl.yaml with ``selection: early``) on the shipped model and the same task setting,
+with these settings made equal for every arm (the page states each rule):
 
-    python bench/efficiency.py                          # 3 seeds, 4 methods, 2 runs at a time
-    python bench/efficiency.py --budget 300000 --seeds 0 --points 3 --methods grpo attnrl   # a quick look
-    python bench/efficiency.py --hard --budget 300000 --points 3   # hard prompts only (see below)
+1. updates per generated token: minibatch = a tenth of the tree step's target sequences
+   B′ = prompts × G × (1 + N·T) (the authors' convention), one epoch; with N = T = 2 that is
+   prompts × G / 2, so GRPO makes 2 updates per step and a full tree step about 10;
+2. the same G, prompts per step, KL coefficient, weight decay, learning rate and optimiser;
+3. no arm charged for a batch it never trains: a tree step samples batch m but trains batch
+   m−1, so the probe leaves the pending batch's initial responses out of the token count
+   until the step that trains it;
+4. every measurement logs optimiser updates, charged tokens and continuation tokens;
+5. ``--setting``: ``subtotal`` (the task's subtotal mode, every prompt, 480-token answers) or
+   ``chain-hard`` (facts + arithmetic chain, 30 texts, 6 operations, 12 distractors, only
+   prompts the shipped model answers wrong greedily);
+6. AttnRL's adaptive batch capped at ``--max-batch-prompts`` (default 4 × prompts per step).
 
-``--hard`` keeps only the prompts the shipped model answers wrong greedily, for training and
-held out alike: on the default setting their sampled pass rate is about 0.18 and about a third
-of groups of 8 are all wrong — the regime exploration is for. Held-out accuracy then starts at 0.
+A probe callback measures held-out greedy pass@1 every ``budget / points`` charged tokens and
+stops the run at the budget. Writes docs/bench_efficiency.md (+ .json, + .png with accuracy
+against tokens, training minutes and optimiser updates)::
 
-Goal (issue): AttnRL reaches GRPO's final accuracy with ≤ 0.6× the tokens and beats TreeRL.
+    python bench/efficiency.py --workdir runs/bench_efficiency        # subtotal, 2 seeds, 4 methods: ~75 min on 2 cores
+    python bench/efficiency.py --setting chain-hard --budget 300000   # hard chain prompts
+    python bench/efficiency.py --budget 100000 --seeds 0 --points 1 --methods grpo attnrl --out /tmp/eff.md
+
+Goal (issue 18): at equal generated tokens, AttnRL ≥ GRPO at every budget point, and its final
+accuracy ≥ 0.03 above GRPO, TreeRL and early steps (mean over seeds, with the spread shown).
 Each run is a subprocess with one torch thread; ``--parallel`` runs go side by side.
 """
 
@@ -26,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,6 +50,17 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"grpo": "default.yaml", "attnrl": "attnrl.yaml", "treerl": "treerl.yaml", "early": "attnrl.yaml"}
 COLORS = {"grpo": "C0", "attnrl": "C3", "treerl": "C2", "early": "C1"}
 KEEP_CALLBACKS = ("AttentionBranchCallback", "EntropyBranchCallback")
+GOAL = ("at equal generated tokens, AttnRL ≥ GRPO at every budget point, and its final accuracy ≥ 0.03 above "
+        "GRPO, TreeRL and early steps (mean over seeds, with the spread shown)")
+MARGIN = 0.03
+SETTINGS = {
+    # data overrides over configs/default.yaml's data section, response length (training and evaluation)
+    "subtotal": {"data": {"mode": "subtotal", "num_texts": 0, "lookup_drill": 0.0, "num_distractors": 6},
+                 "max_new_tokens": 480, "hard": False},
+    "chain-hard": {"data": {"mode": "chain", "num_texts": 30, "num_ops": 6, "num_distractors": 12},
+                   "max_new_tokens": 128, "hard": True},
+}
+EPOCHS = 1  # lit_attn.ppo.ppo_update makes one pass over a step's sequences (no epochs setting)
 
 # ---------------------------------------------------------------------------------------------
 # The probe, loaded by the Lightning CLI inside each run (module bench/efficiency.py on PYTHONPATH)
@@ -47,10 +70,44 @@ from lightning import Callback  # noqa: E402
 from lit_attn.config_files import load_config  # noqa: E402
 
 
-class TokenBudgetProbe(Callback):
-    """Held-out pass@1 every ``every`` generated tokens; stops the run at ``budget`` tokens.
+def pending_tokens(groups) -> int:
+    """Tokens of the initial responses a tree step has sampled but not trained yet (the
+    exploration state's ``pending`` prompt groups)."""
+    return sum(len(r.tokens) for g in groups for r in g.responses)
 
-    Writes ``[{"tokens", "accuracy", "seconds"}, ...]`` to ``out`` (JSON) after each measurement.
+
+def charged_tokens(generated: int, pending: int) -> int:
+    """Tokens charged to a run: everything generated except the pending batch (rule 3)."""
+    return generated - pending
+
+
+def step_continuation_tokens(step_generated: int, new_pending: int) -> int:
+    """Continuation tokens of one tree step: its one sampling call made batch m's initial
+    responses (now pending) and the continuations at batch m−1's branch points."""
+    return step_generated - new_pending
+
+
+def has_gradients(optimizer) -> bool:
+    """Whether an optimiser step carries any gradient: the first tree step (nothing to train
+    yet) steps the optimiser with none, which is not an update."""
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
+def find_explorer(trainer):
+    """The run's exploration callback (AttentionBranchCallback / EntropyBranchCallback), or None
+    (GRPO)."""
+    from lit_attn.tree_rl import ExplorationState
+
+    return next((c for c in trainer.callbacks if isinstance(getattr(c, "state", None), ExplorationState)), None)
+
+
+class TokenBudgetProbe(Callback):
+    """Held-out pass@1 every ``every`` charged tokens; stops the run at ``budget`` charged tokens.
+
+    Writes ``{"points": [{"tokens", "generated", "pending", "continuation_tokens", "updates",
+    "optimizer_steps", "accuracy", "seconds", "rl_steps"}, ...], "first_step_reward"}`` to
+    ``out`` (JSON) after each measurement. ``tokens`` are the charged tokens (the pending batch
+    of a tree step left out), ``updates`` the optimiser steps that carried gradients.
     """
 
     def __init__(self, budget: int, every: int, out: str) -> None:
@@ -59,6 +116,15 @@ class TokenBudgetProbe(Callback):
         self.next_at = 0
         self.start = 0.0
         self.eval_seconds = 0.0
+        self.updates = 0
+        self.generated_seen = 0
+        self.pending = 0
+        self.continuation_tokens = 0
+        self.first_step_reward: float | None = None
+        self.steps = 0
+
+    def _write(self) -> None:
+        Path(self.out).write_text(json.dumps({"points": self.points, "first_step_reward": self.first_step_reward}))
 
     def _measure(self, trainer, module) -> None:
         from lit_attn.evaluation import greedy_pass_at_1
@@ -67,33 +133,76 @@ class TokenBudgetProbe(Callback):
         records = trainer.datamodule.val_records()
         scores, _ = greedy_pass_at_1(
             module.model, module.tokenizer, records, module.reward_set.funcs[0],
-            max_new_tokens=module.max_new_tokens, batch_size=module.evaluation.batch_size,
+            max_new_tokens=module.eval_max_new_tokens, batch_size=module.evaluation.batch_size,
         )
         self.eval_seconds += time.perf_counter() - t0
+        generated = module.tokens_generated
         self.points.append({
-            "tokens": module.tokens_generated,
+            "tokens": charged_tokens(generated, self.pending),
+            "generated": generated,
+            "pending": self.pending,
+            "continuation_tokens": self.continuation_tokens,
+            "updates": self.updates,
+            "optimizer_steps": trainer.global_step,
             "accuracy": float(scores.nan_to_num(0).mean()),
             "seconds": time.perf_counter() - self.start - self.eval_seconds,
-            "rl_steps": trainer.fit_loop.epoch_loop.batch_progress.total.completed,
+            "eval_seconds": self.eval_seconds,
+            "rl_steps": self.steps,  # training steps ended (the fit loop counts this one as completed only later)
         })
-        Path(self.out).write_text(json.dumps(self.points))
-        self.next_at += self.every
+        self._write()
+        while self.next_at <= self.points[-1]["tokens"]:  # one measurement covers every point a big step passed
+            self.next_at += self.every
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start = time.perf_counter()
         self._measure(trainer, pl_module)
 
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if has_gradients(optimizer):
+            self.updates += 1
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.tokens_generated >= self.next_at:
+        self.steps += 1
+        generated = pl_module.tokens_generated
+        explorer = find_explorer(trainer)
+        if explorer is not None:
+            self.pending = pending_tokens(explorer.state.pending)
+            self.continuation_tokens += step_continuation_tokens(generated - self.generated_seen, self.pending)
+        self.generated_seen = generated
+        if self.steps == 1 and "reward" in trainer.callback_metrics:
+            # the first step's fresh samples (G per prompt of the first batch) under the initial weights
+            self.first_step_reward = float(trainer.callback_metrics["reward"])
+        tokens = charged_tokens(generated, self.pending)
+        if tokens >= self.next_at:
             self._measure(trainer, pl_module)
-        if pl_module.tokens_generated >= self.budget:
+        if tokens >= self.budget:
             trainer.should_stop = True
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def hard_split(data: dict, pool: int, held_out: int, workdir: Path) -> dict:
+def minibatch_rule(prompts: int, group_size: int, num_points: int, continuations: int) -> tuple[int, int]:
+    """(B′, minibatch): the tree step's target sequences B′ = prompts × G × (1 + N·T) and a
+    tenth of it, the minibatch of every arm (the authors' convention)."""
+    target = prompts * group_size * (1 + num_points * continuations)
+    if target % 10:
+        raise SystemExit(f"B′ = {prompts} × {group_size} × (1 + {num_points}·{continuations}) = {target} has no "
+                         "whole tenth; pick --prompts-per-step and --group-size so it does")
+    minibatch = target // 10
+    if (prompts * group_size) % minibatch:
+        raise SystemExit(f"the minibatch B′/10 = {minibatch} must divide GRPO's {prompts} × {group_size} sequences per step")
+    return target, minibatch
+
+
+def tree_shape() -> tuple[int, int]:
+    """(N, T): branch points and continuations per point of the shipped tree configs."""
+    config = load_config(ROOT / "configs" / "attnrl.yaml")
+    args = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttentionBranchCallback"))
+    return args["num_points"], args["continuations"]
+
+
+def hard_split(data: dict, pool: int, held_out: int, max_new_tokens: int, workdir: Path) -> dict:
     """Rate ``pool`` training and ``held_out`` held-out prompts of the built-in task with the
     shipped model (greedy), keep the wrong ones, write them as JSONL; returns the data overrides
     that point every run at them."""
@@ -106,35 +215,47 @@ def hard_split(data: dict, pool: int, held_out: int, workdir: Path) -> dict:
 
     torch.manual_seed(0)
     model, tokenizer = load_policy()
-    max_new_tokens = load_config(ROOT / "configs" / "default.yaml")["model"]["sampling"]["max_new_tokens"]
     splits = PromptDataModule(**{**data, "train_size": pool, "val_size": held_out})._load()
-    counts: list[str] = []
-    out: dict = {"counts": counts}
+    out: dict = {"counts": {}}
     for name in ("train", "val"):
         records = splits[name]
         scores, _ = greedy_pass_at_1(model, tokenizer, records, task_reward, max_new_tokens=max_new_tokens)
         hard = [r for r, s in zip(records, scores.tolist()) if s < 1.0]
-        counts.append(f"{len(hard)} of {len(records)} {'training' if name == 'train' else 'held-out'} prompts")
-        path = workdir / f"hard_{name}.jsonl"
+        out["counts"][name] = [len(hard), len(records)]
+        path = workdir / f"hard_{pool}_{held_out}_{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in hard))
         print(f"hard {name}: {len(hard)} of {len(records)} prompts answered wrong greedily", flush=True)
         out[f"{name}_path"] = str(path)
     return out
 
 
-def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, data: dict) -> Path:
-    """Write the merged YAML of one run; returns the JSON path the probe will write."""
+def cap_held_out(paths: dict, val_size: int, workdir: Path) -> str:
+    """Keep at most ``val_size`` of the hard held-out prompts (their order); returns the path."""
+    lines = Path(paths["val_path"]).read_text().splitlines(keepends=True)
+    if len(lines) <= val_size:
+        return paths["val_path"]
+    path = workdir / f"hard_val_{val_size}.jsonl"
+    path.write_text("".join(lines[:val_size]))
+    return str(path)
+
+
+def run_config(method: str, seed: int, args: argparse.Namespace, workdir: Path, data: dict) -> dict:
+    """The merged config of one run, under the race's rules."""
     config = load_config(ROOT / "configs" / METHODS[method])
     out = workdir / f"{method}_seed{seed}.json"
+    setting = SETTINGS[args.setting]
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].split(".")[-1] in KEEP_CALLBACKS]
     for c in callbacks:
-        c.setdefault("init_args", {})["seed"] = seed
+        init = c.setdefault("init_args", {})
+        init["seed"] = seed
+        init["target_sequences"] = None  # B′ = prompts × G × (1 + N·T), from the loader's batch
+        init["max_batch_prompts"] = args.max_batch_prompts  # memory/time guard (rule 6)
         if method == "early":
-            c["init_args"]["selection"] = "early"
+            init["selection"] = "early"
     config["data"].update(data)
     callbacks.append({
         "class_path": "efficiency.TokenBudgetProbe",
-        "init_args": {"budget": budget, "every": budget // points, "out": str(out)},
+        "init_args": {"budget": args.budget, "every": args.budget // args.points, "out": str(out)},
     })
     config["seed_everything"] = seed
     config["trainer"].update(
@@ -143,17 +264,24 @@ def run_config(method: str, seed: int, budget: int, points: int, workdir: Path, 
         logger=False, default_root_dir=str(workdir / f"{method}_{seed}"),
     )
     config["trainer"].pop("check_val_every_n_epoch", None)
-    config["model"]["evaluation"]["validate_at_start"] = False
-    config["model"]["seed"] = seed
+    model = config["model"]
+    model["sampling"].update(  # rule 2: the same G and prompts per step; rule 5: the setting's length
+        group_size=args.group_size, prompts_per_step=args.prompts_per_step, max_new_tokens=setting["max_new_tokens"],
+    )
+    model["update"].update(minibatch_size=args.minibatch, kl_coef=args.kl)  # rules 1 and 2
+    model["optimizer"] = {"lr": args.lr, "weight_decay": args.weight_decay}  # rule 2: AdamW, constant lr
+    model["evaluation"].update(max_new_tokens=setting["max_new_tokens"], validate_at_start=False)
+    model["seed"] = seed
     config["data"]["seed"] = config["data"].get("seed", 0)  # same data for every method and seed
-    path = workdir / f"{method}_seed{seed}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return config
 
 
-def finished(out: Path, budget: int) -> bool:
-    """Whether a run's probe file already reaches the budget (a run to reuse with --workdir)."""
-    return out.exists() and json.loads(out.read_text())[-1]["tokens"] >= budget
+def finished(out: Path, config_path: Path, text: str, budget: int) -> bool:
+    """Whether a run already done in the work folder can be reused: same config, budget reached."""
+    if not (out.exists() and config_path.exists() and config_path.read_text() == text):
+        return False
+    saved = json.loads(out.read_text())
+    return isinstance(saved, dict) and bool(saved["points"]) and saved["points"][-1]["tokens"] >= budget
 
 
 def launch(config: Path, log: Path) -> subprocess.Popen:
@@ -165,8 +293,12 @@ def launch(config: Path, log: Path) -> subprocess.Popen:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
 def tokens_to_reach(curve: list[dict], target: float) -> float | None:
-    """Generated tokens at the first measurement with accuracy ≥ target (None if never)."""
+    """Charged tokens at the first measurement with accuracy ≥ target (None if never)."""
     for point in curve:
         if point["accuracy"] >= target - 1e-9:
             return point["tokens"]
@@ -184,73 +316,232 @@ def std(values: list[float]) -> float:
     return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
-def report(results: dict[str, dict[int, list[dict]]], args: argparse.Namespace, wall: float) -> str:
-    lines = [
-        "# AttnRL vs GRPO vs TreeRL vs early steps: held-out accuracy against generated tokens",
+def measured_at(curve: list[dict], tokens: float) -> dict:
+    """A run's first measurement at or past ``tokens`` charged tokens (its last one if none)."""
+    return next((p for p in curve if p["tokens"] >= tokens), curve[-1])
+
+
+def accuracy_at(curve: list[dict], tokens: float) -> float:
+    """A run's accuracy at ``tokens`` charged tokens: interpolated linearly between its two
+    measurements around it (its last one when none lies at or past it)."""
+    previous = curve[0]
+    for point in curve:
+        if point["tokens"] >= tokens:
+            if point["tokens"] <= previous["tokens"]:
+                return point["accuracy"]
+            w = (tokens - previous["tokens"]) / (point["tokens"] - previous["tokens"])
+            return previous["accuracy"] + w * (point["accuracy"] - previous["accuracy"])
+        previous = point
+    return curve[-1]["accuracy"]
+
+
+def grid(args: argparse.Namespace) -> list[int]:
+    """The charged tokens of the schedule's points (0 included)."""
+    return [(args.budget // args.points) * i for i in range(args.points + 1)]
+
+
+def goal_check(results: dict[str, dict[int, dict]], tokens: list[int]) -> list[str]:
+    """The goal, on the means over seeds of the accuracy at equal charged tokens
+    (:func:`accuracy_at` each point of ``tokens``): AttnRL ≥ GRPO at every point after 0, and
+    AttnRL's accuracy at the last point ≥ each other method's + 0.03."""
+    if "attnrl" not in results or "grpo" not in results:
+        return ["Goal not checked: it needs both attnrl and grpo."]
+
+    def at(method: str, t: float) -> float:
+        return mean([accuracy_at(r["points"], t) for r in results[method].values()])
+
+    behind = [f"{t / 1e6:.2f}M" for t in tokens[1:] if at("attnrl", t) < at("grpo", t) - 1e-9]
+    lines = [f"- AttnRL ≥ GRPO at every budget point: **{'yes' if not behind else 'no'}**"
+             + (f" (behind at {', '.join(behind)})" if behind else "") + "."]
+    for other in ("grpo", "treerl", "early"):
+        if other in results:
+            gap = at("attnrl", tokens[-1]) - at(other, tokens[-1])
+            lines.append(f"- AttnRL's final accuracy − {other}'s: {gap:+.3f} (≥ {MARGIN}: "
+                         f"**{'yes' if gap >= MARGIN - 1e-9 else 'no'}**).")
+    return lines
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this page, every option spelled out."""
+
+    def rel(path: Path) -> str:
+        path = Path(path).resolve()
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+    parts = [
+        "python bench/efficiency.py", f"--setting {args.setting}", f"--budget {args.budget}",
+        f"--points {args.points}", f"--seeds {' '.join(map(str, args.seeds))}", f"--methods {' '.join(args.methods)}",
+        f"--parallel {args.parallel}", f"--val-size {args.val_size}", f"--prompts-per-step {args.prompts_per_step}",
+        f"--group-size {args.group_size}", f"--kl {args.kl!r}", f"--weight-decay {args.weight_decay!r}",
+        f"--lr {args.lr!r}", f"--max-batch-prompts {args.max_batch_prompts}",
+    ]
+    if args.data:
+        parts.append(f"--data {shlex.quote(args.data)}")
+    if SETTINGS[args.setting]["hard"]:
+        parts.append(f"--hard-pool {args.hard_pool[0]} {args.hard_pool[1]}")
+    if args.workdir is not None:
+        parts.append(f"--workdir {shlex.quote(rel(args.workdir))}")
+    parts.append(f"--out {shlex.quote(rel(args.out))}")
+    return " ".join(parts)
+
+
+def rules_text(args: argparse.Namespace) -> list[str]:
+    """The fairness rules, one sentence each, with this run's numbers."""
+    P, G, N, T = args.prompts_per_step, args.group_size, *args.tree_shape
+    setting = SETTINGS[args.setting]
+    return [
+        "## The rules (the same for every arm)",
         "",
-        f"Command: `python bench/efficiency.py --budget {args.budget} --seeds {' '.join(map(str, args.seeds))} "
-        f"--points {args.points} --parallel {args.parallel} --methods {' '.join(args.methods)}"
-        + (f" --data {args.data}" if args.data else "")
-        + (f" --hard --hard-pool {' '.join(map(str, args.hard_pool))}`" if args.hard else "`"),
+        f"1. **Updates per generated token.** Every arm trains minibatches of {args.minibatch} sequences, a tenth of "
+        f"the tree step's target B′ = prompts × G × (1 + N·T) = {P} × {G} × (1 + {N}·{T}) = {args.target} (the "
+        f"authors' convention), for {EPOCHS} epoch: GRPO's {P * G} sequences per step make {P * G // args.minibatch} "
+        f"updates. A tree step trains a variable number n of sequences: lit_attn.ppo.ppo_update shuffles them and "
+        f"cuts ceil(n / {args.minibatch}) minibatches of {args.minibatch} from that order, the last one holding the "
+        f"remaining n mod {args.minibatch} (each one optimiser step; token_mean normalises each minibatch by its own "
+        f"tokens, so the smaller last one still makes a full-size step); every sequence is used once. A full step "
+        f"(n = B′) makes {args.target // args.minibatch} updates.",
+        f"2. **The same hyper-parameters.** G = {G} and {P} prompts per step for every arm (AttnRL's adaptive batch "
+        f"starts from {P}), k3 KL to the initial policy with coefficient {args.kl:g}, AdamW with learning rate "
+        f"{args.lr:g} (constant) and weight decay {args.weight_decay:g}, the PPO clip, gradient clip and loss of "
+        "configs/default.yaml, temperature 1.0.",
+        "3. **No arm charged for a batch it never trains.** On the one-step off-policy schedule a tree step samples "
+        "batch m's initial responses but trains batch m−1's trees, and at the end of the budget the last sampled "
+        "batch is never trained. The probe reads the exploration callback's pending groups and leaves their tokens "
+        "out of the count: a batch's initial responses are charged at the step that trains it (together with its "
+        "continuations, sampled at that step). GRPO trains every batch it samples. The uncharged pending tokens at "
+        "the last point are in the final table.",
+        "4. **What each point records.** Every measurement logs the charged tokens, the continuation tokens (tokens "
+        "sampled from branch points: a tree step's generated tokens minus the initial responses it sampled), and "
+        "the optimiser updates (optimiser steps that carried gradients: the first tree step, with nothing to train "
+        "yet, steps the optimiser without any and is not counted; `optimizer_steps` in the JSON is "
+        "`trainer.global_step`, which counts it).",
+        f"5. **The setting** ({args.setting}): " + (
+            "the built-in task's subtotal mode (`data.mode=subtotal`, lit_attn/task.py `SubtotalTask`, 6 distractors), "
+            f"answers of ~300 tokens (up to ~420), so {setting['max_new_tokens']} new tokens for training and "
+            f"evaluation in every arm; every prompt counts (no greedy filter: greedy is usually right here, the "
+            f"difficulty is sampled slips); {args.val_size} held-out prompts."
+            if args.setting == "subtotal" else
+            "the facts + arithmetic chain with 30 texts, 6 operations and 12 distractors, only the prompts the shipped "
+            f"model answers wrong greedily (held-out accuracy starts at 0; at most {args.val_size} held-out prompts), "
+            f"{setting['max_new_tokens']} new tokens for training and evaluation in every arm."
+        ),
+        f"6. **Memory guard.** AttnRL's adaptive batch grows without a cap in the authors' code "
+        f"(configs/attnrl.yaml: `max_batch_prompts: null`); here it is capped at {args.max_batch_prompts} prompts "
+        f"({args.max_batch_prompts / P:g} × {P}) for the tree arms, as a memory and time guard (TreeRL's batch is fixed).",
+        "7. **Budget.** Each run measures held-out greedy pass@1 when its charged tokens first reach each point of "
+        "the schedule and stops at the first step end at or past the budget. A tree step generates far more tokens "
+        "than a GRPO step, so its measurements can land later: the accuracy is compared at equal charged tokens, "
+        "each run's measurements interpolated linearly at the schedule's points.",
+    ]
+
+
+def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, wall: float) -> str:
+    tokens = grid(args)
+    lines = [
+        "# AttnRL vs GRPO vs TreeRL vs early steps: held-out accuracy at equal generated tokens",
+        "",
+        f"Command: `{command_line(args)}`",
+        "",
+        f"Goal (issue 18): {GOAL}.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; each run one "
         f"torch thread, {args.parallel} runs side by side; whole benchmark {wall / 60:.1f} min. Model: the shipped tiny "
-        f"Qwen2; task: the built-in facts + arithmetic chain as the shipped configs set it"
-        + (f", with `{args.data}`" if args.data else "") + " for every method"
-        + (f", hard prompts only (those the shipped model answers wrong greedily: {args.hard_counts})" if args.hard else "")
-        + "; held-out greedy pass@1 over the held-out prompts. "
-        "Each method uses its shipped config (GRPO: configs/default.yaml, G = 8; "
-        "AttnRL: configs/attnrl.yaml, TreeRL: configs/treerl.yaml and the early-steps ablation (AttnRL with "
-        "`selection: early`), G = 6 with trees) and the same budget of generated tokens.",
+        f"Qwen2; setting: `{args.setting}`" + (f" with `{args.data}`" if args.data else "")
+        + (f" ({args.hard_counts})" if getattr(args, "hard_counts", "") else "")
+        + "; held-out greedy pass@1. Methods: GRPO (configs/default.yaml), AttnRL (configs/attnrl.yaml), TreeRL "
+        "(configs/treerl.yaml), early steps (configs/attnrl.yaml with `selection: early`), each with the settings "
+        "below made equal.",
         "",
-        "| method | seeds | " + " | ".join(f"acc @ {p}" for p in _grid(args)) + " | RL steps | train s (no eval) |",
-        "|---|---|" + "---|" * len(_grid(args)) + "---|---|",
+        *rules_text(args),
+        "",
+        "## Accuracy at equal charged tokens",
+        "",
+        "Mean ± standard deviation over seeds of each run's accuracy at the schedule's charged tokens, interpolated "
+        "linearly between the run's two measurements around each point (a tree step is large, so its measurements "
+        "can land well past a point; the goal below is checked on these numbers).",
+        "",
+        "| method | seeds | " + " | ".join(f"{t / 1e6:.2f}M" for t in tokens) + " |",
+        "|---|---|" + "---|" * len(tokens),
     ]
     for method, runs in results.items():
-        curves = list(runs.values())
         cells = []
-        for i in range(len(_grid(args))):
-            vals = [c[i]["accuracy"] for c in curves if len(c) > i]
-            cells.append(f"{mean(vals):.3f} ± {std(vals):.3f}" if vals else "—")
-        steps = mean([c[-1]["rl_steps"] for c in curves])
-        secs = mean([c[-1]["seconds"] for c in curves])
-        lines.append(f"| {method} | {len(curves)} | " + " | ".join(cells) + f" | {steps:.0f} | {secs:.0f} |")
-    lines.append("")
-    lines.append("Token columns are the probe's schedule; each measurement happens at the first step end at or past "
-                 "it, so the exact token counts per point are in docs/bench_efficiency.json.")
-    grpo_final = mean([c[-1]["accuracy"] for c in results.get("grpo", {}).values()])
+        for t in tokens:
+            acc = [accuracy_at(r["points"], t) for r in runs.values()]
+            cells.append(f"{mean(acc):.3f} ± {std(acc):.3f}")
+        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "As measured (each run's first measurement at or past each point; in brackets the mean charged "
+              "tokens there):",
+              "", "| method | " + " | ".join(f"{t / 1e6:.2f}M" for t in tokens) + " |",
+              "|---|" + "---|" * len(tokens)]
+    for method, runs in results.items():
+        cells = []
+        for t in tokens:
+            at = [measured_at(r["points"], t) for r in runs.values()]
+            acc = [p["accuracy"] for p in at]
+            cells.append(f"{mean(acc):.3f} ± {std(acc):.3f} ({mean([p['tokens'] for p in at]) / 1e6:.2f}M)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    first = [r["first_step_reward"] for runs in results.values() for r in runs.values() if r.get("first_step_reward") is not None]
+    if first:
+        lines += ["", f"Fresh sampled pass rate at step 0: **{mean(first):.3f}** (the first step's mean reward: G = "
+                  f"{args.group_size} samples for each of the first batch's {args.prompts_per_step} prompts under the "
+                  f"initial weights, mean over {len(first)} runs; every run draws the same first prompts, and the runs "
+                  "of one seed the same samples). Held-out greedy pass@1 at step 0 is the first column above."]
+    lines += ["", "## Goal", "", *goal_check(results, tokens), "", "## Cost at the last point", "",
+              "Means over seeds. Updates: optimiser steps with gradients. Continuation tokens: sampled from branch "
+              "points (part of the charged tokens). Pending: sampled by the last step, never trained, not charged. "
+              "First-step reward: mean reward of the first step's fresh samples (G per prompt of the first batch of "
+              f"{args.prompts_per_step} prompts) under the initial weights, the sampled pass rate at step 0.",
+              "",
+              "| method | charged tokens | continuation tokens (share) | pending, not charged | updates | updates per 1K tokens "
+              "| RL steps | first-step reward | train s (no eval) | eval s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for method, runs in results.items():
+        last = [r["points"][-1] for r in runs.values()]
+        tokens = mean([p["tokens"] for p in last])
+        cont = mean([p["continuation_tokens"] for p in last])
+        updates = mean([p["updates"] for p in last])
+        per_k = mean([1000 * p["updates"] / max(p["tokens"], 1) for p in last])
+        rewards = [r["first_step_reward"] for r in runs.values() if r.get("first_step_reward") is not None]
+        lines.append(
+            f"| {method} | {tokens:,.0f} | {cont:,.0f} ({cont / max(tokens, 1):.0%}) | {mean([p['pending'] for p in last]):,.0f} "
+            f"| {updates:.1f} ± {std([p['updates'] for p in last]):.1f} | {per_k:.3f} "
+            f"| {mean([p['rl_steps'] for p in last]):.1f} | {mean(rewards):.3f} | {mean([p['seconds'] for p in last]):.0f} "
+            f"| {mean([p.get('eval_seconds', float('nan')) for p in last]):.0f} |"
+        )
     if "grpo" in results:
-        lines += ["", f"GRPO's final accuracy (mean over seeds): **{grpo_final:.3f}**.", ""]
-        lines.append("| method | tokens to reach GRPO's final accuracy (per seed) | ratio to GRPO's budget |")
-        lines.append("|---|---|---|")
+        grpo_final = mean([r["points"][-1]["accuracy"] for r in results["grpo"].values()])
+        lines += ["", f"GRPO's final accuracy (mean over seeds): **{grpo_final:.3f}**.", "",
+                  "| method | charged tokens to reach GRPO's final accuracy (per seed) | ratio to the budget |", "|---|---|---|"]
         for method, runs in results.items():
-            reach = [tokens_to_reach(c, grpo_final) for c in runs.values()]
-            shown = ", ".join("never" if r is None else f"{r / 1e6:.2f}M" for r in reach)
-            done = [r for r in reach if r is not None]
-            ratio = f"{mean(done) / args.budget:.2f}" if len(done) == len(reach) else "—"
+            reach = [tokens_to_reach(r["points"], grpo_final) for r in runs.values()]
+            shown = ", ".join("never" if t is None else f"{t / 1e6:.2f}M" for t in reach)
+            done = [t for t in reach if t is not None]
+            ratio = f"{mean(done) / args.budget:.2f}" if done and len(done) == len(reach) else "—"
             lines.append(f"| {method} | {shown} | {ratio} |")
+    lines += ["", f"Every point of every run (charged, generated and pending tokens, continuation tokens, updates, "
+              f"optimiser steps, accuracy, seconds) is in {args.out.with_suffix('.json').name}."]
     return "\n".join(lines) + "\n"
 
 
-def _grid(args: argparse.Namespace) -> list[str]:
-    return [f"{(args.budget // args.points) * i / 1e6:.2f}M" for i in range(args.points + 1)]
-
-
-def plot(results: dict[str, dict[int, list[dict]]], path: Path) -> None:
+def plot(results: dict[str, dict[int, dict]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for method, runs in results.items():
-        for seed, curve in runs.items():
+        for seed, run in runs.items():
+            curve = run["points"]
             label = method if seed == min(runs) else None
             acc = [p["accuracy"] for p in curve]
-            axes[0].plot([p["tokens"] / 1e6 for p in curve], acc, marker="o", color=COLORS[method], alpha=0.7, label=label)
-            axes[1].plot([p["seconds"] / 60 for p in curve], acc, marker="o", color=COLORS[method], alpha=0.7, label=label)
-    axes[0].set_xlabel("generated tokens (M)")
+            style = {"marker": "o", "color": COLORS[method], "alpha": 0.7, "label": label}
+            axes[0].plot([p["tokens"] / 1e6 for p in curve], acc, **style)
+            axes[1].plot([p["seconds"] / 60 for p in curve], acc, **style)
+            axes[2].plot([p["updates"] for p in curve], acc, **style)
+    axes[0].set_xlabel("charged generated tokens (M)")
     axes[1].set_xlabel("training minutes (evaluation excluded)")
+    axes[2].set_xlabel("optimiser updates")
     axes[0].set_ylabel("held-out pass@1")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -259,43 +550,74 @@ def plot(results: dict[str, dict[int, list[dict]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=int, default=1_200_000, help="generated tokens per run")
-    parser.add_argument("--points", type=int, default=4, help="measurements after the one at 0 tokens")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--setting", choices=list(SETTINGS), default="subtotal")
+    parser.add_argument("--budget", type=int, default=200_000, help="charged generated tokens per run")
+    parser.add_argument("--points", type=int, default=2, help="measurements after the one at 0 tokens")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--val-size", type=int, default=200,
+                        help="held-out prompts (chain-hard: at most this many of the hard held-out prompts)")
+    parser.add_argument("--prompts-per-step", type=int, default=16, help="prompts per step, every arm")
+    parser.add_argument("--group-size", type=int, default=6, help="G, every arm")
+    parser.add_argument("--kl", type=float, default=0.001, help="k3 KL coefficient, every arm (paper: 0.001)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, every arm (authors: 0.01)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate, every arm (default: configs/default.yaml's)")
+    parser.add_argument("--max-batch-prompts", type=int, default=None,
+                        help="cap on AttnRL's adaptive prompt batch (default: 4 × prompts per step = 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
-    parser.add_argument("--data", default="", help="task settings for every method over the shipped configs' "
-                        "data section (which all methods share), key=value,...; default: none")
+    parser.add_argument("--data", default="", help="extra task settings for every arm over the setting's, key=value,...")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep every run's files here (default: a temporary folder); runs already finished there are reused")
-    parser.add_argument("--hard", action="store_true",
-                        help="train and hold out only prompts the shipped model answers wrong greedily")
+                        help="keep every run's files here (default: a temporary folder); finished runs with the same "
+                             "config are reused")
     parser.add_argument("--hard-pool", type=int, nargs=2, default=[2400, 440], metavar=("TRAIN", "HELD_OUT"),
-                        help="with --hard: built-in prompts rated for each split")
-    args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=") for item in args.data.split(",") if item)}
-    data = {**load_config(ROOT / "configs" / "default.yaml")["data"], **overrides}  # the setting every method trains on
+                        help="chain-hard: built-in prompts rated for each split")
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = float(load_config(ROOT / "configs" / "default.yaml")["model"]["optimizer"]["lr"])
+    if args.max_batch_prompts is None:
+        args.max_batch_prompts = 4 * args.prompts_per_step
+    args.tree_shape = tree_shape()
+    args.target, args.minibatch = minibatch_rule(args.prompts_per_step, args.group_size, *args.tree_shape)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    setting = SETTINGS[args.setting]
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.data.split(",") if item)}
+    # the task every arm trains on: configs/default.yaml's data section, the setting, then --data
+    data = {**load_config(ROOT / "configs" / "default.yaml")["data"], **setting["data"], "val_size": args.val_size,
+            **overrides}
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        if args.hard:
-            saved = workdir / "hard.json"
+        if setting["hard"]:
+            saved = workdir / f"hard_{args.hard_pool[0]}_{args.hard_pool[1]}.json"
             if saved.exists():
                 paths = json.loads(saved.read_text())
             else:
-                paths = hard_split(data, *args.hard_pool, workdir)
+                paths = hard_split(data, *args.hard_pool, setting["max_new_tokens"], workdir)
                 saved.write_text(json.dumps(paths))
-            args.hard_counts = ", ".join(paths.pop("counts"))
-            data.update(paths)
-        jobs = [
-            (m, s, run_config(m, s, args.budget, args.points, workdir, data))
-            for s in args.seeds for m in args.methods if not finished(workdir / f"{m}_seed{s}.json", args.budget)
-        ]
+            (train_hard, train_all), (val_hard, val_all) = paths["counts"]["train"], paths["counts"]["val"]
+            val_path = cap_held_out(paths, args.val_size, workdir)
+            args.hard_counts = (f"prompts answered wrong greedily: {train_hard} of {train_all} training prompts, "
+                                f"{min(val_hard, args.val_size)} held out (of {val_hard} wrong among {val_all})")
+            data.update(train_path=paths["train_path"], val_path=val_path)
+        jobs = []
+        for s in args.seeds:
+            for m in args.methods:
+                config_path, out = workdir / f"{m}_seed{s}.yaml", workdir / f"{m}_seed{s}.json"
+                text = yaml.safe_dump(run_config(m, s, args, workdir, data))
+                if finished(out, config_path, text, args.budget):
+                    print(f"reusing {m} seed {s}", flush=True)
+                    continue
+                config_path.write_text(text)
+                jobs.append((m, s, config_path))
         running: list[tuple[str, int, subprocess.Popen, Path]] = []
         while jobs or running:
             while jobs and len(running) < args.parallel:
@@ -311,15 +633,19 @@ def main() -> None:
                     if proc.returncode:
                         sys.exit(f"{method} seed {seed} failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
                     print(f"finished {method} seed {seed}", flush=True)
-        results: dict[str, dict[int, list[dict]]] = {m: {} for m in args.methods}
+        results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
         for method in args.methods:
             for seed in args.seeds:
                 results[method][seed] = json.loads((workdir / f"{method}_seed{seed}.json").read_text())
     wall = time.perf_counter() - start
     text = report(results, args, wall)
     print(text)
-    args.out.write_text(text + f"\n![accuracy vs tokens and vs training time]({args.out.with_suffix('.png').name})\n")
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    args.out.write_text(text + f"\n![accuracy vs charged tokens, training time and optimiser updates]"
+                        f"({args.out.with_suffix('.png').name})\n")
+    args.out.with_suffix(".json").write_text(json.dumps({
+        "command": command_line(args), "setting": args.setting, "budget": args.budget, "points": args.points,
+        "minibatch": args.minibatch, "target_sequences": args.target, "runs": results,
+    }, indent=1))
     plot(results, args.out.with_suffix(".png"))
 
 
