@@ -174,7 +174,7 @@ class SFTModule(LightningModule):
 
     def lookup_forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor | None, lookups: torch.Tensor, heads: slice,
-        layers: set[int] | None = None,
+        layers: set[int] | None = None, log: bool = False,
     ) -> tuple[Any, dict[int, torch.Tensor]]:
         """One forward that also returns attention rows, through
         :func:`lit_attn.attention.capture.capture_qk` (the forward itself runs sdpa; only the
@@ -182,7 +182,7 @@ class SFTModule(LightningModule):
 
         Returns the model output and, per layer of ``layers`` (default all), the attention
         ``(L, len(heads), T)`` of ``heads`` at each of the batch's ``L`` lookup queries (the
-        query of lookup ``j`` in its own batch row). ``input_ids`` must be right-padded: with a
+        query of lookup ``j`` in its own batch row; log-probabilities with ``log``). ``input_ids`` must be right-padded: with a
         causal mask padding never reaches a real position, so no attention mask is passed and
         the captured rows stay exact.
         """
@@ -191,7 +191,7 @@ class SFTModule(LightningModule):
 
         def consumer(layer: CapturedLayer) -> None:
             if queries.numel() and (layers is None or layer.layer_idx in layers):
-                attention[layer.layer_idx] = layer.attention_rows(queries, heads=heads)[lookups[0], :, query_index]
+                attention[layer.layer_idx] = layer.attention_rows(queries, heads=heads, log=log)[lookups[0], :, query_index]
 
         with capture_qk(self.model, consumer):
             out = self.model(input_ids=input_ids, labels=labels, use_cache=False)
@@ -210,9 +210,9 @@ class SFTModule(LightningModule):
             loss = out.loss + weight * lookup + self.hparams.context_hygiene * hygiene
         elif weight > 0:
             heads = slice(0, 1 if self.global_step < self.hparams.single_head_steps else self.hparams.lookup_heads)
-            out, attention = self.lookup_forward(input_ids, labels, lookups, heads, {self.lookup_layer})
+            out, attention = self.lookup_forward(input_ids, labels, lookups, heads, {self.lookup_layer}, log=True)
             if self.lookup_layer in attention:
-                lookup = lookup_attention_loss(attention[self.lookup_layer], lookups[2])
+                lookup = lookup_attention_loss(attention[self.lookup_layer], lookups[2], log=True)
             else:  # no lookups in this batch
                 lookup = out.loss * 0.0
             self.log("train/lookup_loss", lookup, batch_size=len(batch))

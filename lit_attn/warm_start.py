@@ -227,17 +227,23 @@ def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[in
     return pairs
 
 
-def lookup_attention_loss(attention: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+def lookup_attention_loss(attention: torch.Tensor, sources: torch.Tensor, *, log: bool = False) -> torch.Tensor:
     """Mean of ``-log attention[j, …, sources[j]]`` over the lookups ``j`` (and heads).
 
     ``attention`` is ``(L, T)`` — one head's attention rows at the ``L`` lookup queries — or
     ``(L, H, T)`` for ``H`` heads; ``sources`` holds the ``(L,)`` positions of the right
     values (:func:`lookup_targets`). Zero when there are no lookups (a batch without fact keys).
+    With ``log=True`` the rows are log-probabilities (``attention_rows(..., log=True)``): use
+    them for training. From probabilities, the clamp at 1e-9 leaves no gradient where a head
+    starts with (almost) no attention on the source — measured here: a lookup of a name the
+    solution defines (``x=``) never formed that way, while one that started at 0.001 did.
     """
     if sources.numel() == 0:
         return attention.sum() * 0.0
     index = sources.to(attention.device).view(-1, *([1] * (attention.dim() - 1)))
     picked = attention.gather(-1, index.expand(*attention.shape[:-1], 1))
+    if log:
+        return -picked.mean()
     return -torch.log(picked.clamp_min(1e-9)).mean()
 
 

@@ -202,3 +202,16 @@ def test_subtotal_batches_join_from_their_step_and_leave_other_batches_alone():
     assert all(verify(r["solution"], r["answer"]) == float(not r.get("slipped")) for r in records)
     with pytest.raises(ValueError, match="slip"):
         WarmStartMix(slip=1.5)
+
+
+def test_lookup_loss_from_log_rows_keeps_its_gradient_where_attention_is_tiny():
+    scores = torch.tensor([[0.0, -40.0, 5.0]], requires_grad=True)  # the source (key 1) starts far below 1e-9
+    sources = torch.tensor([1])
+    from_probs = lookup_attention_loss(torch.softmax(scores, -1), sources)
+    from_probs.backward()
+    assert scores.grad.abs().max().item() == 0.0  # the clamp: no signal, the lookup never forms
+    scores.grad = None
+    from_logs = lookup_attention_loss(torch.log_softmax(scores, -1), sources, log=True)
+    from_logs.backward()
+    assert from_logs.item() == pytest.approx(45.0, abs=0.01)
+    assert scores.grad[0, 1].item() == pytest.approx(-1.0, abs=1e-6)  # pulls the source up at full strength

@@ -122,8 +122,10 @@ class CapturedLayer:
         *,
         heads: slice | None = None,
         trim_keys: bool = False,
+        log: bool = False,
     ) -> torch.Tensor:
-        """Exact fp32 causal softmax attention rows of the selected queries.
+        """Exact fp32 causal softmax attention rows of the selected queries (their natural logs
+        with ``log=True``: a loss on a tiny probability keeps its gradient).
 
         Args:
             rows: query rows, a contiguous ``slice`` or a 1-D index tensor (same for every
@@ -138,6 +140,9 @@ class CapturedLayer:
         matmul (keys are not copied per query head). Memory: O(batch · heads · rows · K').
         """
         scores, fully_masked_possible = self._scores(rows, heads=heads, trim_keys=trim_keys)
+        if log:
+            logs = torch.log_softmax(scores, dim=-1)
+            return torch.nan_to_num_(logs, nan=float("-inf")) if fully_masked_possible else logs
         probs = torch.softmax(scores, dim=-1)
         if fully_masked_possible:
             probs = torch.nan_to_num_(probs, nan=0.0)  # rows with every key masked
