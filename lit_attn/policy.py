@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from lit_attn.errors import UserError
@@ -43,7 +43,11 @@ from lit_attn.settings import (
     RewardSettings,
     SamplingSettings,
 )
-from lit_attn.strategy import check_strategy
+from lit_attn.strategy import check_strategy, reduce_over_ranks
+
+MAX_SKIPPED_STEPS = 3
+"""Training steps in a row in which every completion was skipped (every reward function
+returned None for it) after which the run stops with a :class:`~lit_attn.errors.UserError`."""
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -132,6 +136,8 @@ class PolicyModule(LightningModule):
         self.experience_source: Any = None
         """Set by an exploration callback in its ``setup``; None = GRPO."""
         self._checked: tuple[int, str] | None = None
+        self._scored = [0, 0]  # this step's completions: scored, all (score() counts them)
+        self._all_skipped_in_row = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -194,7 +200,10 @@ class PolicyModule(LightningModule):
     def score(self, records: list[dict], completions: list[str]) -> torch.Tensor:
         """Weighted rewards of ``completions[i]`` for the prompt of ``records[i]`` (NaN = skipped)."""
         columns = {k: [r.get(k) for r in records] for k in (records[0] if records else {}) if k != "prompt"}
-        return self.reward_set([r["prompt"] for r in records], completions, **columns).to(self.device)
+        rewards = self.reward_set([r["prompt"] for r in records], completions, **columns)
+        self._scored[0] += int((~torch.isnan(rewards)).sum())
+        self._scored[1] += len(rewards)
+        return rewards.to(self.device)
 
     def rollout(self, records: list[dict]) -> tuple[Rollout, torch.Tensor]:
         """Sample the group for each prompt and score it: (rollout, rewards (N,))."""
@@ -224,13 +233,39 @@ class PolicyModule(LightningModule):
 
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         source = self.experience_source
+        self._scored = [0, 0]
         experience = source.make_experience(self, batch) if source is not None else self.grpo_experience(batch)
+        self.check_skipped(experience)
         # With nothing to train on (the first step of the one-step off-policy schedule, or every
         # prompt filtered out) ppo_update still steps the optimiser (no gradients: weights and
         # AdamW's state untouched), so trainer.max_steps always ends the run, and under DDP it
         # runs as many backward passes as the other ranks.
         totals = self.update(experience)
         self.log_step_metrics(experience, totals)
+
+    def check_skipped(self, experience: Experience) -> None:
+        """Log ``completions/skipped_ratio``, the share of this step's completions (all ranks) that
+        no reward function scored; a step with every completion skipped warns, and
+        :data:`MAX_SKIPPED_STEPS` of them in a row stop the run (the same verdict on every rank)."""
+        scored, total = reduce_over_ranks(self.trainer, self._scored, "sum")
+        if total == 0:  # nothing was sampled this step
+            return
+        experience.metrics["completions/skipped_ratio"] = (total - scored) / total
+        if scored:
+            self._all_skipped_in_row = 0
+            return
+        self._all_skipped_in_row += 1
+        names = ("reward functions " if len(self.reward_set) > 1 else "reward function ") + ", ".join(self.reward_set.names)
+        if self._all_skipped_in_row >= MAX_SKIPPED_STEPS:
+            raise UserError(
+                f"training stopped at step {self.global_step}: every completion was skipped in {MAX_SKIPPED_STEPS} "
+                f"steps in a row (the {names} returned None for all of them); check that they "
+                "find the columns they need (e.g. answer) and return a float where they can judge a completion"
+            )
+        rank_zero_warn(
+            f"step {self.global_step}: every completion was skipped (the {names} returned None "
+            f"for all of them): nothing to learn from ({self._all_skipped_in_row} in a row; {MAX_SKIPPED_STEPS} stop the run)"
+        )
 
     def update(self, experience: Experience) -> dict[str, float]:
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""

@@ -22,6 +22,14 @@ sequences it holds — tree exploration gives ranks different counts. The number
 minibatches and of micro-batches in each is the maximum over ranks; a rank with fewer runs
 zero-weight backward passes, and the normaliser is summed over ranks (the loss is scaled by
 the world size, which the gradient all-reduce averages away).
+
+**Non-finite updates.** Before each optimiser step the minibatch's loss and gradients are
+checked: if any is inf or NaN (on any rank: the verdict is reduced over ranks, so every rank
+decides alike), the step is skipped — gradients dropped, weights and AdamW state untouched,
+a warning, ``update/nonfinite_skipped`` counts it — and after :data:`MAX_NONFINITE_STEPS`
+skipped steps in a row the run stops with a one-line :class:`~lit_attn.errors.UserError`.
+Non-finite weights are never stepped into, so no checkpoint holds them. Under fp16 mixed
+precision (a ``GradScaler``) the scaler's own inf check handles these steps instead.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
@@ -40,6 +49,11 @@ from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, token_l
 from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
 from lit_attn.settings import allow_in_checkpoints
 from lit_attn.strategy import reduce_over_ranks
+
+
+MAX_NONFINITE_STEPS = 3
+"""Optimiser steps in a row whose loss or gradient is not finite (each one skipped) after
+which the run stops with a :class:`~lit_attn.errors.UserError`."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +248,8 @@ def ppo_update(
     Rows with no gradient (zero advantage and no KL term) are left out of the forward and
     backward passes (``settings.skip_zero_advantage``; they still count in the normaliser).
     Returns each statistic averaged over the micro-batches, weighted by their tokens: over
-    the rows trained on.
+    the rows trained on; and ``update/nonfinite_skipped``, the optimiser steps skipped because
+    their loss or gradient was not finite (their statistics left out).
     """
     trainer = _trainer_of(host)
     world = trainer.world_size if trainer is not None else 1
@@ -258,6 +273,7 @@ def ppo_update(
 
     totals: dict[str, float] = {}
     weight = 0.0
+    skipped = 0
     for rows in minibatches:
         normaliser = loss_normaliser(mask[rows], settings.aggregation, length=length)
         normaliser = reduce_over_ranks(trainer, [float(normaliser)], "sum")[0]
@@ -267,6 +283,8 @@ def ppo_update(
         # (not none), so AdamW steps its moments as the one-piece update would
         steps = max(int(reduce_over_ranks(trainer, [len(chunks)], "max")[0]), 1)
         optimizer.zero_grad()
+        step_totals: dict[str, torch.Tensor] = {}
+        step_weight = 0.0
         for k in range(steps):
             if k >= len(chunks):
                 _zero_backward(host, model, experience, settings)
@@ -275,14 +293,75 @@ def ppo_update(
                 host, model, experience, settings, chunks[k], old_lp, ref_lp, normaliser, world
             )
             for key, value in stats.items():  # tensors: one device sync per update, at the end
-                totals[key] = totals.get(key, 0.0) + value * (1.0 if key == "loss" else tokens)
-            weight = weight + tokens
+                step_totals[key] = step_totals.get(key, 0.0) + value * (1.0 if key == "loss" else tokens)
+            step_weight = step_weight + tokens
+        if not _finite_update(trainer, optimizer, step_totals.get("loss")):
+            skipped += 1
+            _skip_step(host, optimizer)
+            continue
+        _set_nonfinite_in_row(host, 0)
+        for key, value in step_totals.items():
+            totals[key] = totals.get(key, 0.0) + value
+        weight = weight + step_weight
         if settings.grad_clip > 0:
             host.clip_gradients(optimizer, gradient_clip_val=settings.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
-    # the loss of a minibatch is the sum of its micro-batches'; report the mean over minibatches
+    # the loss of a minibatch is the sum of its micro-batches'; report the mean over the minibatches stepped
     weight = max(float(weight), 1.0)
-    return {k: float(v) / len(minibatches) if k == "loss" else float(v) / weight for k, v in totals.items()}
+    taken = max(len(minibatches) - skipped, 1)
+    out = {k: float(v) / taken if k == "loss" else float(v) / weight for k, v in totals.items()}
+    out["update/nonfinite_skipped"] = float(skipped)
+    return out
+
+
+def _finite_update(trainer: object | None, optimizer: object, loss: torch.Tensor | float | None) -> bool:
+    """Whether the minibatch's accumulated loss and gradients are all finite, on every rank (a
+    collective call under data parallelism, so every rank skips or steps alike). Under a
+    ``GradScaler`` (fp16) the scaler checks and skips itself: True."""
+    if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None:
+        return True
+    checks = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.numel():  # min and max: exact (inf and NaN show) and no copy of the gradient
+                checks.append(torch.stack(torch.aminmax(p.grad.detach())).float())
+    if isinstance(loss, torch.Tensor):
+        checks.append(loss.detach().float().reshape(1))
+    elif loss is not None:
+        checks.append(torch.tensor([float(loss)]))
+    device = checks[0].device if checks else "cpu"
+    finite = bool(torch.cat([c.reshape(-1).to(device) for c in checks]).isfinite().all()) if checks else True
+    return reduce_over_ranks(trainer, [0.0 if finite else 1.0], "max")[0] == 0.0
+
+
+def _nonfinite_in_row(host: object) -> int:
+    return int(getattr(host, "_lit_attn_nonfinite_in_row", 0))
+
+
+def _set_nonfinite_in_row(host: object, count: int) -> None:
+    host._lit_attn_nonfinite_in_row = count
+
+
+def _skip_step(host: LightningModule, optimizer: object) -> None:
+    """Skip an optimiser step whose loss or gradient is not finite: the gradients are dropped
+    and the optimiser steps with none (weights and AdamW state untouched; the step still counts
+    for ``max_steps`` and checkpoint schedules); stop after :data:`MAX_NONFINITE_STEPS` in a row."""
+    optimizer.zero_grad(set_to_none=True)
+    in_row = _nonfinite_in_row(host) + 1
+    _set_nonfinite_in_row(host, in_row)
+    step = getattr(host, "global_step", None)
+    if in_row >= MAX_NONFINITE_STEPS:
+        raise UserError(
+            f"training stopped at step {step}: non-finite loss or gradient (inf or NaN) in {in_row} optimiser steps "
+            "in a row, each skipped (the weights and checkpoints stay finite); keep the rewards' scale moderate "
+            "(model.rewards.scale=true divides by each group's std), lower model.optimizer.lr, or train in "
+            "float32 (--trainer.precision=32-true)"
+        )
+    rank_zero_warn(
+        f"step {step}: non-finite loss or gradient (inf or NaN); optimiser step skipped, weights unchanged "
+        f"({in_row} in a row; {MAX_NONFINITE_STEPS} stop the run)"
+    )
+    optimizer.step()
 
 
 

@@ -6,7 +6,8 @@ A reward function has TRL's signature::
 
 ``columns`` holds the dataset's columns as lists aligned with ``completions`` (for example
 ``answer=[...]``); a function takes the ones it needs by name and swallows the rest with
-``**_``. Returning ``None`` for a completion means "this function has no opinion here".
+``**_``. Returning ``None`` for a completion means "this function has no opinion here"; a
+value that is not finite (inf, NaN) is an error that names the function and the completion.
 
 :class:`RewardSet` calls several functions, weights them and sums them into one tensor.
 Functions can be given as callables or as import strings (``"mypkg.mod:fn"``,
@@ -163,7 +164,9 @@ class RewardSet:
     Calling the set returns a float tensor of shape ``(N,)``: for each completion, the
     weighted sum of the functions' rewards, where a None from one function counts as 0 for
     that function. When every function returns None for a completion its total is NaN, which
-    tells the caller to skip it.
+    tells the caller to skip it. A non-finite value (inf, NaN) from a function, or a weighted
+    total past float32's range, raises a one-line :class:`~lit_attn.errors.UserError` naming
+    the function and the completion (docs/reliability.md).
 
     After each call, ``last_stats`` holds ``rewards/<name>/mean`` for every function (the mean
     over the completions it did score; NaN when it scored none).
@@ -211,12 +214,19 @@ class RewardSet:
         per_func = torch.full((n, len(self.funcs)), math.nan, dtype=torch.float64)
         for j, (name, fn) in enumerate(zip(self.names, self.funcs)):
             values = fn(prompts=list(prompts), completions=list(completions), **columns)
-            per_func[:, j] = _as_column(values, n, name)
+            per_func[:, j] = _as_column(values, n, name, prompts)
 
         scored = ~torch.isnan(per_func)
         weights = torch.tensor(self.weights, dtype=torch.float64)
         total = torch.where(scored, per_func * weights, torch.zeros((), dtype=torch.float64)).sum(dim=1)
         total[~scored.any(dim=1)] = math.nan
+        overflow = scored.any(dim=1) & ~torch.isfinite(total.float())
+        if bool(overflow.any()):
+            i = int(overflow.nonzero()[0])
+            raise UserError(
+                f"the weighted reward of completion {i} ({_prompt_hint(prompts, i)}) is {float(total[i]):g}, past "
+                "float32's range; scale the reward functions or model.rewards.weights down"
+            )
 
         stats: dict[str, float] = {}
         for j, name in enumerate(self.names):
@@ -226,8 +236,15 @@ class RewardSet:
         return total.float()
 
 
-def _as_column(values: Any, n: int, name: str) -> torch.Tensor:
-    """Check one function's output and turn it into a float64 column (NaN for None)."""
+def _prompt_hint(prompts: Sequence[str], i: int) -> str:
+    """``prompt '<its first 40 characters>'``: which row of the step a message is about."""
+    prompt = " ".join(str(prompts[i]).split()) if i < len(prompts) else ""
+    return f"prompt {(prompt[:40] + '…') if len(prompt) > 40 else prompt!r}"
+
+
+def _as_column(values: Any, n: int, name: str, prompts: Sequence[str] = ()) -> torch.Tensor:
+    """Check one function's output and turn it into a float64 column (NaN for None). A value
+    that is not finite (inf, NaN) is an error: None is how a function skips a completion."""
     if isinstance(values, torch.Tensor):
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -249,12 +266,18 @@ def _as_column(values: Any, n: int, name: str) -> torch.Tensor:
             out[i] = math.nan
             continue
         try:
-            out[i] = float(v)
+            value = float(v)
         except (TypeError, ValueError):
             raise UserError(
                 f"reward function {name!r} returned {type(v).__name__} {v!r:.40} for completion {i}; "
                 "return a float or None"
             ) from None
+        if not math.isfinite(value):
+            raise UserError(
+                f"reward function {name!r} returned {value} for completion {i} ({_prompt_hint(prompts, i)}); "
+                "return a finite float, or None to skip the completion"
+            )
+        out[i] = value
     return out
 
 
