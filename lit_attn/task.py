@@ -84,10 +84,7 @@ class FactChainTask:
                 f"num_ops + 1 + num_distractors must be <= {MAX_FACTS} (one letter per fact); "
                 f"got {self.num_ops + 1 + self.num_distractors}"
             )
-        if self.modulus < 2:
-            raise ValueError(f"modulus must be >= 2, got {self.modulus}")
-        if not self.ops or set(self.ops) - set("+-"):
-            raise ValueError(f"ops must be a non-empty string of '+' and '-', got {self.ops!r}")
+        _check_arithmetic(self.modulus, self.ops)
 
     def example(self, rng: random.Random) -> dict[str, Any]:
         """Draw one example from ``rng``."""
@@ -103,15 +100,8 @@ class FactChainTask:
         relevant = sorted(order.index(name) for name in chain)
         question = chain[0] + "".join(op + name for op, name in zip(ops, chain[1:]))
 
-        acc = values[chain[0]]
-        steps = [f"{chain[0]}={acc}"]
-        written = chain[0]
-        for op, name in zip(ops, chain[1:]):
-            val = values[name]
-            new = (acc + val if op == "+" else acc - val) % self.modulus
-            written += op + name
-            steps.append(f"{written}:{acc}{op}({name}={val})={new}")
-            acc = new
+        steps = _chain_steps(chain, ops, values, self.modulus)
+        acc = int(steps[-1].rsplit("=", 1)[1])
         steps.append(f"answer {acc}")
         if self.lookup_drill and rng.random() < self.lookup_drill:
             return drill(contexts, rng)
@@ -188,10 +178,7 @@ class SubtotalTask:
                 f"subtotal mode: the question needs {self.facts_needed} facts, so num_distractors must be in "
                 f"0..{MAX_FACTS - len(SUBTOTALS) - self.facts_needed}; got {self.num_distractors}"
             )
-        if self.modulus < 2:
-            raise ValueError(f"modulus must be >= 2, got {self.modulus}")
-        if not self.ops or set(self.ops) - set("+-"):
-            raise ValueError(f"ops must be a non-empty string of '+' and '-', got {self.ops!r}")
+        _check_arithmetic(self.modulus, self.ops)
 
     @property
     def facts_needed(self) -> int:
@@ -331,6 +318,14 @@ def first_wrong_step(completion: str, solution: str) -> int | None:
         if a != b:
             return i
     return None if len(got) == len(want) else min(len(got), len(want))
+
+
+def _check_arithmetic(modulus: int, ops: str) -> None:
+    """The arithmetic knobs every mode shares."""
+    if modulus < 2:
+        raise ValueError(f"modulus must be >= 2, got {modulus}")
+    if not ops or set(ops) - set("+-"):
+        raise ValueError(f"ops must be a non-empty string of '+' and '-', got {ops!r}")
 
 
 DRILL_QUERIES = 8
