@@ -160,6 +160,14 @@ class PromptDataModule(LightningDataModule):
         self.save_hyperparameters()
         if prompts_per_step < 1 or val_batch_size < 1:
             raise UserError("data.prompts_per_step and data.val_batch_size must be >= 1")
+        if val_path is None and val_size < 1:
+            source = f"rows held out of data.train_path ({train_path})" if train_path else "built-in held-out prompts"
+            raise UserError(
+                f"data.val_size must be >= 1 ({source}), got {val_size}; give a positive size, or pass "
+                "data.val_path (to skip validation: --trainer.limit_val_batches=0)"
+            )
+        if val_size < 0:
+            raise UserError(f"data.val_size must be >= 0, got {val_size}; it is unused with data.val_path, leave it at its default")
         if mode not in ("chain", "subtotal"):
             raise UserError(f"data.mode must be 'chain' or 'subtotal', got {mode!r}")
         if mode == "subtotal" and (num_texts or lookup_drill):

@@ -107,6 +107,20 @@ class PPOSettings:
         for name in ("grad_clip", "kl_coef"):
             if getattr(self, name) < 0:
                 raise UserError(f"model.update.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise UserError(f"model.update.{name} must be >= 0 (the PPO clip range ε; 0.2 is usual), got {value}")
+        if self.clip_low >= 1:
+            raise UserError(
+                f"model.update.clip_low must be < 1 (the ratio is clipped at 1 - clip_low, which must stay positive), "
+                f"got {self.clip_low}; 0.2 is usual"
+            )
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise UserError(
+                f"model.update.dual_clip must be > 1 (the dual-clip constant c; 3 is usual), got {self.dual_clip}; "
+                "or null to turn it off"
+            )
 
 
 # ------------------------------------------------------------------------------ micro-batches

@@ -13,6 +13,7 @@ Parquet), what is wrong and how to fix it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -190,8 +191,9 @@ def _check_record(raw: Any, where: str, *, prompt_key: str, answer_key: str) -> 
     prompt = raw.get(prompt_key)
     if prompt is None:
         raise UserError(
-            f"{where}: missing {prompt_key!r} (keys: {keys}); add a {prompt_key!r} field "
-            "or set prompt_key to the column that holds the prompt"
+            f"{where}: missing {prompt_key!r} (keys: {keys}); add a {prompt_key!r} field, or rename the "
+            f"column that holds the prompt to {prompt_key!r} (data files are read by column name; "
+            "from Python, load_records(path, prompt_key=...) reads another column)"
         )
     if not isinstance(prompt, str) or not prompt.strip():
         got = "an empty string" if isinstance(prompt, str) else f"a {_json_type(prompt)}"
@@ -199,13 +201,28 @@ def _check_record(raw: Any, where: str, *, prompt_key: str, answer_key: str) -> 
     answer = raw.get(answer_key)
     if answer is None:
         raise UserError(
-            f"{where}: missing {answer_key!r} (keys: {keys}); add an {answer_key!r} field "
-            "or set answer_key to the column that holds the reference answer"
+            f"{where}: missing {answer_key!r} (keys: {keys}); add an {answer_key!r} field, or rename the "
+            f"column that holds the reference answer to {answer_key!r} (data files are read by column name; "
+            "from Python, load_records(path, answer_key=...) reads another column)"
         )
     if not isinstance(answer, _SCALARS):
         raise UserError(
             f"{where}: {answer_key!r} is a {_json_type(answer)}; it must be a single "
             "string or number"
+        )
+    if isinstance(answer, bool):
+        raise UserError(
+            f"{where}: {answer_key!r} is {str(answer).lower()}, a JSON boolean; write the reference answer "
+            f'as a string or number (e.g. "{str(answer).lower()}" in quotes)'
+        )
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise UserError(
+            f"{where}: {answer_key!r} is {answer}, not a finite number (a missing value?); give the "
+            "reference answer as a string or finite number, or drop the row"
+        )
+    if isinstance(answer, str) and not answer.strip():
+        raise UserError(
+            f"{where}: {answer_key!r} is an empty string{' (only whitespace)' if answer else ''}; give the reference answer, or drop the row"
         )
     reserved = sorted(RESERVED_COLUMNS & raw.keys())
     if reserved:

@@ -300,3 +300,122 @@ def test_non_finite_gradients_in_a_row_stop_the_run(tiny_model_dir, fault_reward
     assert "non-finite" in line and f"{MAX_NONFINITE_STEPS} optimiser steps in a row" in line
     all_finite(run_dir)
     assert not list(run_dir.rglob("policy")), "a failed run exported a policy"
+
+
+# ------------------------------------------------------------------------------ refused in one line
+
+
+def write_rows(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+FIVE_ROWS = [json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) for i in range(5)]
+
+
+@pytest.mark.parametrize("val_size", [0, -3])
+def test_val_size_below_one_with_a_training_file_is_one_line(val_size, tiny_model_dir, tmp_path, capsys):
+    from tests.test_bad_input import run_bad
+
+    train = write_rows(tmp_path / "train.jsonl", FIVE_ROWS)
+    line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", f"--data.train_path={train}", f"--data.val_size={val_size}"], tmp_path, capsys)
+    assert "data.val_size must be >= 1" in line and f"got {val_size}" in line and "data.val_path" in line
+    assert "add prompts" not in line
+
+
+def refused_fit(model_dir: Path, tmp_path: Path, capsys, *extra: str) -> str:
+    """A small fit that would otherwise run (tests.test_cli.small_fit_args): one line, status 2, nothing written."""
+    run_dir = tmp_path / "runs"
+    rc = main(small_fit_args(model_dir, run_dir, *extra))
+    line = one_error_line(capsys)
+    assert rc == 2
+    assert not run_dir.exists(), f"output written despite the error: {list(run_dir.rglob('*'))}"
+    return line
+
+
+def test_val_size_zero_for_the_built_in_task_is_one_line(tiny_model_dir, tmp_path, capsys):
+    line = refused_fit(tiny_model_dir, tmp_path, capsys, "--data.val_size=0")
+    assert "data.val_size must be >= 1" in line and "limit_val_batches=0" in line
+
+
+def test_val_size_is_free_with_a_validation_file_but_never_negative(tmp_path):
+    from lit_attn.data import PromptDataModule
+
+    train = write_rows(tmp_path / "train.jsonl", FIVE_ROWS)
+    val = write_rows(tmp_path / "val.jsonl", FIVE_ROWS[:2])
+    data = PromptDataModule(train_path=str(train), val_path=str(val), val_size=0)
+    assert len(data.records("fit")["train"]) == 5 and len(data.val_records()) == 2
+    with pytest.raises(UserError, match=r"data\.val_size must be >= 0, got -3"):
+        PromptDataModule(train_path=str(train), val_path=str(val), val_size=-3)
+
+
+def test_missing_prompt_hint_names_no_option_that_does_not_exist(tiny_model_dir, tmp_path, capsys):
+    from tests.test_bad_input import run_bad
+
+    train = write_rows(tmp_path / "train.jsonl", [json.dumps({"question": "1+1=", "answer": "2"})] * 5)
+    line = run_bad(["fit", f"--model.name_or_path={tiny_model_dir}", f"--data.train_path={train}", "--data.val_size=1"], tmp_path, capsys)
+    assert "train.jsonl:1: missing 'prompt'" in line and "rename the column" in line
+    assert "set prompt_key" not in line and "--data.prompt_key" not in line
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"), [("NaN", "NaN"), ('""', "empty string"), ("true", "boolean"), ("  ", None), ("Infinity", "inf")]
+)
+def test_an_answer_that_would_be_coerced_is_one_line_naming_the_row(answer, named, tmp_path):
+    """Through the data module as a user builds it (``data.train_path``); today these became "nan", "" or "True"."""
+    from lit_attn.data import PromptDataModule
+
+    if answer == "  ":
+        answer = '"  "'
+        named = "empty string"
+    rows = [*FIVE_ROWS[:2], '{"prompt": "9+1=", "answer": ' + answer + "}", *FIVE_ROWS[2:]]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    data = PromptDataModule(train_path=str(train), val_size=1)
+    with pytest.raises(UserError) as err:
+        data.setup("fit")
+    line = str(err.value)
+    assert "\n" not in line and "train.jsonl:3: 'answer'" in line and named.lower() in line.lower()
+    assert "drop the row" in line or "string or number" in line
+
+
+def test_answers_that_are_numbers_or_text_still_load(tmp_path):
+    from lit_attn.records import load_records
+
+    train = write_rows(tmp_path / "t.jsonl", ['{"prompt": "a", "answer": 2}', '{"prompt": "b", "answer": 1.5}', '{"prompt": "c", "answer": "0"}'])
+    assert [r["answer"] for r in load_records(train)] == ["2", "1.5", "0"]
+
+
+@pytest.mark.parametrize(
+    ("arg", "named"),
+    [("--model.update.clip_low=-0.1", "model.update.clip_low must be >= 0"),
+     ("--model.update.clip_high=-0.2", "model.update.clip_high must be >= 0"),
+     ("--model.update.clip_low=1.5", "model.update.clip_low must be < 1"),
+     ("--model.update.dual_clip=0.5", "model.update.dual_clip must be > 1"),
+     ("--model.update.dual_clip=1", "model.update.dual_clip must be > 1")],
+)
+def test_clip_settings_out_of_range_are_one_line(arg, named, tiny_model_dir, tmp_path, capsys):
+    line = refused_fit(tiny_model_dir, tmp_path, capsys, arg)
+    assert named in line and f"got {arg.split('=')[1]}" in line
+
+
+def test_clip_settings_in_range_and_no_dual_clip_are_accepted():
+    from lit_attn.ppo import PPOSettings
+
+    PPOSettings(clip_low=0.0, clip_high=0.0, dual_clip=None)
+    PPOSettings(clip_low=0.99, clip_high=5.0, dual_clip=1.01)
+
+
+@pytest.mark.parametrize("text", ["  ", "\n\t"])
+def test_attribute_refuses_a_whitespace_only_context_text(text, tmp_path, capsys):
+    from lit_attn.callbacks import AttributionCallback
+
+    source = write_rows(tmp_path / "in.jsonl", [json.dumps({"contexts": ["a=1", "b=2"], "question": "a"}),
+                                                json.dumps({"contexts": ["a=1", text], "question": "a"})])
+    output = tmp_path / "scores.jsonl"
+    rc = main(["attribute", "--input", str(source), "--output", str(output)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and err.startswith("error: "), err
+    assert "in.jsonl:2" in err and "context text 1 is only whitespace" in err and "remove it" in err
+    assert not output.exists()
+    with pytest.raises(UserError, match=r"examples\[0\]: context text 1 is only whitespace"):
+        AttributionCallback([{"contexts": ["a=1", text], "question": "a"}])

@@ -86,6 +86,11 @@ def _parse_contexts(contexts: Any, where: str, split: str) -> tuple[tuple[str, .
             raise UserError(
                 f"{where}: context text {i} is empty, so it would be missing from the prompt; remove it or give it content"
             )
+        if not text.strip():
+            raise UserError(
+                f"{where}: context text {i} is only whitespace ({text!r}), so nothing in it can be attributed; "
+                "remove it or give it content"
+            )
     return tuple(contexts), None
 
 
