@@ -87,7 +87,8 @@ def test_attnrl_config_keeps_the_papers_values_where_the_tiny_model_allows():
     assert (branch["ratio"], branch["num_points"], branch["continuations"], branch["batch_lambda"]) == (0.2, 2, 2, 0.9)
     assert branch["adaptive_sampling"] and branch["adaptive_batch"] and branch["all_correct_expand"] == 3
     assert branch["train_unbranched"] is False and branch["target_sequences"] is None
-    assert branch["max_batch_prompts"] is None  # no cap on B_m, as the authors (the cap is an optional memory guard)
+    # the authors do not cap B_m; the tiny config keeps a guard well above the loader's batch
+    assert branch["max_batch_prompts"] == 4 * config["model"]["sampling"]["prompts_per_step"]
     model = config["model"]
     update = model["update"]
     assert (model["sampling"]["group_size"], update["kl_coef"], model["optimizer"]["weight_decay"]) == (6, 0.001, 0.01)
