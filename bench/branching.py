@@ -39,7 +39,7 @@ from lit_attn.attention import fci_scores_batch, split_steps  # noqa: E402
 from lit_attn.attention.steps import STEP_DELIMITER  # noqa: E402
 from lit_attn.branch_rules import atb_branch_steps, early_branch_steps, entropy_branch_offsets  # noqa: E402
 from lit_attn.evaluation import greedy_pass_at_1  # noqa: E402
-from lit_attn.exploration_audit import first_error, step_of_offset  # noqa: E402
+from lit_attn.exploration_audit import before_first_error, first_error, step_of_offset  # noqa: E402
 from lit_attn.logprobs import token_logprobs  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
 from lit_attn.rewards import task_reward  # noqa: E402
@@ -222,7 +222,7 @@ def main() -> None:
             acc[2] += found[w_i]
             acc[3] += 1
         positions = [off / max(len(w["tokens"]), 1) for w, offs in zip(wrong, offsets) for off in offs]
-        before = [step_of_offset(w["spans"], len(w["prompt_ids"]), off) <= w["error"] for w, offs in zip(wrong, offsets) for off in offs]
+        before = [flag for w, offs in zip(wrong, offsets) for flag in before_first_error(w["spans"], len(w["prompt_ids"]), offs, w["error"])]
         on_load = [step_of_offset(w["spans"], len(w["prompt_ids"]), off) in lb for w, offs, lb in zip(wrong, offsets, load_bearing) for off in offs]
         boot = random.Random(args.seed)
         results[rule] = {

@@ -30,6 +30,7 @@ from lit_attn.attention import capture as capture_module
 from lit_attn.attention import fci as fci_module
 from lit_attn.errors import UserError
 from lit_attn.models import build_tiny_model
+from lit_attn.rollout import left_pad
 from lit_attn.tokenizer import build_char_tokenizer
 
 ARCHITECTURES = ["qwen2", "llama", "gpt2"]
@@ -142,12 +143,7 @@ def test_fci_too_few_steps_is_all_zero() -> None:
 def test_fci_batch_left_padded_equals_single(architecture: str) -> None:
     model = tiny(architecture)
     cases = [random_case(10 + r, length=n) for r, n in enumerate([52, 70, 41])]
-    length = max(len(ids) for ids, _ in cases)
-    input_ids = torch.zeros(len(cases), length, dtype=torch.long)
-    mask = torch.zeros(len(cases), length, dtype=torch.long)
-    for row, (ids, _) in enumerate(cases):
-        input_ids[row, length - len(ids) :] = ids
-        mask[row, length - len(ids) :] = 1
+    input_ids, mask, _ = left_pad([ids.tolist() for ids, _ in cases], 0)
     batched = fci_scores_batch(model, input_ids, mask, [spans for _, spans in cases], min_gap=3, block_size=11)
     for row, (ids, spans) in enumerate(cases):
         single = fci_scores(model, ids, spans, min_gap=3, block_size=11)
@@ -176,12 +172,7 @@ def test_fci_key_chunks_match_naive_reference(architecture: str, block_size: int
 def test_fci_key_chunks_batch_left_padded_equals_single(small_tiles) -> None:
     model = tiny("qwen2")
     cases = [random_case(30 + r, length=n) for r, n in enumerate([60, 45, 72])]
-    length = max(len(ids) for ids, _ in cases)
-    input_ids = torch.zeros(len(cases), length, dtype=torch.long)
-    mask = torch.zeros(len(cases), length, dtype=torch.long)
-    for row, (ids, _) in enumerate(cases):
-        input_ids[row, length - len(ids) :] = ids
-        mask[row, length - len(ids) :] = 1
+    input_ids, mask, _ = left_pad([ids.tolist() for ids, _ in cases], 0)
     batched = fci_scores_batch(model, input_ids, mask, [spans for _, spans in cases], min_gap=2, block_size=6)
     for row, (ids, spans) in enumerate(cases):
         expected = naive_fci(eager_copy(model), ids, spans, 2)
