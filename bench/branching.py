@@ -295,8 +295,9 @@ def plot(path: Path, meta: dict, results: dict) -> None:
     names = list(results)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     values = [results[n]["correct_per_1k_tokens"] for n in names]
-    errors = [[v - results[n]["correct_per_1k_ci"][0] for v, n in zip(values, names)],
-              [results[n]["correct_per_1k_ci"][1] - v for v, n in zip(values, names)]]
+    # a percentile interval of few prompts need not contain the point estimate: draw what it covers
+    errors = [[max(v - results[n]["correct_per_1k_ci"][0], 0.0) for v, n in zip(values, names)],
+              [max(results[n]["correct_per_1k_ci"][1] - v, 0.0) for v, n in zip(values, names)]]
     colors = ["C3" if n.startswith("fci") else "C7" if n in ("fresh", "oracle") else "C0" for n in names]
     left.bar(range(len(names)), values, yerr=errors, color=colors, capsize=4)
     left.set_xticks(range(len(names)), [results[n]["label"].split(" (")[0] for n in names], rotation=30, ha="right", fontsize=8)
