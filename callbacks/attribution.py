@@ -40,7 +40,13 @@ Logged (all tags under ``attribution/``; see docs/attribution_callback.md):
 * ``attribution/seconds`` — mean wall-clock seconds per example (answer generation included);
 * text ``attribution/example_<i>`` — the ranked texts of example ``i`` as a markdown table;
 * image ``attribution/heatmap`` — examples × texts, each row scaled from its min to its max,
-  ground truth circled, each row's top-k dotted.
+  ground truth circled, each row's top-k dotted;
+* ``attribution/share/<kind>`` and ``attribution/follows_injection`` — where the probes label
+  their texts (``kinds``): the share of positive credit on each kind, and the share of answers
+  that give the injected text's answer (:mod:`lit_attn.attribution.kinds`);
+* with ``html=True``, one self-contained HTML page per logging point,
+  ``<run dir>/attribution/step_<step:06d>.html``, and ``index.html`` listing the points with
+  their scalars (:mod:`lit_attn.attribution.html_report`, :mod:`lit_attn.attribution.html_files`).
 
 The scalars go to every logger's ``log_metrics`` at the current ``trainer.global_step``, one
 point per logging point; text and the image go to the first
@@ -55,6 +61,7 @@ validation run that attributed (``attribution/seconds``, a wall-clock time, stay
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from lightning import Callback, LightningModule, Trainer
@@ -67,6 +74,8 @@ from lit_attn.attribution.examples import BUILTIN, AttributionExample, builtin_e
 from lit_attn.attribution.isolation import isolated
 from lit_attn.attribution.metrics import RANKING_METRICS, attribution_scalars
 from lit_attn.attribution.prompt import check_length, document_sep, encode_answer, resolve_template, tokenize_prompt
+from lit_attn.attribution.html_files import INDEX, write_step_page
+from lit_attn.attribution.html_report import ReportItem, render_page
 from lit_attn.attribution.report import heatmap_figure, result_markdown
 from lit_attn.attribution.scores import DEFAULT_TOP_K
 from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO, check_trace_settings
@@ -93,7 +102,10 @@ class AttributionCallback(Callback):
             settable in ``method_kwargs``), ``question``, optional ``answer``
             (attributed as given; omitted = the current model's greedy answer at each logging
             point), optional ``relevant`` (indices of the texts that truly matter: enables the
-            scalars) and optional ``reference`` (expected answer, shown in the table). Or
+            scalars), optional ``reference`` (expected answer, shown in the table), optional
+            ``kinds`` (one label per text: enables ``attribution/share/<kind>``) and optional
+            ``injected_answer`` (what the ``injected`` text asks for: enables
+            ``attribution/follows_injection``). Or
             ``"builtin"``: the held-out records of lit_attn's PromptDataModule (built-in task),
             with the facts each question needs as ground truth (with a user's own data, whose
             records have no ``contexts`` / ``question``, the callback warns and stays idle).
@@ -121,8 +133,11 @@ class AttributionCallback(Callback):
         num_subsamples: AttnTrace: subsampling rounds.
         seed: AttnTrace: seed of the subsampling (its own generator).
         max_new_tokens: length limit of the greedy answers the callback generates.
-        k: cut-off of ``precision_at_k`` / ``recall_at_k``.
+        k: cut-off of ``precision_at_k`` / ``recall_at_k`` (and the top-k outlined on the pages).
         method_kwargs: further keyword arguments for the attribution method.
+        html: write a self-contained HTML page per logging point into ``<run dir>/attribution/``
+            (the first logger's ``log_dir``, else ``trainer.default_root_dir``), with
+            ``index.html`` listing the points and their scalars.
     """
 
     def __init__(
@@ -144,6 +159,7 @@ class AttributionCallback(Callback):
         max_new_tokens: int = 64,
         k: int = 5,
         method_kwargs: dict[str, Any] | None = None,
+        html: bool = True,
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -171,6 +187,7 @@ class AttributionCallback(Callback):
         self.tokenizer_attr = tokenizer_attr
         self.template = template
         self.k = k
+        self.html = html
         self.last_results: list[AttributionResult] = []
         """The AttributionResults of the latest logging point (rank zero)."""
         self.last_metrics: dict[str, float] = {}
@@ -309,6 +326,8 @@ class AttributionCallback(Callback):
         """Scalars to every logger, tables and heatmap to the first TensorBoardLogger, at ``step``."""
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+        if self.html:
+            self.write_page(trainer, results, metrics, step)
         board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if board is None:
             return
@@ -318,6 +337,17 @@ class AttributionCallback(Callback):
             self.examples, [r.scores for r in results], f"attribution ({self.method}), step {step}", k=self.k
         )
         board.experiment.add_figure("attribution/heatmap", figure, global_step=step, close=True)
+
+    def write_page(
+        self, trainer: Trainer, results: Sequence[AttributionResult], metrics: dict[str, float], step: int
+    ) -> Path:
+        """This logging point's HTML page into ``<run dir>/attribution/``, and the index (rank zero)."""
+        items = [ReportItem(f"probe {i}", ex, result, k=self.k) for i, (ex, result) in enumerate(zip(self.examples, results))]
+        page = render_page(
+            f"Attribution at step {step}", items, subtitle=f"{len(items)} probe(s); method {self.method}",
+            scalars=metrics, back_link=(INDEX, "all logging points"),
+        )
+        return write_step_page(run_folder(trainer) / "attribution", step, page, metrics, "Attribution: logging points")
 
     def publish(self, pl_module: LightningModule, *, on_epoch: bool) -> None:
         """The latest ground-truth scalars into ``trainer.callback_metrics`` (``pl_module.log_dict``
@@ -335,6 +365,17 @@ class AttributionCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         """Nothing: the callback holds no state that changes training or what it logs next."""
         return {}
+
+
+def run_folder(trainer: Trainer) -> Path:
+    """The run's folder: the first logger's ``log_dir`` (a TensorBoardLogger's ``version_N``),
+    else ``trainer.default_root_dir``. Read from the loggers, not ``trainer.log_dir``, which
+    broadcasts and would hang when only rank zero asks."""
+    for logger in trainer.loggers:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            return Path(log_dir)
+    return Path(trainer.default_root_dir)
 
 
 def _check_arguments(

@@ -172,7 +172,7 @@ class Nudge(Callback):
             next(pl_module.model.parameters()).add_(1e-3)
 
 
-def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[str, torch.Tensor]]:
+def train_policy(*callbacks: Callback, root: Path | None = None) -> tuple[list[tuple[float, ...]], dict[str, torch.Tensor]]:
     seed_everything(0)
     module = PolicyModule(
         "default", update=PPOSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=1e-3),
@@ -185,20 +185,21 @@ def train_policy(*callbacks: Callback) -> tuple[list[tuple[float, ...]], dict[st
     recorder = MetricRecorder()
     trainer = Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[*callbacks, recorder],
+        enable_model_summary=False, limit_val_batches=0, callbacks=[*callbacks, recorder], default_root_dir=root,
     )
     trainer.fit(module, datamodule=data)
     return recorder.rows, {k: v.clone() for k, v in module.model.state_dict().items()}
 
 
-def test_training_is_identical_with_and_without_the_callback():
+def test_training_is_identical_with_and_without_the_callback(tmp_path):
     metrics, params = train_policy()
     callback = AttributionCallback(
         "builtin", num_examples=2, num_distractors=2, every_n_train_steps=1, at_train_start=True, num_subsamples=3,
         max_new_tokens=8,
     )
-    with_metrics, with_params = train_policy(callback)
+    with_metrics, with_params = train_policy(callback, root=tmp_path)  # its pages go to tmp_path/attribution
     assert len(callback.last_results) == 2 and callback.last_metrics["attribution/seconds"] > 0
+    assert len(list((tmp_path / "attribution").glob("step_*.html"))) == 3
     assert with_metrics == metrics  # bit-for-bit: loss, reward, entropy, completion length of every step
     assert all(torch.equal(with_params[k], v) for k, v in params.items())
     # The comparison can fail: a small change to the weights after each step changes what follows.
@@ -329,6 +330,12 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     assert [step for step, _ in share] == [0, 1, 2] and all(0.0 < value <= 1.0 for _, value in share), share
     assert "val/pass@1" in acc.Tags()["scalars"] and "attribution/heatmap" in acc.Tags()["images"]
     assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 4
+    # The built-in long-context probes carry kinds and an injected instruction's answer.
+    for tag in ("attribution/share/needed", "attribution/share/injected", "attribution/follows_injection"):
+        assert [e.step for e in acc.Scalars(tag)] == [0, 1, 2], tag
+    [pages] = {p.parent for p in run_dir.rglob("step_*.html")}
+    assert sorted(p.name for p in pages.glob("step_*.html")) == [f"step_00000{i}.html" for i in range(3)]
+    assert (pages / "index.html").is_file() and pages.parent == Path(acc.path)
 
 
 def test_schedule_counts_crossed_multiples_and_logs_once_per_step(monkeypatch):
@@ -337,7 +344,7 @@ def test_schedule_counts_crossed_multiples_and_logs_once_per_step(monkeypatch):
 
     from lit_attn.attribution import AttributionResult
 
-    callback = AttributionCallback(EXAMPLES, every_n_train_steps=3, at_validation_end=True)
+    callback = AttributionCallback(EXAMPLES, every_n_train_steps=3, at_validation_end=True, html=False)  # no run folder
     attributed: list[int] = []
 
     def fake_attribution(module):
@@ -489,7 +496,7 @@ def test_top_k_tokens_none_averages_every_token_of_a_text(tmp_path):
     )
     trainer = Trainer(
         max_steps=2, logger=False, callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
     )
     trainer.fit(ForeignLM())
     [result] = callback.last_results

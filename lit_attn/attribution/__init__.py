@@ -13,7 +13,9 @@ Submodules not imported here: :mod:`~lit_attn.attribution.examples` (the example
 one validation rule), :mod:`~lit_attn.attribution.metrics` (ranking against ground truth),
 :mod:`~lit_attn.attribution.report` (markdown table, heatmap), :mod:`~lit_attn.attribution.isolation`
 (running a model without touching training's state), :mod:`~lit_attn.attribution.cli`
-(``python -m lit_attn attribute``), :mod:`~lit_attn.attribution.longcontext` (long-context data).
+(``python -m lit_attn attribute``), :mod:`~lit_attn.attribution.longcontext` (long-context data),
+:mod:`~lit_attn.attribution.kinds` (credit by kind of text, following an injected instruction),
+:mod:`~lit_attn.attribution.html_report` / :mod:`~lit_attn.attribution.html_files` (the HTML pages).
 
 Plain functions over a Hugging Face model and tokenizer: no Lightning needed.
 """

@@ -5,6 +5,7 @@ Examples::
     python -m lit_attn attribute --input examples.jsonl                     # shipped model, AttnTrace
     python -m lit_attn attribute --model /path/to/model --input ex.jsonl --output scores.jsonl
     python -m lit_attn attribute --input ex.jsonl --method leave_one_out
+    python -m lit_attn attribute --input ex.jsonl --html report.html          # a page to read in a browser
     python -m lit_attn attribute --model /path/to/chat-model --input ex.jsonl --chat-template \
         --template reference --device cuda:1 --dtype bfloat16 --split paragraph
 
@@ -14,8 +15,9 @@ when absent), ``relevant`` (indices of the true texts, marked in the printed tab
 to the output) and ``reference`` (the expected answer, copied to the output) — checked by
 :func:`lit_attn.attribution.examples.parse_example`, the rule the AttributionCallback uses too.
 A ranked table is printed per example; with ``--output`` every result is written as one JSON
-line, to a temporary file renamed at the end (a failed run leaves no half-written output). Bad
-input ends with one line ``error: <problem>; <fix>`` and exit status 2.
+line, to a temporary file renamed at the end (a failed run leaves no half-written output); with
+``--html`` one self-contained page shows every example (:mod:`lit_attn.attribution.html_report`),
+written the same way. Bad input ends with one line ``error: <problem>; <fix>`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.attribution.baselines import METHODS, attribute
 from lit_attn.attribution.examples import AttributionExample, read_jsonl_examples
+from lit_attn.attribution.html_files import write_text_atomic
+from lit_attn.attribution.html_report import ReportItem, render_page
+from lit_attn.attribution.kinds import kind_scalars
 from lit_attn.attribution.prompt import SPLIT_MODES, TEMPLATES, PromptTemplate, chat_template, resolve_template
 from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.scores import DEFAULT_TOP_K
@@ -55,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="local model directory (default: the shipped model)")
     parser.add_argument("--input", required=True, help="JSONL file: contexts, question, [answer], [relevant], [reference]")
     parser.add_argument("--output", default=None, help="JSONL file to write the scores to")
+    parser.add_argument(
+        "--html", default=None,
+        help="HTML file: one self-contained page with every example (texts shaded by score, top-k, settings)",
+    )
     parser.add_argument("--method", default="attntrace", choices=METHODS, help="attribution method")
     parser.add_argument("--top-k", type=int, default=None, help=f"AttnTrace: tokens averaged per text, 0 = all ({DEFAULT_TOP_K})")
     parser.add_argument("--num-subsamples", type=int, default=None, help=f"AttnTrace: rounds B ({DEFAULT_NUM_SUBSAMPLES})")
@@ -158,25 +167,50 @@ def load_model(
 
 def output_row(where: str, example: AttributionExample, result: AttributionResult) -> dict[str, Any]:
     """One output line: the input's location, the texts (a document's pieces), the result, and
-    ``relevant`` / ``reference`` when the input gave them."""
+    ``relevant`` / ``reference`` / ``kinds`` / ``injected_answer`` when the input gave them."""
     row = {"input": where, "contexts": result.contexts, **result.to_dict()}
     if example.relevant is not None:
         row["relevant"] = list(example.relevant)
     if example.reference is not None:
         row["reference"] = example.reference
+    if example.kinds is not None:
+        row["kinds"] = list(example.kinds)
+    if example.injected_answer is not None:
+        row["injected_answer"] = example.injected_answer
     return row
+
+
+def check_html_path(path: str | None) -> None:
+    """``--html`` must name a file, not a folder (checked before any work)."""
+    if path is not None and Path(path).is_dir():
+        raise UserError(f"--html {path!r} is a folder; give the path of a file such as {str(Path(path) / 'report.html')!r}")
+
+
+def html_page(args: argparse.Namespace, items: list[ReportItem]) -> str:
+    """The ``--html`` page: every example of the input, with the credit by kind over all of them."""
+    subtitle = (
+        f"{len(items)} example(s) from {args.input}; model {args.model or 'shipped default'}; method {args.method}; "
+        "top-k = the number of ground-truth texts where an example gives them, else 5"
+    )
+    scalars = kind_scalars([item.example for item in items], [item.result for item in items])
+    return render_page(
+        f"Attribution: {Path(args.input).name}", items, subtitle=subtitle, scalars=scalars,
+        scalars_title="Credit by kind, all examples",
+    )
 
 
 def run_attribute(argv: list[str], console: Console | None = None) -> None:
     """Run ``attribute`` with ``argv`` (the arguments after the subcommand name)."""
     args = build_parser().parse_args(argv)
     params = method_params(args)
+    check_html_path(args.html)
     device = resolve_device(args.device)
     examples = read_examples(Path(args.input), args.split)
     model, tokenizer = load_model(args.model, device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     params["template"] = prompt_template(args, tokenizer)
     console = console or Console()
     rows: list[dict[str, Any]] = []
+    items: list[ReportItem] = []
     progress = Progress(
         TextColumn("attribute"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
@@ -193,7 +227,11 @@ def run_attribute(argv: list[str], console: Console | None = None) -> None:
                 raise UserError(f"{where}: {err}") from None
             console.print(result.to_rich_table(example.relevant, k=args.show))
             rows.append(output_row(where, example, result))
+            items.append(ReportItem(where, example, result, k=len(example.relevant) if example.relevant else 5))
             progress.advance(task)
     if args.output:
         write_jsonl(Path(args.output), rows)
         console.print(f"wrote {len(rows)} results to {args.output}", soft_wrap=True, highlight=False)
+    if args.html:
+        write_text_atomic(Path(args.html), html_page(args, items))
+        console.print(f"wrote the page of {len(items)} results to {args.html}", soft_wrap=True, highlight=False)

@@ -11,7 +11,13 @@ An example is an object (a dict, or one line of a JSONL file) with exactly these
   the model's greedy answer;
 * ``relevant`` (optional) — distinct indices into the texts (after splitting, for a
   document): the ground truth; absent or null = none;
-* ``reference`` (optional) — a string, the expected answer (shown, never attributed).
+* ``reference`` (optional) — a string, the expected answer (shown, never attributed);
+* ``kinds`` (optional) — one label per text (after splitting, for a document), any non-empty
+  strings such as ``needed``, ``paraphrase``, ``injected``, ``filler``, ``distractor``: the
+  AttributionCallback logs the share of credit on each kind (``attribution/share/<kind>``);
+* ``injected_answer`` (optional) — a string, the answer the text of kind ``injected`` asks
+  for: the callback logs how often the attributed answer gives it
+  (``attribution/follows_injection``, :mod:`lit_attn.attribution.kinds`).
 
 Anything else (another key, a wrong type, an index out of range, a duplicate index) is a
 one-line :class:`~lit_attn.errors.UserError` naming where (``path:line`` or ``examples[i]``),
@@ -30,11 +36,14 @@ from lit_attn.errors import UserError
 from lit_attn.records import jsonl_rows
 from lit_attn.seeding import mix_seed
 
-EXAMPLE_KEYS = ("contexts", "question", "answer", "relevant", "reference")
+EXAMPLE_KEYS = ("contexts", "question", "answer", "relevant", "reference", "kinds", "injected_answer")
 """The keys an example may have."""
 
 BUILTIN = "builtin"
 """The AttributionCallback's ``examples`` value for the built-in task's held-out prompts."""
+
+INJECTED = "injected"
+"""The kind of a text that instructs another answer (the one ``injected_answer`` names)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class AttributionExample:
             truth for the scalars), sorted. None = no ground truth: table and heatmap only.
         reference: the expected answer, shown in the table only (e.g. the verifier's answer).
         document: the document string ``contexts`` was cut from (None for a list of texts).
+        kinds: one label per text (``needed``, ``paraphrase``, ``injected``, ...). None = unlabelled.
+        injected_answer: the answer the ``injected`` text asks for. None = none known.
     """
 
     contexts: tuple[str, ...]
@@ -59,6 +70,8 @@ class AttributionExample:
     relevant: tuple[int, ...] | None = None
     reference: str | None = None
     document: str | None = None
+    kinds: tuple[str, ...] | None = None
+    injected_answer: str | None = None
 
     @property
     def prompt_contexts(self) -> str | list[str]:
@@ -111,6 +124,37 @@ def _parse_relevant(relevant: Any, where: str, n: int) -> tuple[int, ...] | None
     return tuple(sorted(relevant))
 
 
+def _parse_kinds(kinds: Any, where: str, n: int) -> tuple[str, ...] | None:
+    """One non-empty label per text; None stays None."""
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or not all(isinstance(k, str) and k.strip() for k in kinds):
+        raise UserError(
+            f"{where}: 'kinds' must be a list of non-empty strings (one label per context text), got {kinds!r}; "
+            "fix the labels or drop 'kinds'"
+        )
+    if len(kinds) != n:
+        raise UserError(
+            f"{where}: 'kinds' has {len(kinds)} label(s) for {n} context texts; give exactly one kind per context text"
+        )
+    return tuple(kinds)
+
+
+def _parse_injected_answer(raw: dict, kinds: tuple[str, ...] | None, where: str) -> str | None:
+    """``injected_answer``: a non-empty string, only beside a text of kind ``injected``."""
+    value = raw.get("injected_answer")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: 'injected_answer' must be a non-empty string or null, got {value!r}; quote it or drop it")
+    if INJECTED not in (kinds or ()):
+        raise UserError(
+            f"{where}: 'injected_answer' is given but no text has kind {INJECTED!r}; "
+            f"label the injected text {INJECTED!r} in 'kinds' or drop 'injected_answer'"
+        )
+    return value
+
+
 def parse_example(raw: Any, where: str, *, split: str = "segment") -> AttributionExample:
     """Check one example (see the module docstring) and return it; ``where`` names it in errors,
     ``split`` cuts a document string (one of ``SPLIT_MODES``)."""
@@ -138,10 +182,11 @@ def parse_example(raw: Any, where: str, *, split: str = "segment") -> Attributio
             raise UserError(
                 f"{where}: {key!r} must be a string or null, got {type(raw[key]).__name__}; quote it or drop it"
             )
+    kinds = _parse_kinds(raw.get("kinds"), where, len(contexts))
     return AttributionExample(
         contexts=contexts, question=question, answer=raw.get("answer"),
         relevant=_parse_relevant(raw.get("relevant"), where, len(contexts)), reference=raw.get("reference"),
-        document=document,
+        document=document, kinds=kinds, injected_answer=_parse_injected_answer(raw, kinds, where),
     )
 
 
@@ -177,10 +222,12 @@ def builtin_examples(
     """The first ``num_examples`` held-out records of a :class:`lit_attn.PromptDataModule`.
 
     Records keep their ground truth: ``contexts``, ``question``, ``relevant`` (the facts the
-    question needs) and ``answer`` (shown as the reference; the attributed answer is the
-    model's own). Held-out records without ``contexts`` and ``question`` (a user's own data)
-    are skipped, so the list is empty for data that has none. With ``num_distractors`` set and
-    the built-in task as the data (no ``train_path`` / ``val_path``), the examples are drawn
+    question needs), ``answer`` (shown as the reference; the attributed answer is the
+    model's own) and the kind of every text (:func:`record_kinds`), with the injected
+    instruction's answer where the context has one (long contexts, ``data.num_texts``).
+    Held-out records without ``contexts`` and ``question`` (a user's own data) are skipped,
+    so the list is empty for data that has none. With ``num_distractors`` set and the
+    built-in task as the data (no ``train_path`` / ``val_path``), the examples are drawn
     afresh from the datamodule's task with that many distractor facts instead (seeded by the
     datamodule's seed, no prompt of the training split): useful when training uses no
     distractors, where every text is relevant and the scalars would be trivially 1.
@@ -214,6 +261,21 @@ def builtin_examples(
             contexts=tuple(r["contexts"]), question=str(r["question"]),
             relevant=tuple(r["relevant"]) if r.get("relevant") is not None else None,
             reference=str(r["answer"]) if r.get("answer") is not None else None,
+            kinds=record_kinds(r, f"held-out record {i}"),
+            injected_answer=str(r["injected_answer"]) if r.get("injected_answer") is not None else None,
         )
-        for r in records
+        for i, r in enumerate(records)
     ]
+
+
+def record_kinds(record: dict[str, Any], where: str) -> tuple[str, ...] | None:
+    """The kind of every text of a built-in record: its own ``kinds`` (long contexts label
+    needed facts, distractors, paraphrases, the injected instruction and filler), else
+    ``needed`` for the ``relevant`` facts and ``distractor`` for the others; None without
+    ``relevant``. A record's own ``kinds`` are checked as a probe's are (``where`` names it)."""
+    if record.get("kinds") is not None:
+        return _parse_kinds(record["kinds"], where, len(record["contexts"]))
+    if record.get("relevant") is None:
+        return None
+    needed = set(record["relevant"])
+    return tuple("needed" if i in needed else "distractor" for i in range(len(record["contexts"])))

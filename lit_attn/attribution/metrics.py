@@ -1,7 +1,8 @@
 """How well attributions find the ground-truth texts: the AttributionCallback's scalars.
 
 :func:`ranking_metrics` measures one attribution against its ground truth;
-:func:`attribution_scalars` averages them over the examples of one logging point.
+:func:`attribution_scalars` averages them over the examples of one logging point and adds the
+credit by kind of text (:mod:`lit_attn.attribution.kinds`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from lit_attn.attribution.examples import AttributionExample
+from lit_attn.attribution.kinds import kind_scalars
 from lit_attn.attribution.result import AttributionResult
 
 RANKING_METRICS = ("precision_at_k", "recall_at_k", "relevant_share")
@@ -47,7 +49,8 @@ def attribution_scalars(
     """The ``attribution/*`` scalars of one logging point: ``attribution/seconds`` (mean wall-clock
     seconds per example) and the mean of each :func:`ranking_metrics` value over the examples
     that carry ground truth (a NaN ``relevant_share`` left out; a name with no value at all is
-    absent)."""
+    absent), then ``attribution/share/<kind>`` and ``attribution/follows_injection``
+    (:func:`~lit_attn.attribution.kinds.kind_scalars`) where the examples carry kinds."""
     rows = [
         ranking_metrics(list(result.scores), example.relevant, k)
         for example, result in zip(examples, results)
@@ -58,4 +61,5 @@ def attribution_scalars(
         values = [row[name] for row in rows if not math.isnan(row[name])]
         if values:
             out[f"attribution/{name}"] = sum(values) / len(values)
+    out.update(kind_scalars(examples, results))
     return out
