@@ -20,15 +20,21 @@ import sys
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_attn.checkpoints import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
 from lit_attn.data import PromptDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
+from lit_attn.preemption import Preemption
+from lit_attn.resume import check_resume
 from lit_attn.sft import SFTModule
 from lit_attn.warm_start import WarmStartDataModule
 
@@ -40,7 +46,47 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("lit_attn.configs").joinpath(name)))
 
 
-class PolicyCLI(LightningCLI):
+class CheckpointingCLI(LightningCLI):
+    """LightningCLI whose checkpoints are written atomically (:class:`AtomicCheckpointIO`), whose
+    runs save ``last.ckpt`` and exit with status 143 on SIGTERM (:class:`Preemption`), and which
+    checks ``--ckpt_path`` before the run writes anything (docs/reliability.md, "Checkpoints,
+    preemption and resume")."""
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        plugins = _as_list(kwargs.get("plugins", config.get("plugins")))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # a user's own CheckpointIO is kept
+            plugins.append(AtomicCheckpointIO())
+        callbacks = _as_list(kwargs.get("callbacks", config.get("callbacks")))
+        if not any(isinstance(callback, Preemption) for callback in callbacks):
+            callbacks.append(Preemption())
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins, "callbacks": callbacks})
+
+    def _parse_ckpt_path(self) -> None:
+        """Recent Lightning releases parse ``--ckpt_path``'s saved model hyper-parameters over the
+        command line here, silently, and only for a file (not for ``last``). In lit_attn the settings
+        given are the settings used; :meth:`check_checkpoint` warns about each that differs."""
+
+    def check_checkpoint(self, stage: str) -> None:
+        """Resolve ``--ckpt_path last``, then refuse a broken checkpoint or one of another model, and
+        warn about changed settings — all before the Trainer writes anything."""
+        path = check_checkpoint_path(self.config[self.subcommand].get("ckpt_path"), self.trainer)
+        if path is None or not Path(path).is_file():  # none, or Lightning's "best" / "hpc" / registry
+            return
+        checkpoint = read_checkpoint(path, resume=stage == "fit")
+        check_resume(checkpoint, path, self.model, self.datamodule, fitting=stage == "fit")
+        for config in (self.config, self.config_init):  # what runs, and what config.yaml records
+            config[self.subcommand]["ckpt_path"] = path
+        # A resumed run writes to a version folder of its own: its ModelCheckpoint starts afresh there, as meant.
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+
+
+def _as_list(value: Any) -> list:
+    """A trainer argument that takes one item or a list (``plugins``, ``callbacks``) as a new list."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class PolicyCLI(CheckpointingCLI):
     """LightningCLI with the batch-size links of lit_attn and input checks before any run."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -49,7 +95,7 @@ class PolicyCLI(LightningCLI):
 
     def _check(self, stage: str) -> None:
         # Before the Trainer writes anything (config.yaml, logs): bad data fails with nothing on disk.
-        check_checkpoint_path(self.config[self.subcommand].get("ckpt_path"))
+        self.check_checkpoint(stage)
         self.datamodule.setup(stage)
         self.model.check_data(self.datamodule, stage)
 
@@ -66,27 +112,34 @@ class PolicyCLI(LightningCLI):
         self._check("predict")
 
 
-CHECKPOINT_ALIASES = ("last", "best", "hpc", "registry")
-
-
-def check_checkpoint_path(path: str | None) -> None:
-    """``--ckpt_path`` must name an existing file (or one of Lightning's aliases)."""
-    if path is None or str(path) in CHECKPOINT_ALIASES or str(path).startswith("registry:"):
-        return
+def check_checkpoint_path(path: str | None, trainer: Trainer) -> str | None:
+    """``--ckpt_path`` resolved: ``last`` is the newest ``last.ckpt`` of this run's logger
+    ``save_dir/name`` across its version folders (:func:`find_last_checkpoint`); Lightning's other
+    aliases (``best``, ``hpc``, ``registry:…``) pass through; anything else must be a file."""
+    if path is None:
+        return None
+    if str(path) == "last":
+        return find_last_checkpoint(trainer)
+    if str(path) in ("best", "hpc", "registry") or str(path).startswith("registry:"):
+        return str(path)
     if not Path(path).is_file():
         raise UserError(
             f"checkpoint not found: {path}; pass an existing .ckpt file (e.g. runs/default/version_0/checkpoints/"
-            "last.ckpt) or --ckpt_path=last for the newest checkpoint of this run directory"
+            "last.ckpt) or --ckpt_path=last for the newest last.ckpt of this run's logger name, in any version folder"
         )
+    return str(path)
 
 
-class SFTCLI(LightningCLI):
+class SFTCLI(CheckpointingCLI):
     """LightningCLI of the warm start."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.batch_size", "data.batch_size")
         parser.link_arguments("model.val_batch_size", "data.val_batch_size")
         parser.link_arguments("model.context_hygiene_from", "data.absent_from")
+
+    def before_fit(self) -> None:
+        self.check_checkpoint("fit")
 
 
 USAGE = """usage: python -m lit_attn {fit,validate,test,predict,sft,attribute} [options]
