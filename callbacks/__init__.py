@@ -7,6 +7,7 @@ from lit_attn.callbacks.attribution import AttributionCallback
 from lit_attn.callbacks.branching import AttentionBranchCallback, BranchingCallback, EntropyBranchCallback
 from lit_attn.callbacks.export import ExportPolicy
 from lit_attn.callbacks.predictions import PredictionWriter
+from lit_attn.callbacks.progress import RichProgressBar
 
 __all__ = [
     "AttentionBranchCallback",
@@ -15,4 +16,5 @@ __all__ = [
     "EntropyBranchCallback",
     "ExportPolicy",
     "PredictionWriter",
+    "RichProgressBar",
 ]

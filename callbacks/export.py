@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_attn.errors import UserError
+from lit_attn.files import publish_tree
 
 MARKER = "lit_attn_export.json"
 """The file that marks a folder as an export of ours (no leading dot: package data globs skip dotfiles)."""
@@ -150,11 +150,7 @@ class ExportPolicy(Callback):
             tokenizer.save_pretrained(staging)
             # mkdtemp makes the folder private (0700) and some writers make private files:
             # give the export the permissions of a normally created folder.
-            mask = os.umask(0)
-            os.umask(mask)
-            staging.chmod(0o777 & ~mask)
-            for path in staging.rglob("*"):
-                path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+            publish_tree(staging)
             target = _move_into_place(staging, target)
         finally:
             if staging.exists():

@@ -34,6 +34,7 @@ from lit_attn.data import PromptDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
 from lit_attn.preemption import Preemption
+from lit_attn.preflight import PreflightCLI
 from lit_attn.resume import check_resume
 from lit_attn.sft import SFTModule
 from lit_attn.warm_start import WarmStartDataModule
@@ -162,6 +163,17 @@ def _parser_kwargs(default_config: Path) -> dict:
     return kwargs
 
 
+class CheckedPolicyCLI(PreflightCLI, PolicyCLI):
+    """:class:`PolicyCLI` whose trainer settings and output folders are checked once the command
+    line is parsed, before the model, the data or the Trainer is built (:mod:`lit_attn.preflight`)."""
+
+
+class CheckedSFTCLI(PreflightCLI, SFTCLI):
+    """:class:`SFTCLI` with the same checks as :class:`CheckedPolicyCLI` (automatic optimisation)."""
+
+    rl_training = False
+
+
 def run(argv: list[str]) -> None:
     """Run one CLI invocation (raises instead of exiting on bad input)."""
     torch.set_float32_matmul_precision("high")
@@ -177,13 +189,13 @@ def run(argv: list[str]) -> None:
         run_attribute(argv[1:])
         return
     if argv and argv[0] == "sft":
-        SFTCLI(
+        CheckedSFTCLI(
             SFTModule, WarmStartDataModule, args=["fit", *argv[1:]],
             parser_kwargs=_parser_kwargs(packaged_config("sft.yaml")),
             save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
         )
         return
-    PolicyCLI(
+    CheckedPolicyCLI(
         PolicyModule, PromptDataModule, args=argv,
         parser_kwargs=_parser_kwargs(packaged_config("default.yaml")),
         save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,

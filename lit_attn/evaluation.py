@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_attn.markdown import cell
+from lit_attn.rewards import call_reward, reward_name
 from lit_attn.sampling import generate
 
 
@@ -38,7 +39,7 @@ def greedy_pass_at_1(
         chunk = records[start : start + batch_size]
         prompts = [r["prompt"] for r in chunk]
         rollout = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False)
-        values = verifier(prompts, rollout.completions, **columns_of(chunk))
+        values = call_reward(verifier, reward_name(verifier), prompts, rollout.completions, **columns_of(chunk))
         scores += [float("nan") if v is None else float(v >= 1.0) for v in values]
         completions += rollout.completions
     return torch.tensor(scores), completions

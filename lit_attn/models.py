@@ -8,12 +8,14 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -27,7 +29,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from lit_attn.errors import UserError
+from lit_attn.errors import UserError, one_line
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """The shipped warm-started default policy (see ``python -m lit_attn sft``)."""
@@ -58,6 +60,30 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def check_head_sizes(hidden_size: int, num_heads: int, num_kv_heads: int | None = None, *, prefix: str = "") -> None:
+    """Refuse attention sizes a model cannot be built with, in one line: ``hidden_size`` must
+    split evenly over ``num_heads``, and the query heads evenly over ``num_kv_heads`` (grouped-
+    query attention; None for an architecture without it). ``prefix`` names the settings'
+    section (``model.`` for ``sft``)."""
+    for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
+        if value is not None and value < 1:
+            raise UserError(f"{prefix}{name} must be >= 1, got {value}; give a positive size")
+    if hidden_size % num_heads:
+        low = hidden_size // num_heads * num_heads
+        near = [n for n in (low, low + num_heads) if n >= num_heads]
+        raise UserError(
+            f"{prefix}hidden_size={hidden_size} is not divisible by {prefix}num_heads={num_heads} (each head gets "
+            f"hidden_size / num_heads dimensions); use a hidden_size of {' or '.join(map(str, near))}, or another "
+            "number of heads"
+        )
+    if num_kv_heads is not None and num_heads % num_kv_heads:
+        divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+        raise UserError(
+            f"{prefix}num_heads={num_heads} is not divisible by {prefix}num_kv_heads={num_kv_heads} (each key/value "
+            f"head serves an equal group of query heads); use num_kv_heads in {divisors}"
+        )
+
+
 def tiny_config(
     architecture: Architecture = "qwen2",
     *,
@@ -72,6 +98,7 @@ def tiny_config(
     eos_token_id: int = 1,
 ):
     """A small transformers config of a standard architecture (built, never downloaded)."""
+    check_head_sizes(hidden_size, num_heads, None if architecture == "gpt2" else num_kv_heads)
     common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=eos_token_id)
     if architecture == "qwen2":
         return Qwen2Config(
@@ -126,6 +153,33 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
 
 _GENERIC_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
+"""Files that hold a tokenizer's vocabulary (any one of them; ``vocab.json`` goes with ``merges.txt``)."""
+
+_TOKENIZER_PROBE = "The answer is 42."
+"""Text any usable tokenizer turns into at least one token."""
+
+
+def _no_tokenizer(path: Path) -> UserError:
+    return UserError(
+        f"model folder {str(path)!r} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+        f"copy the model's tokenizer files into it, or save them with tokenizer.save_pretrained({str(path)!r})"
+    )
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """Refuse a tokenizer that encodes text as nothing (transformers builds an empty one for a
+    folder without tokenizer files), naming the files that are missing."""
+    if tokenizer(_TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]:
+        return
+    present = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not present:
+        raise _no_tokenizer(path)
+    raise UserError(
+        f"the tokenizer in {str(path)!r} ({type(tokenizer).__name__}, from {', '.join(present)}) turns text into no "
+        "tokens; replace its tokenizer files with the model's own (tokenizer.save_pretrained)"
+    )
+
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``path``, as saved.
@@ -133,12 +187,26 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> PreTrained
     A generic ``tokenizers`` tokenizer (such as the shipped character tokenizer) is loaded as
     is: ``AutoTokenizer`` would pick the class of the model type (e.g. Qwen2Tokenizer) and
     replace its normaliser and pre-tokenizer.
+
+    A folder without tokenizer files, or with files that make a tokenizer that encodes text as
+    nothing, is a one-line :class:`UserError` naming the files (:func:`check_tokenizer`).
     """
     config_file = path / "tokenizer_config.json"
-    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
-    if saved_class in _GENERIC_TOKENIZERS:
-        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    try:
+        saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+        if saved_class in _GENERIC_TOKENIZERS:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise _no_tokenizer(path) from err
+        raise UserError(
+            f"cannot load the tokenizer in {str(path)!r}: {one_line(err)}; check its tokenizer files "
+            "(tokenizer.json, tokenizer_config.json) or save them again with tokenizer.save_pretrained"
+        ) from err
+    check_tokenizer(tokenizer, path)
+    return tokenizer
 
 
 def load_policy(
@@ -152,8 +220,11 @@ def load_policy(
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
-    except ValueError as err:
-        raise UserError(f"cannot read the model config in {str(path)!r}: {str(err).splitlines()[0]}") from err
+    except (ValueError, OSError) as err:
+        raise UserError(
+            f"cannot read the model config {str(path / 'config.json')!r}: {one_line(err)}; fix or replace it "
+            "with the config.json that save_pretrained wrote for this model"
+        ) from err
     is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or any(
         a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or [])
     )
@@ -164,15 +235,47 @@ def load_policy(
         )
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype,
-        attn_implementation=attn_implementation,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype,
+            attn_implementation=attn_implementation,
+        )
+    except (SafetensorError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise UserError(
+            f"cannot load the model weights in {str(path)!r} ({type(err).__name__}: {one_line(err)}); a weights file "
+            "is damaged or truncated (an interrupted copy or a full disk?): copy the model again, or save it again "
+            "with save_pretrained"
+        ) from err
+    check_causal(model, path)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+@torch.no_grad()
+def check_causal(model: PreTrainedModel, path: Path) -> None:
+    """Refuse a model whose output at a position depends on later tokens: an encoder with an
+    LM head (e.g. a ``BertLMHeadModel`` saved with ``is_decoder: false``) loads as a causal LM
+    but attends both ways. Two short sequences that differ in their last token only are run;
+    a causal model gives the same logits at every earlier position."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab < 4:
+        return
+    device = model_device(model)
+    prefix = [(3 + 7 * i) % (vocab - 1) + 1 for i in range(5)]
+    with eval_mode(model):
+        first = model(input_ids=torch.tensor([prefix + [1]], device=device)).logits[0, :-1].float()
+        second = model(input_ids=torch.tensor([prefix + [2]], device=device)).logits[0, :-1].float()
+    change = (first - second).abs().max().item()
+    if change > 1e-4 * max(1.0, first.abs().max().item()):
+        kind = model.config.model_type
+        hint = " (its config.json has is_decoder: false)" if getattr(model.config, "is_decoder", None) is False else ""
+        raise UserError(
+            f"model in {str(path)!r} ({kind}) is not a causal language model: its attention is bidirectional{hint}, "
+            "each position sees later tokens; pass a decoder-only model such as Qwen2, Llama or GPT-2"
+        )
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from lit_attn.experience import Experience, rollout_metrics
 from lit_attn.lora import LoraSettings, adapters_off, add_adapters
 from lit_attn.models import context_length, load_policy
 from lit_attn.ppo import PPOSettings, ppo_update
-from lit_attn.records import validate_prompt_lengths
+from lit_attn.records import check_spelling, validate_prompt_lengths
 from lit_attn.rewards import RewardSet
 from lit_attn.rollout import Rollout
 from lit_attn.sampling import generate, sample_continuations
@@ -126,7 +126,10 @@ class PolicyModule(LightningModule):
         self.ref_model = None
         if update.kl_coef > 0 and self._peft is None:
             self.ref_model, _ = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
-            self.ref_model.requires_grad_(False).eval()
+            # Frozen, but in train mode like every module of this LightningModule (Lightning warns about
+            # modules in eval mode when fit starts): ppo runs it in eval mode for its log-probs.
+            self.ref_model.requires_grad_(False).train()
+            _disable_dropout(self.ref_model)
         self.reward_set = RewardSet(rewards.functions, rewards.weights)
         self.scale_rewards = rewards.scale
         self.tokens_generated = 0
@@ -143,12 +146,14 @@ class PolicyModule(LightningModule):
 
     def check_data(self, datamodule: object, stage: str) -> None:
         """Fail before any output is written if a prompt plus its completion budget exceeds the
-        context. Runs once per data module and stage (the CLI calls it before the trainer
-        writes anything; ``setup`` calls it for a module driven without the CLI)."""
+        context, or if a prompt or context text holds characters the tokenizer cannot spell.
+        Runs once per data module and stage (the CLI calls it before the trainer writes
+        anything; ``setup`` calls it for a module driven without the CLI)."""
         if datamodule is None or not hasattr(datamodule, "records") or self._checked == (id(datamodule), stage):
             return
         budget = (context_length(self.model) or 1 << 30) - max(self.sampling.max_new_tokens, self.eval_max_new_tokens)
         for split, records in datamodule.records(stage).items():
+            check_spelling(records, self.tokenizer, path_hint=split)
             validate_prompt_lengths(records, self.tokenizer, budget, path_hint=split)
         self._checked = (id(datamodule), stage)
 

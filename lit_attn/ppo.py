@@ -47,6 +47,7 @@ from lit_attn.errors import UserError
 from lit_attn.experience import Experience
 from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, token_logprobs
 from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
+from lit_attn.models import eval_mode
 from lit_attn.settings import allow_in_checkpoints
 from lit_attn.strategy import reduce_over_ranks
 
@@ -389,7 +390,10 @@ def _reference_logprobs(
         with ref_context():
             return batched_completion_logprobs(model, experience, settings)
     if ref_model is not None:
-        return batched_completion_logprobs(ref_model, experience, settings)
+        # The frozen reference stays in train mode as a module of the LightningModule (Lightning
+        # warns about modules left in eval mode when fit starts); it runs in eval mode here.
+        with eval_mode(ref_model):
+            return batched_completion_logprobs(ref_model, experience, settings)
     return None
 
 

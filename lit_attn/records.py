@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_attn.errors import UserError, one_line
+from lit_attn.files import publish_file
+from lit_attn.tokenizer import describe_characters, unknown_characters
 
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl", ".json")
 PARQUET_SUFFIXES: tuple[str, ...] = (".parquet",)
@@ -115,6 +117,45 @@ def validate_prompt_lengths(
                 )
 
 
+SPELLED_FIELDS: tuple[str, ...] = ("prompt", "contexts")
+"""The fields of a record the model reads (``contexts``: a list of texts)."""
+
+
+def _field_texts(record: dict, field: str) -> list[str]:
+    value = record.get(field)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def check_spelling(records: Sequence[dict], tokenizer: Any, *, path_hint: str = "") -> None:
+    """Fail when a prompt or context text holds characters the model's tokenizer cannot spell
+    (it would read each as its unknown token, e.g. non-ASCII text with the shipped character
+    tokenizer), naming the characters and the first record that has one.
+
+    Raises:
+        UserError: one line, with the characters as ``'é' (U+00E9)``.
+    """
+    bad = unknown_characters(tokenizer, (t for r in records for f in SPELLED_FIELDS for t in _field_texts(r, f)))
+    if not bad:
+        return
+    where = f"{path_hint}: " if path_hint else ""
+    first, field = next(
+        (i, f) for i, r in enumerate(records) for f in SPELLED_FIELDS
+        if any(c in t for t in _field_texts(r, f) for c in bad)
+    )
+    prompt = " ".join(str(records[first]["prompt"]).split())
+    shown = (prompt[:40] + "…") if len(prompt) > 40 else prompt
+    raise UserError(
+        f"{where}the model's tokenizer cannot spell {describe_characters(bad)}: it reads each as "
+        f"{tokenizer.unk_token} (first in the {field} of record {first}, prompt {shown!r}); write the data in characters "
+        "the tokenizer knows (the shipped character tokenizer spells printable ASCII and newlines), or use a model "
+        "whose tokenizer covers them"
+    )
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -146,13 +187,16 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     """Write one JSON value per line to a temporary file beside ``path``, then rename it over
-    ``path``: a reader never sees half a file, and a failure leaves no partial file behind."""
+    ``path``: a reader never sees half a file, and a failure leaves no partial file behind.
+    The file gets the mode ``open(path, "w")`` would give it (0666 & ~umask, or the mode of
+    the file it replaces), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        publish_file(temporary, path)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -213,7 +213,7 @@ class RewardSet:
             raise ValueError(f"got {len(prompts)} prompts for {n} completions; pass one prompt per completion")
         per_func = torch.full((n, len(self.funcs)), math.nan, dtype=torch.float64)
         for j, (name, fn) in enumerate(zip(self.names, self.funcs)):
-            values = fn(prompts=list(prompts), completions=list(completions), **columns)
+            values = call_reward(fn, name, prompts, completions, **columns)
             per_func[:, j] = _as_column(values, n, name, prompts)
 
         scored = ~torch.isnan(per_func)
@@ -234,6 +234,31 @@ class RewardSet:
             stats[f"rewards/{name}/mean"] = col.mean().item() if col.numel() else math.nan
         self.last_stats = stats
         return total.float()
+
+
+def call_reward(
+    fn: RewardFn, name: str, prompts: Sequence[str], completions: Sequence[str], **columns: Sequence[Any]
+) -> Any:
+    """``fn(prompts=..., completions=..., **columns)``; an exception raised by the function
+    becomes a one-line :class:`UserError` that names the function, the exception and the first
+    row (prompt) of the call it failed on (a :class:`UserError` passes through as it is)."""
+    try:
+        return fn(prompts=list(prompts), completions=list(completions), **columns)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of the user's function is reported the same way
+        rows = f"{len(completions)} completion{'s' if len(completions) != 1 else ''}"
+        first = f", the first for {_prompt_hint(prompts, 0)}" if len(prompts) else ""
+        raise UserError(
+            f"reward function {name!r} raised {type(e).__name__}: {one_line(e)} when scoring {rows}{first}; "
+            "fix the function (it is called as fn(prompts, completions, **columns)), or return None for "
+            "completions it cannot judge"
+        ) from e
+
+
+def reward_name(fn: RewardFn) -> str:
+    """The name a reward function goes by in logs and messages."""
+    return _unique_names([fn])[0]
 
 
 def _prompt_hint(prompts: Sequence[str], i: int) -> str:

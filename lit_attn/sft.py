@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 from lit_attn.attention.capture import CapturedLayer, capture_qk
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1
-from lit_attn.models import build_tiny_model, load_policy
+from lit_attn.models import build_tiny_model, check_head_sizes, load_policy
 from lit_attn.rewards import RewardSet
 from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
 from lit_attn.warm_start import context_hygiene_loss, fact_span, lookup_attention_loss, lookup_targets
@@ -108,6 +108,7 @@ class SFTModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if name_or_path is None:
+            check_head_sizes(hidden_size, num_heads, None if architecture == "gpt2" else num_kv_heads, prefix="model.")
             self.tokenizer = build_char_tokenizer()
             self.model = build_tiny_model(
                 architecture, seed=seed, vocab_size=len(self.tokenizer), hidden_size=hidden_size,

@@ -11,9 +11,10 @@ two-token match; the text a person reads is unchanged (decoding is an exact roun
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable, Sequence
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from lit_attn.attention.steps import STEP_DELIMITER
 
@@ -45,3 +46,35 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     )
     fast.add_special_tokens({"pad_token": PAD, "eos_token": EOS, "unk_token": UNK})
     return fast
+
+
+def unknown_characters(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> list[str]:
+    """The characters of ``texts`` that ``tokenizer`` cannot spell (it turns them into its
+    unknown token), in order of first appearance; always empty for a tokenizer without an
+    unknown token (byte-level BPE spells everything). The shipped character tokenizer spells
+    printable ASCII and newlines only: ``é``, ``→``, a tab or an emoji become ``<unk>``.
+    Each distinct character is tokenised once, on its own (one batched call)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    texts = list(texts)
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    if not chars:
+        return []
+    distinct = sorted(chars)
+    encoded = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    bad = {c for c, ids in zip(distinct, encoded) if unk in ids}
+    ordered: dict[str, None] = {}
+    for text in texts:
+        if len(ordered) == len(bad):
+            break
+        ordered.update((c, None) for c in text if c in bad)
+    return list(ordered)
+
+
+def describe_characters(chars: Sequence[str], limit: int = 8) -> str:
+    """``'é' (U+00E9), '→' (U+2192)``: characters for a one-line message."""
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")

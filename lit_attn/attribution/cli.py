@@ -41,7 +41,9 @@ from lit_attn.attribution.result import AttributionResult
 from lit_attn.attribution.scores import DEFAULT_TOP_K
 from lit_attn.attribution.trace import DEFAULT_NUM_SUBSAMPLES, DEFAULT_SUBSAMPLE_RATIO
 from lit_attn.errors import UserError
+from lit_attn.files import check_writable_file
 from lit_attn.records import write_jsonl
+from lit_attn.tokenizer import describe_characters, unknown_characters
 
 _TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -165,6 +167,20 @@ def load_model(
     return model.to(device), tokenizer
 
 
+def check_example_spelling(examples: list[tuple[str, AttributionExample]], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse, in one line naming the first example and the characters, texts that hold
+    characters the tokenizer cannot spell (it would read each as its unknown token)."""
+    for where, example in examples:
+        for field, value in (("contexts", example.prompt_contexts), ("question", example.question), ("answer", example.answer)):
+            bad = unknown_characters(tokenizer, [value] if isinstance(value, str) else list(value or []))
+            if bad:
+                raise UserError(
+                    f"{where}: the model's tokenizer cannot spell {describe_characters(bad)} in {field!r}: it reads each "
+                    f"as {tokenizer.unk_token}; write the text in characters the tokenizer knows (the shipped character "
+                    "tokenizer spells printable ASCII and newlines), or pass a --model whose tokenizer covers them"
+                )
+
+
 def output_row(where: str, example: AttributionExample, result: AttributionResult) -> dict[str, Any]:
     """One output line: the input's location, the texts (a document's pieces), the result, and
     ``relevant`` / ``reference`` / ``kinds`` / ``injected_answer`` when the input gave them."""
@@ -205,8 +221,12 @@ def run_attribute(argv: list[str], console: Console | None = None) -> None:
     params = method_params(args)
     check_html_path(args.html)
     device = resolve_device(args.device)
+    for option, target in (("--output", args.output), ("--html", args.html)):
+        if target:
+            check_writable_file(target, option)  # before the work, not after it
     examples = read_examples(Path(args.input), args.split)
     model, tokenizer = load_model(args.model, device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    check_example_spelling(examples, tokenizer)
     params["template"] = prompt_template(args, tokenizer)
     console = console or Console()
     rows: list[dict[str, Any]] = []
