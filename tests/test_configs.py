@@ -93,3 +93,13 @@ def test_attnrl_config_keeps_the_papers_values_where_the_tiny_model_allows():
     update = model["update"]
     assert (model["sampling"]["group_size"], update["kl_coef"], model["optimizer"]["weight_decay"]) == (6, 0.001, 0.01)
     assert (update["clip_low"], update["clip_high"], update["dual_clip"], update["grad_clip"]) == (0.2, 0.28, 3.0, 1.0)
+
+
+@pytest.mark.parametrize("name", ["sft.yaml", "sft_subtotal.yaml"])
+def test_warm_start_configs_keep_a_last_checkpoint_to_resume_from(name):
+    # `sft --ckpt_path last` (and the SIGTERM handler) need a ModelCheckpoint with save_last;
+    # without one Lightning's default saves only at epoch ends, which an endless stream never reaches.
+    callbacks = load_config(CONFIGS[0].parent / name)["trainer"]["callbacks"]
+    checkpoints = [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert checkpoints and checkpoints[0]["init_args"]["save_last"] is True
+    assert checkpoints[0]["init_args"]["every_n_train_steps"] > 0
