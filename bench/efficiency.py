@@ -435,6 +435,90 @@ def rules_text(args: argparse.Namespace) -> list[str]:
     ]
 
 
+BRANCHING_ROWS = ("fci", "fci_d4", "early", "entropy", "random", "fresh", "oracle")
+
+
+def exploration_section(setting: str, docs: Path = ROOT / "docs") -> list[str]:
+    """The exploration numbers of ``bench/branching.py`` for the same setting (issue 18 point 1),
+    read from ``docs/bench_branching.<setting>.json``: what each branch rule finds per token
+    before any training, which explains the race. Empty when that file is missing."""
+    path = docs / f"bench_branching.{setting}.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["results"]
+    lines = [
+        "## What exploration finds here (bench/branching.py, before any training)",
+        "",
+        f"From [bench_branching.{setting}.md](bench_branching.{setting}.md) (`{meta['command']}`, "
+        f"{meta['prompts']} hard prompts, {meta['wrong']} wrong responses of {meta['responses']}, fresh sampled pass "
+        f"rate {meta['fresh_pass_rate']:.2f}). Each rule branches every wrong response at 2 points with 2 "
+        "continuations each; fresh samples are the same number of new responses from the prompt.",
+        "",
+        "| rule | median branch position | at or before the first wrong step | correct per 1K tokens | rescued |",
+        "|---|---|---|---|---|",
+    ]
+    for key in BRANCHING_ROWS:
+        if key in rows:
+            r = rows[key]
+            lines.append(f"| {r['label']} | {r['median_position']:.0%} | {r['before_first_error']:.0%} "
+                         f"| {r['correct_per_1k_tokens']:.2f} | {r['rescued']:.0%} |")
+    if all(k in rows for k in ("fci", "fresh", "oracle")):
+        fci, fresh, oracle = (rows[k]["correct_per_1k_tokens"] for k in ("fci", "fresh", "oracle"))
+        lines += ["", f"FCI finds {fci / fresh:.2f}× the correct answers per token that fresh samples do; branching at "
+                  f"exactly the first wrong step (the oracle) finds {oracle / fresh:.2f}×, the most any branch rule "
+                  "could gain here."]
+    return lines
+
+
+WHAT_WOULD_CHANGE = {
+    "chain-hard": (
+        "On these prompts the model's mistakes belong to the prompt: regenerating the first wrong step from a "
+        "prefix that is right up to it succeeds about as often as a fresh sample (the oracle row's success per "
+        "continuation against the fresh pass rate, bench_branching.md), so no branch point can beat resampling by "
+        "more than the prefix tokens it skips, and FCI's points sit at the first steps, where that saving is "
+        "smallest. What would change the result is a setting whose mistakes are path-bound at steps in the middle "
+        "of the answer that later steps read: the task's subtotal mode is built for that (docs/task.md), but the "
+        "shipped model has not learned it yet, and as the paper defines it FCI averages over the scored step's "
+        "tokens, so a result named at the end of a long step is diluted (docs/task.md says what a task needs for "
+        "FCI to find it)."
+    ),
+    "subtotal": (
+        "The subtotal mode is meant for path-bound mistakes at the steps that name the subtotals "
+        "(docs/task.md); bench_branching.md measures whether FCI branches there on the model used."
+    ),
+}
+
+
+def reading(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> list[str]:
+    """What the race shows, in sentences computed from its numbers (and, for the setting, what
+    would change it)."""
+    tokens = grid(args)
+    final = {m: mean([accuracy_at(r["points"], tokens[-1]) for r in runs.values()]) for m, runs in results.items()}
+    order = sorted(final, key=final.get, reverse=True)
+    lines = ["## Reading", "",
+             f"- At {tokens[-1] / 1e6:.2f}M charged tokens the order is "
+             + ", ".join(f"{m} {final[m]:.3f}" for m in order) + "."]
+    for method, runs in results.items():
+        last = [r["points"][-1] for r in runs.values()]
+        share = mean([p["continuation_tokens"] / max(p["tokens"], 1) for p in last])
+        per_k = mean([1000 * p["updates"] / max(p["tokens"], 1) for p in last])
+        if share > 0:
+            lines.append(f"- {method}: {share:.0%} of its charged tokens are continuations from branch points; "
+                         f"{per_k:.3f} optimiser updates per 1K tokens.")
+        else:
+            lines.append(f"- {method}: every token is a fresh response to a new prompt; {per_k:.3f} optimiser "
+                         "updates per 1K tokens.")
+    if "grpo" in results and len(tokens) > 2:
+        before = mean([accuracy_at(r["points"], tokens[-2]) for r in results["grpo"].values()])
+        gain = final["grpo"] - before
+        lines.append(f"- GRPO gained {gain:+.3f} over the last {(tokens[-1] - tokens[-2]) / 1e6:.2f}M tokens: "
+                     + ("its curve had not flattened at the budget." if gain > 0.02 else "its curve has flattened."))
+    if args.setting in WHAT_WOULD_CHANGE:
+        lines += ["", WHAT_WOULD_CHANGE[args.setting]]
+    return lines
+
+
 def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, wall: float) -> str:
     tokens = grid(args)
     lines = [
@@ -518,6 +602,10 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, wall: 
             done = [t for t in reach if t is not None]
             ratio = f"{mean(done) / args.budget:.2f}" if done and len(done) == len(reach) else "—"
             lines.append(f"| {method} | {shown} | {ratio} |")
+    explained = exploration_section(args.setting)
+    if explained:
+        lines += ["", *explained]
+    lines += ["", *reading(results, args)]
     lines += ["", f"Every point of every run (charged, generated and pending tokens, continuation tokens, updates, "
               f"optimiser steps, accuracy, seconds) is in {args.out.with_suffix('.json').name}."]
     return "\n".join(lines) + "\n"
@@ -618,6 +706,7 @@ def main() -> None:
                     continue
                 config_path.write_text(text)
                 jobs.append((m, s, config_path))
+        ran_any = bool(jobs)
         running: list[tuple[str, int, subprocess.Popen, Path]] = []
         while jobs or running:
             while jobs and len(running) < args.parallel:
@@ -638,6 +727,13 @@ def main() -> None:
             for seed in args.seeds:
                 results[method][seed] = json.loads((workdir / f"{method}_seed{seed}.json").read_text())
     wall = time.perf_counter() - start
+    if args.workdir is not None:
+        # a rerun that reuses finished runs (to rewrite the page) reports the time the runs took
+        wall_file = args.workdir / "wall_seconds.json"
+        if ran_any:
+            wall_file.write_text(json.dumps({"seconds": wall}))
+        elif wall_file.exists():
+            wall = json.loads(wall_file.read_text())["seconds"]
     text = report(results, args, wall)
     print(text)
     args.out.write_text(text + f"\n![accuracy vs charged tokens, training time and optimiser updates]"

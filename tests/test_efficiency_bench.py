@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -89,3 +90,37 @@ def test_every_arm_gets_the_same_settings(bench, tmp_path):
         }
     trees = [c for m in ("attnrl", "treerl", "early") for c in configs[m]["trainer"]["callbacks"] if "Branch" in c["class_path"]]
     assert len(trees) == 3 and all(c["init_args"]["max_batch_prompts"] == 64 for c in trees)
+
+
+def test_page_carries_the_exploration_numbers_of_its_setting(bench, tmp_path):
+    rows = {
+        key: {"label": key, "median_position": pos, "before_first_error": 0.5, "correct_per_1k_tokens": rate,
+              "rescued": 0.25}
+        for key, pos, rate in (("fci", 0.06, 2.0), ("fresh", 0.0, 1.6), ("oracle", 0.4, 3.2))
+    }
+    meta = {"command": "python bench/branching.py --setting chain-hard", "prompts": 10, "wrong": 40,
+            "responses": 60, "fresh_pass_rate": 0.33}
+    (tmp_path / "bench_branching.chain-hard.json").write_text(json.dumps({"meta": meta, "results": rows}))
+    lines = bench.exploration_section("chain-hard", docs=tmp_path)
+    text = "\n".join(lines)
+    assert "| fci | 6% | 50% | 2.00 | 25% |" in text
+    assert "1.25× the correct answers per token" in text and "2.00×" in text
+    # another setting has no such file: no section, rather than another setting's numbers
+    assert bench.exploration_section("subtotal", docs=tmp_path) == []
+
+
+def test_reading_orders_the_arms_and_names_each_ones_continuation_share(bench):
+    args = bench.parse_args(["--setting", "chain-hard", "--budget", "200", "--points", "2", "--seeds", "0"])
+
+    def run(accuracy: float, continuation: int) -> dict:
+        points = [{"tokens": 0, "accuracy": 0.0, "updates": 0, "continuation_tokens": 0},
+                  {"tokens": 200, "accuracy": accuracy, "updates": 4, "continuation_tokens": continuation}]
+        return {0: {"points": points}}
+
+    lines = bench.reading({"grpo": run(0.8, 0), "attnrl": run(0.6, 150)}, args)
+    text = "\n".join(lines)
+    assert "the order is grpo 0.800, attnrl 0.600" in text
+    assert "attnrl: 75% of its charged tokens are continuations" in text
+    assert "grpo: every token is a fresh response" in text and "20.000 optimiser updates per 1K tokens" in text
+    assert "belong to the prompt" in text  # the setting's own explanation
+    assert "GRPO gained +0.400 over the last 0.00M tokens: its curve had not flattened" in text
