@@ -311,12 +311,12 @@ def test_builtin_examples_with_user_data_warn_and_stay_idle(tmp_path):
 
 
 def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
-    """The shipped default.yaml block, through `python -m lit_attn fit`, every step instead of every 20."""
+    """The shipped default.yaml block, through `python -m lit_attn fit`, every step instead of every 40."""
     from lit_attn.cli import main, packaged_config
 
     config = packaged_config("default.yaml").read_text()
-    assert config.count("every_n_train_steps: 20 ") == 1
-    (tmp_path / "default.yaml").write_text(config.replace("every_n_train_steps: 20 ", "every_n_train_steps: 1  "))
+    assert config.count("every_n_train_steps: 40 ") == 1
+    (tmp_path / "default.yaml").write_text(config.replace("every_n_train_steps: 40 ", "every_n_train_steps: 1  "))
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--config={tmp_path / 'default.yaml'}", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
@@ -329,7 +329,8 @@ def test_default_config_logs_relevant_share_beside_pass_at_1(tmp_path):
     share = [(e.step, e.value) for e in acc.Scalars("attribution/relevant_share")]
     assert [step for step, _ in share] == [0, 1, 2] and all(0.0 < value <= 1.0 for _, value in share), share
     assert "val/pass@1" in acc.Tags()["scalars"] and "attribution/heatmap" in acc.Tags()["images"]
-    assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 4
+    assert "num_examples: 16 " in config  # capped here by the 8 held-out prompts of --data.val_size=8
+    assert len([t for t in acc.Tags()["tensors"] if t.startswith("attribution/example_")]) == 8
     # The built-in long-context probes carry kinds and an injected instruction's answer.
     for tag in ("attribution/share/needed", "attribution/share/injected", "attribution/follows_injection"):
         assert [e.step for e in acc.Scalars(tag)] == [0, 1, 2], tag
