@@ -27,6 +27,7 @@ from lightning import Callback
 
 from lit_attn.cli import main
 from tests.conftest import save_tiny
+from tests.test_faults import one_error_line
 from tests.test_cli import small_fit_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,14 +74,6 @@ def fit_args(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def global_step(ckpt: Path) -> int:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
