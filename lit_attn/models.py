@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 from safetensors import SafetensorError
+import transformers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -34,8 +35,12 @@ from lit_attn.errors import UserError, one_line
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 """The shipped warm-started default policy (see ``python -m lit_attn sft``)."""
 
-Architecture = Literal["qwen2", "llama", "gpt2"]
+Architecture = Literal[
+    "qwen2", "llama", "gpt2", "qwen2-sliding", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2", "gpt-neox"
+]
+"""Families :func:`tiny_config` builds; ``tests/test_model_families.py`` checks each one (docs/models.md)."""
 
+ARCHITECTURES: tuple[str, ...] = Architecture.__args__  # type: ignore[attr-defined]
 
 def context_length(model: torch.nn.Module) -> int | None:
     """The most positions ``model`` takes (its config's ``max_position_embeddings``, or the
@@ -98,33 +103,63 @@ def tiny_config(
     eos_token_id: int = 1,
 ):
     """A small transformers config of a standard architecture (built, never downloaded)."""
-    check_head_sizes(hidden_size, num_heads, None if architecture == "gpt2" else num_kv_heads)
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {architecture!r}; use one of {', '.join(map(repr, ARCHITECTURES))}")
+    kv = None if architecture in ("gpt2", "gpt-neox") else num_kv_heads
+    check_head_sizes(hidden_size, num_heads, kv)
     common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=eos_token_id)
-    if architecture == "qwen2":
-        return Qwen2Config(
-            hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
-            max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
-        )
-    if architecture == "llama":
-        return LlamaConfig(
-            hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
-            max_position_embeddings=max_positions, tie_word_embeddings=True, **common,
-        )
     if architecture == "gpt2":
         return GPT2Config(
             n_embd=hidden_size, n_layer=num_layers, n_head=num_heads, n_inner=intermediate_size,
             n_positions=max_positions, **common,
         )
-    raise UserError(f"unknown architecture {architecture!r}; use one of 'qwen2', 'llama', 'gpt2'")
+    sizes = dict(
+        hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        intermediate_size=intermediate_size, max_position_embeddings=max_positions, **common,
+    )
+    if architecture == "gpt-neox":  # fused QKV, partial rotary (a quarter of each head), parallel residual
+        return transformers.GPTNeoXConfig(**sizes, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False)
+    sizes["num_key_value_heads"] = num_kv_heads
+    window = max(4, max_positions // 16)  # small enough that test sequences cross it
+    # every other layer slides (the first two full, as Qwen2's max_window_layers does)
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
+    if architecture == "qwen2":
+        return Qwen2Config(**sizes, tie_word_embeddings=True)
+    if architecture == "qwen2-sliding":  # Qwen2 with use_sliding_window: the layers from max_window_layers slide
+        return Qwen2Config(
+            **sizes, tie_word_embeddings=True, use_sliding_window=True, sliding_window=window,
+            max_window_layers=num_layers // 2,
+        )
+    if architecture == "llama":
+        return LlamaConfig(**sizes, tie_word_embeddings=True)
+    if architecture == "qwen3":  # QK-norm, explicit head_dim
+        return transformers.Qwen3Config(**sizes, head_dim=hidden_size // num_heads, tie_word_embeddings=True)
+    if architecture == "mistral":  # every layer slides
+        return transformers.MistralConfig(**sizes, sliding_window=window, tie_word_embeddings=False)
+    if architecture == "gemma2":  # logit soft-capping, a query scale other than 1/sqrt(d), alternating sliding
+        return transformers.Gemma2Config(
+            **sizes, head_dim=hidden_size // num_heads, query_pre_attn_scalar=hidden_size // num_heads * 2,
+            attn_logit_softcapping=5.0, final_logit_softcapping=30.0, sliding_window=window, layer_types=alternating,
+        )
+    if architecture == "gemma3":  # QK-norm, sliding layers with their own rotary base
+        return transformers.Gemma3TextConfig(
+            **sizes, head_dim=hidden_size // num_heads, query_pre_attn_scalar=hidden_size // num_heads,
+            sliding_window=window, layer_types=alternating,
+        )
+    if architecture == "phi3":  # fused QKV (and gate/up) projections, partial rotary
+        return transformers.Phi3Config(**sizes, partial_rotary_factor=0.5, tie_word_embeddings=False)
+    if architecture == "olmo2":  # QK-norm over the whole projection, post-norm blocks
+        return transformers.Olmo2Config(**sizes, tie_word_embeddings=False)
+    raise AssertionError(architecture)  # pragma: no cover - ARCHITECTURES and the branches above agree
 
 
 def build_tiny_model(architecture: Architecture = "qwen2", *, seed: int = 0, **kwargs) -> PreTrainedModel:
     """A randomly initialised tiny causal LM (seeded)."""
     torch.manual_seed(seed)
     config = tiny_config(architecture, **kwargs)
-    config._attn_implementation = "sdpa"
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    # sdpa where the family supports it (Gemma 2's soft-capping does not: eager)
+    config._attn_implementation = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
     return AutoModelForCausalLM.from_config(config)
 
 
