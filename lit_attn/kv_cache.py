@@ -90,7 +90,13 @@ class ReservedLayer(DynamicLayer):
 def new_cache(model: nn.Module, capacity: int) -> DynamicCache:
     """A DynamicCache for ``model``; plain full-attention layers get room for ``capacity`` positions.
 
-    Other layer kinds (sliding window, linear attention, ...) keep transformers' own classes.
+    Other layer kinds keep transformers' own classes, as ``model.generate`` builds them. For a
+    sliding-window layer (Mistral, Qwen2 with ``use_sliding_window``, Gemma 2 / 3) that is
+    ``DynamicSlidingWindowLayer``: it keeps the last ``window - 1`` positions, so its per-step
+    concatenation copies at most a window, not the whole prefix, and a reserved buffer would
+    save little. Greedy decoding with this cache equals ``model.generate(do_sample=False)``
+    token for token on left-padded batches longer than the window, for every family of
+    ``lit_attn.models.ARCHITECTURES`` (``tests/test_family_rollouts.py``).
     """
     cache = DynamicCache(config=model.config)
     layers = getattr(cache, "layers", None)

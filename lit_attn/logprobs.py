@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from lit_attn.lora import unwrap
 from lit_attn.models import cache_keyword
@@ -170,20 +170,42 @@ def token_logprobs(
     return _head_stats(model, head, hidden[:, :-1], input_ids[:, 1:], chunk_size, temperature, with_entropy)
 
 
+SHAREABLE_LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+"""Attention layer kinds whose KV cache :func:`continuation_logprobs` reuses exactly: full
+attention (transformers' ``DynamicLayer`` keeps every position) and sliding-window attention
+(``DynamicSlidingWindowLayer`` keeps the last ``window - 1`` positions, all that a later token
+may attend to; the model builds the same window mask on both paths)."""
+
+
 def can_share_prefixes(model: nn.Module) -> bool:
-    """Whether :func:`continuation_logprobs` can encode shared prefixes once for ``model``: it
-    needs a KV cache that keeps every position (plain full-attention layers) and no activation
-    checkpointing (transformers drops the cache of checkpointed layers)."""
+    """Whether :func:`continuation_logprobs` can encode shared prefixes once for ``model`` and
+    give exactly the numbers and gradients of the plain forward.
+
+    It needs a KV cache whose layers are transformers' ``DynamicLayer`` (full attention) or
+    ``DynamicSlidingWindowLayer`` (sliding-window attention: Mistral, Qwen2 with
+    ``use_sliding_window``, Gemma 2 / 3's alternating layers), and no activation checkpointing
+    (transformers drops the cache of checkpointed layers). Anything else is refused, and
+    callers (``lit_attn.ppo.completion_logprobs``) then run the plain full forward: chunked
+    attention (Llama 4's ``attention_chunk_size``, which shares the sliding layer class but
+    masks by chunk), linear-attention or state-space layers, sparse indexed attention, a config
+    the cache cannot read.
+    """
     inner = unwrap(model)
     flag = "is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing") else "is_gradient_checkpointing"
     if getattr(inner, flag, False):
+        return False
+    config = inner.config.get_text_config() if hasattr(inner.config, "get_text_config") else inner.config
+    if getattr(config, "attention_chunk_size", None):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and not set(layer_types) <= SHAREABLE_LAYER_TYPES:
         return False
     try:
         cache = DynamicCache(config=inner.config)
     except Exception:  # noqa: BLE001 - a config the cache cannot read: take the plain path
         return False
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def continuation_logprobs(
@@ -207,8 +229,15 @@ def continuation_logprobs(
     repeated to the continuations, and the continuations attend to them. This is how a GRPO
     group's G completions share their prompt.
 
+    Sliding-window layers cache only the last ``window - 1`` prefix positions, which is all a
+    continuation token can see; Gemma 2's final-logit soft-capping and other head transforms
+    are applied as in :func:`token_logprobs`. ``tests/test_family_rollouts.py`` checks values
+    and gradients against the plain forward for every family of ``lit_attn.models.ARCHITECTURES``.
+
     Args:
-        model: a Hugging Face causal LM for which :func:`can_share_prefixes` holds.
+        model: a Hugging Face causal LM; where :func:`can_share_prefixes` does not hold, the
+            rows are written out in full and run through :func:`token_logprobs` (same numbers,
+            no saving).
         prefix_ids, prefix_mask: (D, P) distinct prefixes, left-padded.
         prefix_index: (R,) long, the prefix of each continuation.
         input_ids, attention_mask: (R, C) continuations, right-padded.
@@ -223,6 +252,14 @@ def continuation_logprobs(
             f"need (D, P) prefixes, (R,) prefix_index and (R, C) continuations, got {tuple(prefix_ids.shape)}, "
             f"{tuple(prefix_index.shape)}, {tuple(input_ids.shape)}"
         )
+    if not can_share_prefixes(model):  # the plain forward on the rows written out in full
+        width = prefix_ids.shape[1]
+        logprobs, entropy = token_logprobs(
+            model, torch.cat([prefix_ids[prefix_index], input_ids], dim=1),
+            torch.cat([prefix_mask[prefix_index], attention_mask], dim=1),
+            chunk_size=chunk_size, temperature=temperature, with_entropy=with_entropy,
+        )
+        return logprobs[:, width - 1 :], (entropy[:, width - 1 :] if entropy is not None else None)
     base, head = _split_model(model)
     keyword = cache_keyword(base)
     cache = DynamicCache(config=unwrap(model).config)
