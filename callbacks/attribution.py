@@ -221,10 +221,9 @@ class AttributionCallback(Callback):
                 "set tokenizer_attr to the attribute that holds the model's Hugging Face tokenizer"
             )
         if self.method in ATTENTION_METHODS:
-            from lit_attn.attention import capture_qk
+            from lit_attn.families import check_scorable
 
-            with capture_qk(model, lambda layer: None):  # raises a UserError naming the architecture
-                pass
+            check_scorable(model)  # a one-line UserError naming the family (ALiBi, sinks, no AttentionInterface, ...)
         strategy = type(trainer.strategy).__name__
         if trainer.world_size > 1 and any(name in strategy for name in ("FSDP", "DeepSpeed", "ModelParallel")):
             raise UserError(

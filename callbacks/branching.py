@@ -281,7 +281,7 @@ class AttentionBranchCallback(BranchingCallback):
         super().setup(trainer, pl_module, stage)
         from transformers import PreTrainedModel
 
-        from lit_attn.attention import capture_qk
+        from lit_attn.families import check_scorable
 
         model = unwrap(pl_module.model)
         if not isinstance(model, PreTrainedModel):
@@ -290,8 +290,7 @@ class AttentionBranchCallback(BranchingCallback):
                 "Hugging Face PreTrainedModel (or a PEFT model around one) whose attention FCI can capture; "
                 "hold the causal LM in `model`"
             )
-        with capture_qk(model, lambda layer: None):  # raises a one-line UserError naming the architecture
-            pass
+        check_scorable(model)  # a one-line UserError for attention FCI cannot score exactly (ALiBi, sinks, ...)
 
 
 class EntropyBranchCallback(BranchingCallback):

@@ -9,9 +9,14 @@ key, value, attention_mask, scaling=..., dropout=..., **kwargs)`` with ``impl`` 
 implementation, ``"lit_attn_capture"`` (with the sdpa mask builder), switches the model to it
 and, for every layer call, first hands a :class:`CapturedLayer` (layer index, queries, keys,
 scaling, the mask the layer received) to the caller's *consumer* and computes the layer's
-output with the ordinary sdpa implementation — the forward's outputs are those of sdpa. The
-consumer must use the layer immediately (e.g. :meth:`CapturedLayer.attention_rows` over row
-blocks and accumulate), so extra memory stays O(one layer).
+output with the ordinary sdpa implementation — the forward's outputs are those of sdpa. A
+layer called with a logit soft-cap (Gemma 2's ``softcap``), and every layer of a model without
+sdpa support, runs :func:`eager_attention` instead (transformers' eager attention, op for op:
+the model's own outputs), and its rows apply the cap. Layers called with arguments that change
+the weights in ways the rows do not reproduce (:data:`REFUSED_ATTENTION_ARGUMENTS`: attention
+sinks, position biases, sparse key selection) are refused in one line. The consumer must use
+the layer immediately (e.g. :meth:`CapturedLayer.attention_rows` over row blocks and
+accumulate), so extra memory stays O(one layer).
 
 A consumer with ``wants_logsumexp = True`` (FCI) also gets each query row's softmax normaliser
 (:attr:`CapturedLayer.logsumexp`) from the forward's own attention kernel when that kernel is
@@ -73,7 +78,8 @@ class CapturedLayer:
     ``(batch, heads, query_length, key_length)``. ``logsumexp`` is ``(batch, heads,
     query_length)``, the natural-log softmax normaliser of each query row as the forward's
     attention kernel computed it, or ``None`` (not asked for, or not available from the kernel:
-    use :meth:`row_logsumexp`).
+    use :meth:`row_logsumexp`). ``softcap`` is the layer's attention logit soft-cap (Gemma 2:
+    scores become ``softcap · tanh(scaling · q·k / softcap)`` before the mask), ``None`` for none.
     """
 
     layer_idx: int
@@ -83,6 +89,7 @@ class CapturedLayer:
     attention_mask: torch.Tensor | None
     module: nn.Module = field(repr=False)
     logsumexp: torch.Tensor | None = field(default=None, repr=False)
+    softcap: float | None = None
     _keys_fp32: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -198,6 +205,8 @@ class CapturedLayer:
         scores = scores.view(batch, (kv_end - kv_first) * group, num_rows, key_end)
         head_offset = head_range.start - kv_first * group
         scores = scores[:, head_offset : head_offset + len(head_range)]
+        if self.softcap is not None:  # Gemma 2's logit soft-capping, as its eager attention applies it
+            scores = torch.tanh(scores / self.softcap) * self.softcap
 
         # Causal mask: only keys after the earliest row's limit can be in the future of a row.
         tail_start = max(0, first + offset + 1)
@@ -228,6 +237,8 @@ class CaptureSession:
     model: PreTrainedModel
     consumer: LayerConsumer
     layers_seen: list[int] = field(default_factory=list)
+    eager: bool = False
+    """The model has no sdpa attention (``_supports_sdpa`` false): layers run :func:`eager_attention`."""
     _calls_this_forward: int = 0
 
     def next_layer_index(self, module: nn.Module) -> int:
@@ -249,6 +260,68 @@ _SESSIONS: dict[int, CaptureSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
+REFUSED_ATTENTION_ARGUMENTS: dict[str, str] = {
+    "s_aux": "learned attention-sink logits",
+    "sinks": "learned attention-sink logits",
+    "position_bias": "a position bias added to the attention scores",
+    "indices": "sparse attention over selected keys",
+    "block_indices": "block-sparse attention over selected keys",
+}
+"""Arguments that some layers pass to their attention function and that change the attention
+weights in a way the captured rows do not reproduce; a capture refuses them (one line)."""
+
+
+def _refused_argument(module: nn.Module, kwargs: dict[str, Any]) -> UserError | None:
+    """The one-line refusal for a layer called with an argument of :data:`REFUSED_ATTENTION_ARGUMENTS`."""
+    for name, what in REFUSED_ATTENTION_ARGUMENTS.items():
+        if kwargs.get(name) is not None:
+            session = _SESSIONS.get(id(module))
+            model = architecture_name(session.model) if session is not None else type(module).__name__
+            return UserError(
+                f"{model} attention uses {what} ({name}=...), which lit_attn's attention scores (FCI, AttnTrace) "
+                "cannot reproduce exactly; use a model with plain softmax attention (Qwen2, Llama, Mistral, Gemma, "
+                "Phi-3, ...) or a method that needs no attention scores (leave_one_out attribution, EntropyBranchCallback)"
+            )
+    return None
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The output ``(batch, query_length, heads, head_dim)`` of transformers' eager attention,
+    op for op (grouped KV heads repeated, ``q·kᵀ · scaling``, soft-capping, additive mask with
+    the dtype's minimum where masked, fp32 softmax cast back, dropout as the module's mode
+    says). Used for layers that sdpa cannot run (a soft-cap) and for eager-only models."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key[:, :, None].expand(-1, -1, groups, -1, -1).flatten(1, 2)
+        value = value[:, :, None].expand(-1, -1, groups, -1, -1).flatten(1, 2)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        weights = weights / softcap
+        weights = torch.tanh(weights)
+        weights = weights * softcap
+    minimum = torch.finfo(weights.dtype).min
+    if attention_mask is None:  # plain causal (the sdpa mask builder skips the mask then)
+        query_length, key_length = query.shape[2], key.shape[2]
+        rows = torch.arange(query_length, device=query.device)[:, None] + (key_length - query_length)
+        allowed = torch.arange(key_length, device=query.device)[None, :] <= rows
+        attention_mask = allowed[None, None]
+    if attention_mask.dtype == torch.bool:  # as transformers' eager mask builder writes it
+        attention_mask = torch.where(attention_mask, torch.tensor(0.0, dtype=weights.dtype, device=weights.device), minimum)
+    weights = weights + attention_mask[..., : key.shape[-2]]
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous()
+
+
 def _capturing_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -259,28 +332,37 @@ def _capturing_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The registered attention function: run sdpa, report q/k (and, when asked for and
-    available, the log-sum-exp) to the session."""
+    """The registered attention function: run sdpa (or, for a soft-capped layer or an
+    eager-only model, :func:`eager_attention`), report q/k (and, when asked for and available,
+    the log-sum-exp) to the session."""
     session = _SESSIONS.get(id(module))
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     if session is None:
         return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    refused = _refused_argument(module, kwargs)
+    if refused is not None:
+        raise refused
     layer_idx = session.next_layer_index(module)
     session.layers_seen.append(layer_idx)
+    effective_scaling = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
+    softcap = kwargs.get("softcap")
+    softcap = float(softcap) if softcap is not None else None
     logsumexp = None
     flash = None
-    if getattr(session.consumer, "wants_logsumexp", False):
-        flash = _cpu_flash_with_logsumexp(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    if flash is None:
-        result = sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if softcap is not None or session.eager:
+        result = (eager_attention(module, query, key, value, attention_mask, effective_scaling, dropout, softcap), None)
     else:
-        output, logsumexp = flash
-        result = (output, None)
-    effective_scaling = float(scaling) if scaling is not None else float(query.shape[-1]) ** -0.5
+        if getattr(session.consumer, "wants_logsumexp", False):
+            flash = _cpu_flash_with_logsumexp(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        if flash is None:
+            result = sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        else:
+            output, logsumexp = flash
+            result = (output, None)
     session.consumer(
         CapturedLayer(
             layer_idx=layer_idx, query=query, key=key, scaling=effective_scaling,
-            attention_mask=attention_mask, module=module, logsumexp=logsumexp,
+            attention_mask=attention_mask, module=module, logsumexp=logsumexp, softcap=softcap,
         )
     )
     return result
@@ -410,7 +492,7 @@ def capture_qk(model: PreTrainedModel, consumer: LayerConsumer) -> Iterator[Capt
     if can_set is not None and not can_set():
         raise _not_supported(model)
     _register()
-    session = CaptureSession(model=model, consumer=consumer)
+    session = CaptureSession(model=model, consumer=consumer, eager=not getattr(type(model), "_supports_sdpa", True))
     saved = [(config, _raw_implementation(config)) for config in _all_configs(model)]
     module_ids = [id(m) for m in model.modules()]
     with _SESSIONS_LOCK:

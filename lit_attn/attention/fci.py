@@ -21,7 +21,8 @@ the queries, extended by that per-row constant, with the keys, extended by a col
 gives the exponent directly; ``exp2`` and a sum over the rows follow. No softmax pass, no
 per-row step sums. The queries and keys are streamed out of a normal sdpa forward
 (:mod:`lit_attn.attention.capture`), which on CPU also hands over ``lse`` from its flash
-kernel; elsewhere ``lse`` is computed here from the fp32 scores of each row block.
+kernel; elsewhere ``lse`` is computed here from the fp32 scores of each row block. A layer
+with attention logit soft-capping (Gemma 2) gets the cap applied to each tile before ``exp2``.
 
 Work is cut into tiles of ``rows`` query rows × ``key_chunk`` key columns (per batch row and
 head) so that a tile stays cache-sized on CPU: :func:`fci_block_shape` picks them
@@ -282,14 +283,18 @@ class FCIAccumulator:
         keys = keys.reshape(batch * kv_heads, width_all, dim + 1)
         column_sums = torch.zeros(batch, kv_heads, width_all, group, device=device)
         mask = layer.attention_mask
-        query_scale = layer.scaling * _LOG2E
+        softcap = layer.softcap
+        # With a soft-cap (Gemma 2) the score is not linear in q·k: the matmul gives the scaled
+        # score in natural units, the cap and the per-row constant are applied to the tile.
+        query_scale = layer.scaling * (_LOG2E if softcap is None else 1.0)
         for start, end, low, high in schedule:
             count = end - start
             # Per row: log2(w) − log2(e) · lse, or "nothing" for rows without weight.
             weight = self._weight[:, None, start:end]
             lse = layer.row_logsumexp(slice(start, end))
             offset = torch.where(weight > 0, torch.log2(weight) - lse * _LOG2E, _NO_WEIGHT)
-            queries = torch.cat([layer.query[:, :, start:end].float() * query_scale, offset[..., None]], dim=-1)
+            in_matmul = offset if softcap is None else torch.zeros_like(offset)
+            queries = torch.cat([layer.query[:, :, start:end].float() * query_scale, in_matmul[..., None]], dim=-1)
             queries = queries.reshape(batch * kv_heads, group * count, dim + 1).transpose(1, 2).contiguous()
             block_limit = self._limit[:, None, start:end]  # (batch, 1, rows)
             for chunk_start in range(first_key, high, key_chunk):
@@ -297,6 +302,9 @@ class FCIAccumulator:
                 width = chunk_end - chunk_start
                 tile = torch.bmm(keys[:, chunk_start - first_key : chunk_end - first_key], queries)
                 tile = tile.view(batch, kv_heads, width, group, count)  # [b, kv, s, g, t]
+                if softcap is not None:
+                    tile = torch.tanh(tile / softcap).mul_(softcap * _LOG2E)
+                    tile.add_(offset.view(batch, kv_heads, 1, group, count))
                 layer_mask = None
                 if mask is not None:  # the layer's own mask (padding, sliding window), as [b, kv, s, g, t]
                     layer_mask = mask[:, :, start:end, chunk_start:chunk_end]

@@ -226,6 +226,10 @@ def run_attribute(argv: list[str], console: Console | None = None) -> None:
             check_writable_file(target, option)  # before the work, not after it
     examples = read_examples(Path(args.input), args.split)
     model, tokenizer = load_model(args.model, device, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    if args.method != "leave_one_out":  # attention scores: refuse, in one line, what they cannot score exactly
+        from lit_attn.families import check_scorable
+
+        check_scorable(model)
     check_example_spelling(examples, tokenizer)
     params["template"] = prompt_template(args, tokenizer)
     console = console or Console()
