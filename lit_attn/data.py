@@ -3,6 +3,11 @@
 Batches are lists of records (dicts): ``prompt``, ``answer`` and every other column, which
 reward functions receive as keyword arguments. With no files given, the built-in
 "facts + arithmetic chain" task (lit_attn/task.py) supplies seeded train / held-out splits.
+
+Chat prompts (a list of messages, TRL's conversational format; or every prompt with
+``data.apply_chat_template: true``) are rendered with the model's chat template by
+:func:`lit_attn.chat.render_records` once the model hands over its tokenizer
+(:meth:`PromptDataModule.use_tokenizer`; ``PolicyModule`` does it when it checks the data).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from lit_attn.chat import render_records
 
 import torch
 from lightning import LightningDataModule
@@ -135,6 +142,12 @@ class PromptDataModule(LightningDataModule):
         modulus: built-in task: arithmetic modulus.
         seed: seed of the built-in task's splits and of the training-batch shuffle.
         num_workers: DataLoader workers.
+        apply_chat_template: render every prompt with the model's chat template, a plain-text
+            prompt as the one user message, followed by the opened assistant turn (fit's
+            counterpart of ``attribute --chat-template``). Prompts written as lists of messages
+            (``[{"role": "user", "content": ...}]``, TRL's conversational format) are rendered
+            whatever this says. Reward functions get the rendered text as ``prompts`` and the
+            conversation as the ``messages`` column (docs/chat_models.md).
     """
 
     def __init__(
@@ -155,6 +168,7 @@ class PromptDataModule(LightningDataModule):
         modulus: int = 10,
         seed: int = 0,
         num_workers: int = 0,
+        apply_chat_template: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -186,9 +200,47 @@ class PromptDataModule(LightningDataModule):
                 self.task = self.train_task = SubtotalTask(num_distractors=num_distractors, modulus=modulus)
         except ValueError as err:
             raise UserError(f"data: {err}") from err
-        self._splits: dict[str, list[dict]] | None = None
+        self._splits: dict[str, list[dict]] | None = None  # as read
+        self._rendered: dict[str, list[dict]] = {}  # as the model reads them (lit_attn.chat), per split
+        self.tokenizer: Any = None
+        """The model's tokenizer, for chat templates (:meth:`use_tokenizer`)."""
+
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """Render chat prompts with this tokenizer's chat template from now on (the policy
+        calls it with its own tokenizer before it reads the data)."""
+        if tokenizer is not self.tokenizer:
+            self.tokenizer, self._rendered = tokenizer, {}
+
+    def _split(self, name: str) -> list[dict]:
+        """One split (``train``, ``val``, ``test``, ``predict``), its prompts rendered for the
+        model (:func:`lit_attn.chat.render_records`; rendered once, when first asked for)."""
+        if name not in self._rendered:
+            hp = self.hparams
+            if name in ("test", "predict") and not (hp.test_path if name == "test" else hp.predict_path):
+                self._rendered[name] = self._split("val")  # the validation set, as rendered
+            else:
+                if self.tokenizer is None:  # driven by a Trainer whose module holds a tokenizer
+                    module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+                    self.tokenizer = getattr(module, "tokenizer", None)
+                self._rendered[name] = render_records(
+                    self._read()[name], self.tokenizer, apply_chat_template=hp.apply_chat_template, where=self._where(name)
+                )
+        return self._rendered[name]
 
     def _load(self) -> dict[str, list[dict]]:
+        """Every split, rendered (:meth:`_split`)."""
+        return {name: self._split(name) for name in ("train", "val", "test", "predict")}
+
+    def _where(self, split: str) -> str:
+        """The file a split was read from, or the split's name, for messages."""
+        hp = self.hparams
+        if split == "val" and hp.val_path is None and hp.train_path:
+            return f"{hp.train_path} (its last {hp.val_size} rows, held out)"
+        path = {"train": hp.train_path, "val": hp.val_path, "test": hp.test_path, "predict": hp.predict_path}[split]
+        return str(path) if path else f"{split} split"
+
+    def _read(self) -> dict[str, list[dict]]:
+        """The splits as read from the files (or drawn from the built-in task), not yet rendered."""
         if self._splits is not None:
             return self._splits
         hp = self.hparams
@@ -212,26 +264,25 @@ class PromptDataModule(LightningDataModule):
 
     def records(self, stage: str) -> dict[str, list[dict]]:
         """The splits a Trainer stage uses, by name (for checks such as prompt length)."""
-        splits = self._load()
         names = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        return {name: splits[name] for name in names.get(stage, ())}
+        return {name: self._split(name) for name in names.get(stage, ())}
 
     def val_records(self) -> list[dict]:
         """The held-out records."""
-        return self._load()["val"]
+        return self._split("val")
 
     def setup(self, stage: str) -> None:
-        self._load()
+        self._read()  # the files are checked now; prompts are rendered once the model's tokenizer is known
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self._load()[split], batch_size=batch_size, shuffle=shuffle, collate_fn=collate_records,
+            self._split(split), batch_size=batch_size, shuffle=shuffle, collate_fn=collate_records,
             num_workers=self.hparams.num_workers, drop_last=shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return ResumableLoader(self._load()["train"], hp.prompts_per_step, seed=hp.seed, num_workers=hp.num_workers)
+        return ResumableLoader(self._split("train"), hp.prompts_per_step, seed=hp.seed, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.val_batch_size, shuffle=False)

@@ -151,6 +151,8 @@ class PolicyModule(LightningModule):
         anything; ``setup`` calls it for a module driven without the CLI)."""
         if datamodule is None or not hasattr(datamodule, "records") or self._checked == (id(datamodule), stage):
             return
+        if hasattr(datamodule, "use_tokenizer"):  # chat prompts are rendered with this model's template (lit_attn.chat)
+            datamodule.use_tokenizer(self.tokenizer)
         budget = (context_length(self.model) or 1 << 30) - max(self.sampling.max_new_tokens, self.eval_max_new_tokens)
         for split, records in datamodule.records(stage).items():
             check_spelling(records, self.tokenizer, path_hint=split)

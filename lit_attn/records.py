@@ -1,8 +1,10 @@
 """Loading user datasets of prompts and answers.
 
 A dataset is a JSONL file (one JSON object per line, suffix ``.jsonl`` or ``.json``) or a
-Parquet file (suffix ``.parquet``). Every record needs a non-empty string prompt and an
-answer; ``contexts`` (a list of strings) is optional. Any further columns are kept untouched,
+Parquet file (suffix ``.parquet``). Every record needs a prompt — a non-empty string, or a list
+of chat messages ``[{"role": "user", "content": "..."}]`` (TRL's conversational format, rendered
+with the model's chat template by :mod:`lit_attn.chat`) — and an answer; ``contexts`` (a list
+of strings) is optional. Any further columns are kept untouched,
 because reward functions receive them as keyword arguments.
 
 Every problem with the file is reported as a one-line :class:`~lit_attn.errors.UserError`
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_attn.chat import check_messages, is_chat
 from lit_attn.errors import UserError, one_line
 from lit_attn.files import publish_file
 from lit_attn.tokenizer import describe_characters, unknown_characters
@@ -45,7 +48,8 @@ def load_records(
         answer_key: the column holding the reference answer.
 
     Returns:
-        One dict per record. The prompt is stored under ``"prompt"`` and the answer, turned
+        One dict per record. The prompt (a string, or the checked list of messages) is stored
+        under ``"prompt"`` and the answer, turned
         into a string, under ``"answer"`` (whatever ``prompt_key`` / ``answer_key`` were; the
         source columns are not kept a second time, and a column already called ``"prompt"``
         or ``"answer"`` is replaced). Every other column is kept as it was read.
@@ -239,9 +243,14 @@ def _check_record(raw: Any, where: str, *, prompt_key: str, answer_key: str) -> 
             f"column that holds the prompt to {prompt_key!r} (data files are read by column name; "
             "from Python, load_records(path, prompt_key=...) reads another column)"
         )
-    if not isinstance(prompt, str) or not prompt.strip():
+    if is_chat(prompt):  # TRL's conversational format: rendered with the chat template (lit_attn.chat)
+        prompt = check_messages(prompt, where, prompt_key)
+    elif not isinstance(prompt, str) or not prompt.strip():
         got = "an empty string" if isinstance(prompt, str) else f"a {_json_type(prompt)}"
-        raise UserError(f"{where}: {prompt_key!r} is {got}; it must be a non-empty string")
+        raise UserError(
+            f"{where}: {prompt_key!r} is {got}; it must be a non-empty string or a list of chat messages "
+            '([{"role": "user", "content": "..."}])'
+        )
     answer = raw.get(answer_key)
     if answer is None:
         raise UserError(
