@@ -157,10 +157,18 @@ def build_tiny_model(architecture: Architecture = "qwen2", *, seed: int = 0, **k
     """A randomly initialised tiny causal LM (seeded)."""
     torch.manual_seed(seed)
     config = tiny_config(architecture, **kwargs)
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]
-    # sdpa where the family supports it (Gemma 2's soft-capping does not: eager)
-    config._attn_implementation = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+    config._attn_implementation = default_attention(config)
     return AutoModelForCausalLM.from_config(config)
+
+
+def default_attention(config) -> str:
+    """``"sdpa"`` where the config's causal-LM class supports it, else ``"eager"`` (Gemma 2:
+    sdpa cannot soft-cap attention logits). A class transformers does not map (remote code)
+    gets sdpa, which transformers itself checks when it builds the model."""
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None:
+        return "sdpa"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
@@ -249,9 +257,13 @@ def load_policy(
     *,
     trust_remote_code: bool = False,
     dtype: torch.dtype | str = "float32",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from local disk (offline)."""
+    """Load a causal LM and its tokenizer from local disk (offline).
+
+    ``attn_implementation`` None picks sdpa where the family supports it and eager where it does
+    not (Gemma 2, whose attention soft-capping sdpa cannot do); the attention scores are exact
+    either way (docs/models.md)."""
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
@@ -270,6 +282,8 @@ def load_policy(
         )
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if attn_implementation is None:
+        attn_implementation = default_attention(config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype,

@@ -255,14 +255,8 @@ def spread_reward(prompts: list[str], completions: list[str], **kwargs) -> list[
 
 PROBES = [{"contexts": ["a=1", "b=2"], "question": "a+b", "relevant": [0, 1]}]
 
-GEMMA2_LOAD = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="lit_attn.models.load_policy asks transformers for sdpa attention, which Gemma2ForCausalLM refuses; "
-    "it needs eager where a family lacks sdpa, as build_tiny_model does",
-)
 FIT_CASES = [
-    pytest.param(architecture, lora, id=f"{architecture}-{'lora' if lora else 'full'}",
-                 marks=[GEMMA2_LOAD] if architecture == "gemma2" else [])
+    pytest.param(architecture, lora, id=f"{architecture}-{'lora' if lora else 'full'}")
     for architecture in ARCHITECTURES for lora in (False, True)
 ]
 
