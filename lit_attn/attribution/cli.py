@@ -153,17 +153,12 @@ def prompt_template(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase
 def load_model(
     name_or_path: str | None, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model in ``dtype`` on ``device``, with sdpa attention, or eager for an architecture
-    without sdpa support (its attention then cannot be captured: AttnTrace names the
-    architecture, leave-one-out works)."""
+    """The model in ``dtype`` on ``device``, with sdpa attention, or eager for a family without
+    sdpa support (:func:`lit_attn.models.load_policy` picks; both are scored exactly, and
+    :func:`lit_attn.families.check_scorable` refuses what cannot be)."""
     from lit_attn.models import load_policy  # heavy: only once the arguments are valid
 
-    try:
-        model, tokenizer = load_policy(name_or_path, dtype=dtype)
-    except ValueError as err:
-        if isinstance(err, UserError) or "scaled_dot_product_attention" not in str(err):
-            raise
-        model, tokenizer = load_policy(name_or_path, dtype=dtype, attn_implementation="eager")
+    model, tokenizer = load_policy(name_or_path, dtype=dtype)
     return model.to(device), tokenizer
 
 
