@@ -30,6 +30,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_attn.checkpoints import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
+from lit_attn.config_files import flatten_nested_configs
 from lit_attn.data import PromptDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
@@ -188,6 +189,7 @@ def run(argv: list[str]) -> None:
 
         run_attribute(argv[1:])
         return
+    argv = flatten_nested_configs(argv)  # a user's config on top of attnrl.yaml (itself on default.yaml)
     if argv and argv[0] == "sft":
         CheckedSFTCLI(
             SFTModule, WarmStartDataModule, args=["fit", *argv[1:]],

@@ -74,3 +74,51 @@ def set_callback_args(config: dict[str, Any], name: str, **args: Any) -> None:
         raise UserError(f"the config has no {name} callback to set {sorted(args)} on")
     for entry in found:
         entry.setdefault("init_args", {}).update(args)
+
+
+def flatten_nested_configs(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config FILE`` whose base itself extends another config replaced by
+    the whole resolved config (:func:`load_config`), as a YAML string.
+
+    LightningCLI (jsonargparse) resolves one ``config:`` level inside a file but loses the class
+    paths of the level below it, so a user's file that extends ``configs/attnrl.yaml`` (which
+    extends ``default.yaml``) failed with "Not a valid subclass of Logger". A file with no base,
+    or whose base has none, is passed on unchanged."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" and i + 1 < len(argv):
+            out += [arg, _flat_if_nested(argv[i + 1])]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            arg = "--config=" + _flat_if_nested(arg.split("=", 1)[1])
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _own_keys(path: Path) -> dict[str, Any] | None:
+    """The mapping a YAML file holds, or None when ``path`` is not a readable YAML mapping."""
+    try:
+        own = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return own if isinstance(own, dict) else None
+
+
+def _flat_if_nested(value: str) -> str:
+    if "\n" in value:  # a YAML string, not a path
+        return value
+    path = Path(value)
+    try:
+        own = _own_keys(path) if path.is_file() else None
+    except OSError:  # e.g. a name too long to be a path
+        return value
+    if not own or not isinstance(own.get(INCLUDE), str):
+        return value
+    base = _own_keys(path.parent / own[INCLUDE])
+    if not base or INCLUDE not in base:
+        return value
+    return yaml.safe_dump(load_config(path), sort_keys=False)
