@@ -63,3 +63,13 @@ def test_only_chains_two_deep_are_flattened(tmp_path):
     flat = flatten_nested_configs(["fit", "--config", str(two)])
     assert flat[:2] == ["fit", "--config"] and yaml.safe_load(flat[2])["trainer"]["max_steps"] == 3
     assert flatten_nested_configs(["fit", "--config", "missing.yaml"]) == ["fit", "--config", "missing.yaml"]
+
+
+def test_the_chat_attnrl_example_extends_the_chat_example(capsys):
+    """examples/chat_attnrl.yaml → examples/chat.yaml → configs/default.yaml."""
+    config = printed_config(capsys, "--config", str(ROOT / "examples" / "chat_attnrl.yaml"))
+    assert config["data"]["train_path"] == "examples/chat_prompts.jsonl"  # from chat.yaml
+    assert config["trainer"]["logger"]["init_args"]["name"] == "chat_attnrl"
+    names = callback_names(config)
+    assert names[-1] == "AttentionBranchCallback" and "AttributionCallback" not in names  # chat.yaml's list, appended
+    assert config["trainer"]["callbacks"][-1]["init_args"]["think_end_tag"] == "</think>"
