@@ -40,6 +40,7 @@ from lit_attn.attention.capture import (
     capture_qk,
     check_all_layers_captured,
 )
+from lit_attn.compat import transformer_body
 from lit_attn.errors import UserError, one_line
 from lit_attn.lora import unwrap
 from lit_attn.models import eval_mode, model_device
@@ -127,7 +128,7 @@ def _probe(model: PreTrainedModel) -> None:
     """The behavioural check of :func:`check_scorable`: capture forward against eager forward."""
     vocab = model.get_input_embeddings().num_embeddings
     ids = ((torch.arange(PROBE_LENGTH) * 7 + 3) % max(1, vocab - 1) + 1)[None].to(model_device(model))
-    decoder = getattr(model, "base_model", model)
+    decoder = transformer_body(model)
     rows: list[torch.Tensor] = []
 
     def consumer(layer: CapturedLayer) -> None:

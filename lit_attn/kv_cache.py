@@ -15,6 +15,8 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from lit_attn.compat import lazy_initialization
+
 
 class ReservedLayer(DynamicLayer):
     """A :class:`~transformers.cache_utils.DynamicLayer` whose keys and values live in a buffer
@@ -56,7 +58,7 @@ class ReservedLayer(DynamicLayer):
         """Write the new positions into the buffers; return views of everything cached."""
         new = key_states.shape[-2]
         if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+            lazy_initialization(self, key_states, value_states)  # 4.57 takes the keys only
             self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
             self._reallocate(max(self.capacity, new))
         elif self.length + new > self.capacity:

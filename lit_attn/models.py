@@ -30,6 +30,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from lit_attn.compat import sdpa_runs_the_attention
 from lit_attn.errors import UserError, one_line
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -168,7 +169,8 @@ def default_attention(config) -> str:
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     if model_class is None:
         return "sdpa"
-    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+    # not sdpa either where it would drop a logit soft-cap (Gemma 2 on transformers 4.57)
+    return "sdpa" if sdpa_runs_the_attention(model_class, config) else "eager"
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:

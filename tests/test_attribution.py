@@ -300,6 +300,7 @@ def test_generated_answer_is_greedy_and_result_ranks() -> None:
     model = tiny()
     result = AttnTrace(model, TOKENIZER, num_subsamples=2, max_new_tokens=6).attribute(CONTEXTS, "a+m-k")
     prompt = TOKENIZER(format_prompt(CONTEXTS, "a+m-k"), return_tensors="pt")
+    prompt = {"input_ids": prompt["input_ids"], "attention_mask": prompt["attention_mask"]}  # 4.57 refuses token_type_ids
     out = model.generate(**prompt, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=TOKENIZER.eos_token_id)
     assert result.answer == TOKENIZER.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert result.ranking == sorted(range(len(CONTEXTS)), key=lambda i: (-result.scores[i], i))

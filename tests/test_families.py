@@ -73,9 +73,12 @@ def test_alibi_is_refused(config: transformers.PretrainedConfig, name: str) -> N
 
 
 def test_attention_outside_the_interface_is_refused() -> None:
-    falcon = from_config(transformers.FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4))
-    assert refusal(falcon) == (
-        "FalconForCausalLM (falcon) does not route its attention through transformers' AttentionInterface, so "
+    # GPT-Neo: outside the interface on every supported release (Falcon joined it in 5.25)
+    gpt_neo = from_config(
+        transformers.GPTNeoConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]])
+    )
+    assert refusal(gpt_neo) == (
+        "GPTNeoForCausalLM (gpt_neo) does not route its attention through transformers' AttentionInterface, so "
         "lit_attn cannot capture its queries and keys; use a model whose attention layers call ALL_ATTENTION_FUNCTIONS "
         "(Qwen2, Llama, GPT-2, Mistral, ...)"
     )

@@ -49,10 +49,10 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
-try:  # the GQA rule of transformers' sdpa attention, to call the kernel exactly as it would
-    from transformers.integrations.sdpa_attention import repeat_kv, use_gqa_in_sdpa
-except ImportError:  # pragma: no cover - a transformers release that moved them: no log-sum-exp capture
-    repeat_kv = use_gqa_in_sdpa = None
+# The GQA rule of transformers' sdpa attention, to call the kernel exactly as it would; None
+# where a release moved them (then no log-sum-exp capture). lit_attn.compat calls it on every
+# supported release (4.57 takes no `value`).
+from lit_attn.compat import repeat_kv, transformer_body, use_gqa_in_sdpa
 
 from lit_attn.errors import UserError
 from lit_attn.lora import unwrap
@@ -557,7 +557,7 @@ def capture_forward(
         mask = attention_mask.to(device=device, dtype=torch.long)
         forward_kwargs["attention_mask"] = mask
         forward_kwargs["position_ids"] = position_ids_from_mask(mask)
-    decoder = getattr(model, "base_model", model)
+    decoder = transformer_body(model)
     with capture_qk(model, consumer) as session, torch.no_grad(), eval_mode(model):
         decoder(**forward_kwargs)
     check_all_layers_captured(session)
