@@ -84,3 +84,36 @@ def test_the_forward_argument_that_takes_the_cache():
             assert name in inspect.signature(module.forward).parameters, (
                 f"{type(module).__name__}.forward takes neither `cache` nor `past_key_values` {WHERE}"
             )
+
+
+def _ci_releases() -> dict[str, str]:
+    """TRANSFORMERS_OLDEST / TRANSFORMERS_NEWEST as .ci/run sets them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    return dict(re.findall(r"^(TRANSFORMERS_(?:OLDEST|NEWEST))=(\S+)$", text, flags=re.M))
+
+
+def _pinned_spec():
+    """pyproject.toml's transformers requirement as a SpecifierSet."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    found = [Requirement(r) for r in project["project"]["dependencies"] if Requirement(r).name == "transformers"]
+    assert len(found) == 1, "pyproject.toml must name transformers exactly once"
+    return found[0].specifier
+
+
+def test_the_releases_ci_tests_again_are_the_ends_of_the_pin_and_this_one_is_inside_it():
+    """.ci/run reruns these tests on the oldest and newest release; both, and the release running
+    now, must be ones pyproject.toml admits (keep the three in step when widening the pin)."""
+    spec = _pinned_spec()
+    releases = _ci_releases()
+    assert set(releases) == {"TRANSFORMERS_OLDEST", "TRANSFORMERS_NEWEST"}, f".ci/run sets {releases}"
+    for name, release in releases.items():
+        assert release in spec, f".ci/run's {name}={release} is outside pyproject.toml's transformers{spec}"
+    assert transformers.__version__ in spec, f"transformers {transformers.__version__} is outside the pin {spec}"
