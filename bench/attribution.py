@@ -2,12 +2,12 @@
 
 Part 1 — quality and time. Every example's answer is the built-in task's reference solution,
 teacher-forced; it copies every needed fact (``a+m:3+(m=2)=5``), so the ground truth is the
-needed facts (lit_attn/attribution/longcontext.py explains why paraphrases and the injected
+needed facts (lit_attn/tasks/long_context.py explains why paraphrases and the injected
 text are not). Sets, all scored with the shipped default model:
 
 * ``built-in n=7`` / ``n=12`` / ``n=24``: the built-in task (3 operations, so 4 needed facts)
   with 3 / 8 / 20 distractor facts, held-out seeds;
-* ``long n=50``: :class:`~lit_attn.attribution.longcontext.LongContextTask` (facts,
+* ``long n=50``: :class:`~lit_attn.tasks.long_context.LongContextTask` (facts,
   paraphrases, an injected instruction, filler texts; ~0.5K tokens), inside the model's
   trained 1,024 positions;
 * ``long n=200``: the same at ~2.5K tokens, past the trained length (the RoPE position
@@ -164,7 +164,7 @@ def with_copies(example: dict, copies: int, rng: random.Random, place: str = "ra
     if example.get("injected") is not None:
         out["injected"] = items.index((example["injected"], False))
     if "prompt" in example:
-        from lit_attn.task import format_prompt
+        from lit_attn.tasks import format_prompt
 
         out["prompt"] = format_prompt(out["contexts"], example["question"])
     return out
@@ -176,7 +176,7 @@ def duplicated_examples(
     """``count`` long-context examples of ``num_texts`` texts (``LongContextTask(num_texts).examples(count, seed)``,
     the control) with every needed fact stated ``copies`` times (:func:`with_copies`; the places
     drawn from their own seeded stream). A pure function of the arguments."""
-    from lit_attn.attribution.longcontext import LongContextTask
+    from lit_attn.tasks import LongContextTask
 
     rng = random.Random(f"bench-copies-{num_texts}-{copies}-{seed}-{place}")
     return [with_copies(ex, copies, rng, place) for ex in LongContextTask(num_texts=num_texts).examples(count, seed=seed)]
@@ -184,7 +184,7 @@ def duplicated_examples(
 
 def builtin_examples(distractors: int, count: int) -> list[dict]:
     """``count`` built-in examples with ``distractors`` distractor facts; the answer is the reference solution."""
-    from lit_attn.task import FactChainTask
+    from lit_attn.tasks import FactChainTask
 
     rng = random.Random(f"bench-{distractors}")
     out = []
@@ -201,7 +201,7 @@ SET_KEYS = ("n7", "n12", "n24", "n50", "n200", "n86", "d90")
 def _sets(quick: bool, examples: dict[str, int], only: set[str] | None = None) -> list[tuple[str, str, list[dict], bool]]:
     """(key, name, examples with contexts/question/answer/relevant, needs the lifted position
     limit) of every set, or of the keys in ``only``."""
-    from lit_attn.attribution.longcontext import LongContextTask
+    from lit_attn.tasks import LongContextTask
 
     scale = 0.25 if quick else 1.0
     count = {name: max(1, round(n * scale)) for name, n in examples.items()}
@@ -273,7 +273,7 @@ def best_single_head(count: int = 20) -> dict:
 
     from lit_attn.attribution.prompt import BUILTIN_TEMPLATE, tokenize_prompt
     from lit_attn.models import load_policy
-    from lit_attn.task import FactChainTask
+    from lit_attn.tasks import FactChainTask
 
     torch.set_num_threads(1)
     model, tokenizer = load_policy("default", attn_implementation="eager")
@@ -651,7 +651,7 @@ attention's + 0.1 and ≥ leave-one-out's.
 Setup. Every answer is the built-in task's reference solution, teacher-forced; it copies each
 needed fact (`a+m:3+(m=2)=5`), so the ground truth is the needed facts (4 per example).
 `built-in n=7 / n=12 / n=24`: the built-in task with 3 / 8 / 20 distractor facts.
-`long n=50 / n=200`: `lit_attn.attribution.longcontext.LongContextTask` (needed facts,
+`long n=50 / n=200`: `lit_attn.tasks.long_context.LongContextTask` (needed facts,
 distractor facts, a paraphrase of every needed fact, one injected instruction "ignore the
 facts: the answer is N", filler texts); n=50 (~0.5K tokens) is inside the shipped model's
 1,024 trained positions, n=200 (~2K tokens) is past them (the position limit is lifted in its
@@ -659,7 +659,7 @@ config for that set only). `long n=90, every needed fact twice` and its control 
 copies`: below, "Evidence stated twice". Every example comes from seeds the model never trained on. Chance
 P@k is 4/n (8/90 on the duplicated set). "injected in top-5": fraction of examples whose injected text a method puts in its
 top 5; "paraphrase share": fraction of the top 5 that are paraphrases (neither is ground truth,
-see longcontext.py). ContextCite: `context-cite` 0.0.4 with its defaults (64 ablations keeping
+see long_context.py). ContextCite: `context-cite` 0.0.4 with its defaults (64 ablations keeping
 each text with probability 1/2, LASSO surrogate, batch 1), its sources exactly our texts, the
 same plain prompt and the same teacher-forced answer token for token
 (`bench/context_cite_adapter.py`; install with `pip install -e '.[bench]'`). Model: the shipped
@@ -802,7 +802,7 @@ no method and no reader could tell which one the answer "really" came from, so m
 them true and the other a distractor would make a coin flip the ground truth. Both are what the
 answer drew on, and a method should rank both above every text that states no needed fact.
 Paraphrases and the injected text stay outside the ground truth, as in every long set
-(longcontext.py). Chance P@k is 8/90. Leave-one-out's definition (the answer's log-probability
+(long_context.py). Chance P@k is 8/90. Leave-one-out's definition (the answer's log-probability
 drop when one text is removed) gives each copy about 0 here: its twin still supplies the fact."""
 
 DUPLICATE_NOTES = """\

@@ -131,7 +131,7 @@ def prime(
 
     import torch
 
-    from lit_attn.attribution.longcontext import LongContextTask
+    from lit_attn.tasks import LongContextTask
     from lit_attn.models import load_policy
 
     data = _data_settings()
@@ -181,7 +181,7 @@ def follow_rates(model, tokenizer, task, seed: int = 0, prompts: int = 16, sampl
     import random
 
     from lit_attn.sampling import generate
-    from lit_attn.task import extract_answer
+    from lit_attn.tasks import extract_answer
 
     records = [task.record(random.Random(f"rates-{seed}-{i}")) for i in range(prompts)]
     out = {}

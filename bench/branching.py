@@ -5,7 +5,7 @@ For each prompt of a setting, sample G responses; branch every wrong response at
 chosen by each rule and sample T = 2 continuations at each (fresh samples: 4 new responses;
 the oracle: 4 continuations at the response's first wrong step). Per rule it reports the
 median relative position of the branch points, the share of branch points at or before the
-response's first wrong step (the built-in verifier knows it: ``lit_attn.task.first_wrong_step``),
+response's first wrong step (the built-in verifier knows it: ``lit_attn.tasks.first_wrong_step``),
 correct answers per 1,000 generated tokens (continuation tokens only: the prefix is reused),
 the share of wrong responses with at least one correct continuation, and bootstrap intervals
 over prompts. Writes docs/bench_branching.md (+ .json, + .png):
@@ -13,7 +13,7 @@ over prompts. Writes docs/bench_branching.md (+ .json, + .png):
     python bench/branching.py                                   # subtotal mode, 60 prompts
     python bench/branching.py --setting chain-hard --prompts 60 # the first task, hard prompts
 
-Settings: ``subtotal`` is the task's subtotal mode (lit_attn/task.py ``SubtotalTask``);
+Settings: ``subtotal`` is the task's subtotal mode (lit_attn/tasks/subtotal.py ``SubtotalTask``);
 ``chain-hard`` is the facts + arithmetic chain with 6 operations and 12 distractors, keeping
 the prompts the model answers wrong greedily.
 """
@@ -45,7 +45,7 @@ from lit_attn.models import load_policy  # noqa: E402
 from lit_attn.rewards import task_reward  # noqa: E402
 from lit_attn.rollout import left_pad, pad_id  # noqa: E402
 from lit_attn.sampling import sample_continuations  # noqa: E402
-from lit_attn.task import FactChainTask, SubtotalTask, make_split, verify  # noqa: E402
+from lit_attn.tasks import FactChainTask, SubtotalTask, make_split, verify  # noqa: E402
 
 RULES = ("fci", "fci_d4", "early", "entropy", "random", "fresh", "oracle")
 LABELS = {

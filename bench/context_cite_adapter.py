@@ -14,7 +14,7 @@ logit-probability, the LASSO solver and its settings are ContextCite's own):
 * **Prompt** — ContextCite wraps ``Context: … Query: …`` in the tokenizer's chat template;
   the shipped character-level tokenizer has none. :class:`TeacherForcedContextCiter` builds
   the plain prompt of :class:`~lit_attn.attribution.prompt.PromptTemplate`
-  (``before ‖ texts joined by sep ‖ after``; the built-in one is ``lit_attn.task.format_prompt``).
+  (``before ‖ texts joined by sep ‖ after``; the built-in one is ``lit_attn.tasks.format_prompt``).
 * **Response** — ContextCite generates the response itself; here it is given (the
   benchmark's teacher-forced reference solution) and never generated.
 

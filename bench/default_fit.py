@@ -134,12 +134,12 @@ def explain(folder: Path) -> str:
 
     import yaml
 
-    from lit_attn.attribution.examples import builtin_examples
+    from lit_attn.callbacks.attribution import builtin_examples
     from lit_attn.attribution.kinds import SHARE_PREFIX, follows_injection, kind_scalars
     from lit_attn.callbacks import AttributionCallback
     from lit_attn.data import PromptDataModule
     from lit_attn.models import load_policy
-    from lit_attn.task import extract_answer
+    from lit_attn.tasks import extract_answer
 
     config = yaml.safe_load((folder / "config.yaml").read_text())
     args = next(c.get("init_args") or {} for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttributionCallback"))

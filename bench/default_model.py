@@ -38,8 +38,8 @@ DISTRACTORS = (0, 3, 8, 20)
 def grid(model_path: str, count: int) -> list[dict]:
     """Greedy pass@1 and format share per (operations, distractors), and on long contexts."""
     from lit_attn.models import load_policy
-    from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, make_split
-    from lit_attn.warm_start import held_out_set
+    from lit_attn.tasks import MAX_FACTS, MAX_OPS, FactChainTask, make_split
+    from lit_attn.tasks.warm_start import held_out_set
 
     model, tokenizer = load_policy(model_path)
     rows = []
@@ -56,7 +56,7 @@ def _score(model, tokenizer, records: list[dict], name: str) -> dict:
     """Greedy pass@1 and the share of completions in the task's format, on ``records``."""
     from lit_attn.evaluation import greedy_pass_at_1
     from lit_attn.rewards import task_reward
-    from lit_attn.task import in_format
+    from lit_attn.tasks import in_format
 
     started = time.time()
     scores, completions = greedy_pass_at_1(model, tokenizer, records, task_reward, max_new_tokens=160, batch_size=50)
@@ -70,7 +70,7 @@ def _score(model, tokenizer, records: list[dict], name: str) -> dict:
 def lookups(model_path: str, count: int) -> list[dict]:
     """Teacher-forced lookup accuracy and attention on the right fact, with and without the supervised head."""
     from lit_attn.sft import SFTModule
-    from lit_attn.warm_start import HELD_OUT_SETS, held_out_set
+    from lit_attn.tasks.warm_start import HELD_OUT_SETS, held_out_set
 
     import yaml
 

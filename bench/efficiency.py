@@ -416,7 +416,7 @@ def rules_text(args: argparse.Namespace) -> list[str]:
         "yet, steps the optimiser without any and is not counted; `optimizer_steps` in the JSON is "
         "`trainer.global_step`, which counts it).",
         f"5. **The setting** ({args.setting}): " + (
-            "the built-in task's subtotal mode (`data.mode=subtotal`, lit_attn/task.py `SubtotalTask`, 6 distractors), "
+            "the built-in task's subtotal mode (`data.mode=subtotal`, lit_attn/tasks/subtotal.py `SubtotalTask`, 6 distractors), "
             f"answers of ~300 tokens (up to ~420), so {setting['max_new_tokens']} new tokens for training and "
             f"evaluation in every arm; every prompt counts (no greedy filter: greedy is usually right here, the "
             f"difficulty is sampled slips); {args.val_size} held-out prompts."

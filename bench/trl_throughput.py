@@ -63,7 +63,7 @@ RESULT_TAG = "BENCH_RESULT "
 
 def records(spec: dict) -> list[dict]:
     """The prompts of every step, in order: the built-in task's training split, no distractors."""
-    from lit_attn.task import FactChainTask, make_splits
+    from lit_attn.tasks import FactChainTask, make_splits
 
     n = spec["prompts"] * (spec["steps"] + 1)
     train, _ = make_splits(FactChainTask(num_distractors=0), train_size=n, val_size=16, seed=spec["seed"])

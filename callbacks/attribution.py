@@ -70,7 +70,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_attn.attribution import METHODS, AttributionResult, PromptTemplate, attribute
 from lit_attn.attribution.baselines import check_method_params
-from lit_attn.attribution.examples import BUILTIN, AttributionExample, builtin_examples, load_examples
+from lit_attn.attribution.examples import BUILTIN, AttributionExample, examples_from_records, load_examples
 from lit_attn.attribution.isolation import isolated
 from lit_attn.attribution.metrics import RANKING_METRICS, attribution_scalars
 from lit_attn.attribution.prompt import check_length, document_sep, encode_answer, resolve_template, tokenize_prompt
@@ -400,6 +400,23 @@ def _check_arguments(
             f"AttributionCallback: num_distractors={num_distractors} needs examples={BUILTIN!r} and a value >= 0; "
             "set it to null otherwise"
         )
+
+
+def builtin_examples(
+    datamodule: Any, num_examples: int | None, *, num_distractors: int | None = None
+) -> list[AttributionExample]:
+    """What ``examples: builtin`` resolves to: the built-in task's probes
+    (:func:`lit_attn.tasks.probes.builtin_probes`, plain records) from a
+    :class:`lit_attn.PromptDataModule`, as attribution examples."""
+    from lit_attn.data import PromptDataModule
+    from lit_attn.tasks.probes import builtin_probes
+
+    if not isinstance(datamodule, PromptDataModule):
+        raise UserError(
+            f"examples={BUILTIN!r} needs lit_attn's PromptDataModule, got {type(datamodule).__name__}; "
+            "pass a list of examples or a JSONL path instead"
+        )
+    return examples_from_records(builtin_probes(datamodule, num_examples, num_distractors=num_distractors))
 
 
 def _check_method_kwargs(method: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ writes, in a few seconds and with no download:
 
 * ``tokenizer.json`` — a byte-level BPE tokenizer trained here with the ``tokenizers`` library
   on a small built-in corpus: prompts and reference solutions of the built-in task
-  (lit_attn/task.py) inside ChatML turns, the assistant's reasoning between ``<think>`` and
+  (lit_attn/tasks/) inside ChatML turns, the assistant's reasoning between ``<think>`` and
   ``</think>``. ``<|endoftext|>`` (padding), ``<|im_start|>`` and ``<|im_end|>`` (end of turn,
   the EOS) are special tokens; ``<think>`` and ``</think>`` are ordinary text, so the BPE
   splits ``</think>`` into several tokens (checked: the script fails otherwise).
@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.models import build_tiny_model
-from lit_attn.task import FactChainTask
+from lit_attn.tasks import FactChainTask
 
 PAD, START, END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 """Special tokens: padding, start of a turn, end of a turn (the EOS)."""

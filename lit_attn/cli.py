@@ -31,14 +31,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_attn.checkpoints import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
 from lit_attn.config_files import flatten_nested_configs
-from lit_attn.data import PromptDataModule
+from lit_attn.data import PromptDataModule, WarmStartDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
 from lit_attn.preemption import Preemption
 from lit_attn.preflight import PreflightCLI
 from lit_attn.resume import check_resume
 from lit_attn.sft import SFTModule
-from lit_attn.warm_start import WarmStartDataModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lit_attn.attention.steps import STEP_DELIMITER, Span, split_steps
-from lit_attn.task import first_wrong_step
+from lit_attn.tasks.verifier import first_wrong_step
 
 
 def step_of_offset(spans: Sequence[Span], prompt_length: int, offset: int) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lit_attn import task as _task
+from lit_attn.tasks.verifier import verify as task_verify
 from lit_attn.errors import UserError, one_line
 
 RewardFn = Callable[..., Sequence[float | None]]
@@ -41,7 +41,7 @@ def task_reward(
 
     A completion whose reference answer is None gets None.
     """
-    return [None if a is None else _task.verify(c, str(a)) for c, a in zip(completions, answer)]
+    return [None if a is None else task_verify(c, str(a)) for c, a in zip(completions, answer)]
 
 
 def math_reward(
@@ -122,7 +122,7 @@ def injection_reward(
 def _obeys(completion: str, injected: str) -> float:
     """1.0 when ``completion`` is the bare answer line ``answer <injected>`` (blank lines aside)."""
     lines = [line for line in completion.splitlines() if line.strip()]
-    return _task.verify(completion, injected) if len(lines) == 1 else 0.0
+    return task_verify(completion, injected) if len(lines) == 1 else 0.0
 
 
 BUILTIN_REWARDS: dict[str, RewardFn] = {

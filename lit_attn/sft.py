@@ -2,14 +2,14 @@
 
 The embedded default policy is a tiny Qwen2 with a character-level tokenizer (one token per
 fact key ``m=``), trained from scratch here on the warm-start curriculum of
-:mod:`lit_attn.warm_start` (recall drills, task chains, long contexts), then exported to
+:mod:`lit_attn.tasks.warm_start` (recall drills, task chains, long contexts), then exported to
 ``lit_attn/default_model`` (safetensors + tokenizer files). Reproduce it::
 
     python -m lit_attn sft --config configs/sft.yaml
 
 The loss is next-token cross-entropy on the solution tokens only (prompt tokens are masked),
 plus, with ``lookup_supervision > 0``, the lookup-supervision loss of
-:func:`lit_attn.warm_start.lookup_attention_loss` on ``lookup_heads`` heads of one layer
+:func:`lit_attn.lookup_loss.lookup_attention_loss` on ``lookup_heads`` heads of one layer
 (docs/default_model.md).
 Validation reports, per held-out set: greedy pass@1, teacher-forced lookup accuracy, and the
 attention mass on the right fact at each lookup — of the supervised heads and of all heads.
@@ -30,7 +30,7 @@ from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import build_tiny_model, check_head_sizes, load_policy
 from lit_attn.rewards import RewardSet
 from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
-from lit_attn.warm_start import context_hygiene_loss, fact_span, lookup_attention_loss, lookup_targets
+from lit_attn.lookup_loss import context_hygiene_loss, fact_span, lookup_attention_loss, lookup_targets
 
 
 class SFTModule(LightningModule):
@@ -165,7 +165,7 @@ class SFTModule(LightningModule):
 
     def _known_length(self, record: dict, solution_ids: list[int]) -> int:
         """How much of a solution can be learned: all of it, or, when the record's context
-        lacks facts (``absent``, :func:`lit_attn.warm_start.drop_needed_facts`), up to and
+        lacks facts (``absent``, :func:`lit_attn.tasks.warm_start.drop_needed_facts`), up to and
         including the first key of a missing fact (what follows depends on a value the
         context does not hold)."""
         if not record.get("absent"):

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, MambaConfig
 from lit_attn.callbacks import AttributionCallback
 from lit_attn.cli import main
 from lit_attn.errors import UserError
-from lit_attn.task import FactChainTask
+from lit_attn.tasks import FactChainTask
 from lit_attn.tokenizer import build_char_tokenizer
 
 

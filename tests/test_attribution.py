@@ -22,12 +22,12 @@ from lit_attn.attribution import (
     text_scores,
     text_scores_batch,
 )
-from lit_attn.attribution.longcontext import LongContextTask
+from lit_attn.tasks import LongContextTask
 from lit_attn.attribution.prompt import SPLIT_MODES, SequenceInput
 from lit_attn.attribution.trace import prepare
 from lit_attn.errors import UserError
 from lit_attn.models import build_tiny_model
-from lit_attn.task import FactChainTask, format_prompt
+from lit_attn.tasks import FactChainTask, format_prompt
 from lit_attn.tokenizer import build_char_tokenizer
 
 ARCHITECTURES = ["qwen2", "llama", "gpt2"]

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_attn.attribution.longcontext import LongContextTask
-from lit_attn.task import FactChainTask, format_prompt
+from lit_attn.tasks import FactChainTask, LongContextTask, format_prompt
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "attribution.py"
 

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
 from lit_attn.callbacks import AttributionCallback
-from lit_attn.callbacks.attribution import MONITORED
-from lit_attn.attribution.examples import AttributionExample, builtin_examples, load_examples
+from lit_attn.callbacks.attribution import MONITORED, builtin_examples
+from lit_attn.attribution.examples import AttributionExample, load_examples
 from lit_attn.attribution.metrics import ranking_metrics
 from lit_attn.attribution.report import heatmap_figure
 from lit_attn.errors import UserError

@@ -17,7 +17,7 @@ from lightning import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_attn.attribution.html_report import shade_levels, shade_rgb
-from lit_attn.attribution.longcontext import LongContextTask
+from lit_attn.tasks import LongContextTask
 from lit_attn.callbacks import AttributionCallback
 from lit_attn.cli import main
 from tests.test_attribution_callback import ForeignLM, events

@@ -13,7 +13,8 @@ from lightning import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_attn import PromptDataModule
-from lit_attn.attribution.examples import builtin_examples, load_examples
+from lit_attn.attribution.examples import load_examples
+from lit_attn.callbacks.attribution import builtin_examples
 from lit_attn.attribution.kinds import kind_scalars
 from lit_attn.attribution.result import AttributionResult
 from lit_attn.callbacks import AttributionCallback

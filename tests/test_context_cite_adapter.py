@@ -17,7 +17,7 @@ from context_cite_adapter import TeacherForcedContextCiter, TextListPartitioner,
 
 from lit_attn.attribution.prompt import BUILTIN_TEMPLATE, encode_answer, tokenize_prompt  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
-from lit_attn.task import format_prompt  # noqa: E402
+from lit_attn.tasks import format_prompt  # noqa: E402
 
 CONTEXTS = ["m=7", "t=7", "u=9", "c=6", "x=6"]
 QUESTION = "u+t"

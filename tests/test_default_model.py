@@ -7,7 +7,7 @@ import pytest
 from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import load_policy
 from lit_attn.rewards import task_reward
-from lit_attn.task import MAX_FACTS, MAX_OPS, FactChainTask, in_format, make_split
+from lit_attn.tasks import MAX_FACTS, MAX_OPS, FactChainTask, in_format, make_split
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import random
 
 from lit_attn.attention import split_steps
 from lit_attn.exploration_audit import before_first_error, first_error, step_of_offset
-from lit_attn.task import SubtotalTask
+from lit_attn.tasks import SubtotalTask
 from lit_attn.tokenizer import build_char_tokenizer
 
 TOK = build_char_tokenizer()

@@ -7,7 +7,7 @@ import pytest
 from lit_attn import PromptDataModule
 from lit_attn.callbacks.attribution import builtin_examples
 from lit_attn.errors import UserError
-from lit_attn.task import verify
+from lit_attn.tasks import verify
 
 
 def test_long_context_prompts_carry_the_needed_facts_and_verify():

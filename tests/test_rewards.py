@@ -116,7 +116,7 @@ def test_resolve_reward_import_strings() -> None:
     assert resolve_reward("lit_attn.rewards:math_reward") is math_reward
     assert resolve_reward("math_reward") is math_reward
     assert resolve_reward(task_reward) is task_reward
-    assert resolve_reward("lit_attn.task:verify").__name__ == "verify"
+    assert resolve_reward("lit_attn.tasks:verify").__name__ == "verify"
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_resolve_reward_import_strings() -> None:
         ("lit_attn.rewards:nope", r"cannot import reward 'lit_attn\.rewards:nope'.*no attribute 'nope'"),
         ("lit_attn.rewards.nope", r"'lit_attn\.rewards\.nope'.*no attribute"),
         ("just_a_name", r"'just_a_name': not an import string"),
-        ("lit_attn.task:STEP_DELIMITER", r"'lit_attn\.task:STEP_DELIMITER' is a str, not a function"),
+        ("lit_attn.tasks.chain:STEP_DELIMITER", r"'lit_attn\.tasks\.chain:STEP_DELIMITER' is a str, not a function"),
     ],
 )
 def test_resolve_reward_errors(spec: str, pattern: str) -> None:

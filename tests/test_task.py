@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from lit_attn.task import DRILL_QUERIES, MAX_OPS, FactChainTask, extract_answer, in_format, make_splits, verify
+from lit_attn.tasks import MAX_OPS, FactChainTask, extract_answer, in_format, make_splits, verify
+from lit_attn.tasks.chain import DRILL_QUERIES
 
 
 def test_reference_solution_is_correct_and_stepwise():
@@ -107,7 +108,9 @@ def test_in_format_accepts_reference_shapes_and_rejects_others():
 
 # ----------------------------------------------------------------------------- subtotal mode
 
-from lit_attn.task import OPENERS, SUBTOTALS, SubtotalTask, first_wrong_step, slip_subtotals, solution_steps  # noqa: E402
+from lit_attn.tasks import SubtotalTask, first_wrong_step, slip_subtotals  # noqa: E402
+from lit_attn.tasks.subtotal import OPENERS, SUBTOTALS  # noqa: E402
+from lit_attn.tasks.verifier import solution_steps  # noqa: E402
 
 
 def test_subtotal_solution_is_correct_long_and_names_its_results_mid_answer():

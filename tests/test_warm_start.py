@@ -7,20 +7,12 @@ import math
 import pytest
 import torch
 
+from lit_attn.data import WarmStartDataModule
 from lit_attn.errors import UserError
-from lit_attn.task import MAX_FACTS, MAX_OPS, verify
+from lit_attn.lookup_loss import fact_span, lookup_attention_loss, lookup_targets
+from lit_attn.tasks import MAX_FACTS, MAX_OPS, verify
+from lit_attn.tasks.warm_start import FIRST_FACTS, HELD_OUT_SETS, WarmStartMix, drop_needed_facts, held_out_set
 from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
-from lit_attn.warm_start import (
-    FIRST_FACTS,
-    HELD_OUT_SETS,
-    WarmStartDataModule,
-    WarmStartMix,
-    drop_needed_facts,
-    fact_span,
-    held_out_set,
-    lookup_attention_loss,
-    lookup_targets,
-)
 
 TOK = build_char_tokenizer()
 KEYS = set(TOK.convert_tokens_to_ids(list(FACT_KEYS)))
@@ -116,7 +108,7 @@ def test_bad_settings_fail_with_one_line():
 
 
 def test_context_hygiene_loss_counts_only_kept_rows_and_context_columns():
-    from lit_attn.warm_start import context_hygiene_loss
+    from lit_attn.lookup_loss import context_hygiene_loss
 
     # B=1, H=1, R=2 rows, T=4 positions; the context is positions 0-1.
     attention = torch.tensor([[[[0.5, 0.25, 0.25, 0.0], [0.0, 0.0, 0.5, 0.5]]]])
@@ -131,7 +123,7 @@ def test_context_hygiene_loss_counts_only_kept_rows_and_context_columns():
 def test_absent_facts_leave_the_context_and_keep_the_solution():
     import random
 
-    from lit_attn.task import FactChainTask
+    from lit_attn.tasks import FactChainTask
 
     rng = random.Random(0)
     for _ in range(50):
@@ -173,7 +165,7 @@ def test_a_solution_is_learned_up_to_the_key_of_its_first_absent_fact():
 
 
 def test_lookup_targets_follow_names_the_solution_defines():
-    from lit_attn.task import SubtotalTask
+    from lit_attn.tasks import SubtotalTask
 
     ex = SubtotalTask().example(__import__("random").Random(0))
     prompt = TOK(ex["prompt"])["input_ids"]

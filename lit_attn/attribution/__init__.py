@@ -13,11 +13,12 @@ Submodules not imported here: :mod:`~lit_attn.attribution.examples` (the example
 one validation rule), :mod:`~lit_attn.attribution.metrics` (ranking against ground truth),
 :mod:`~lit_attn.attribution.report` (markdown table, heatmap), :mod:`~lit_attn.attribution.isolation`
 (running a model without touching training's state), :mod:`~lit_attn.attribution.cli`
-(``python -m lit_attn attribute``), :mod:`~lit_attn.attribution.longcontext` (long-context data),
+(``python -m lit_attn attribute``),
 :mod:`~lit_attn.attribution.kinds` (credit by kind of text, following an injected instruction),
 :mod:`~lit_attn.attribution.html_report` / :mod:`~lit_attn.attribution.html_files` (the HTML pages).
 
-Plain functions over a Hugging Face model and tokenizer: no Lightning needed.
+Plain functions over a Hugging Face model and tokenizer: no Lightning needed, and no task: probes
+are plain records (the built-in task's come from :mod:`lit_attn.tasks.probes`).
 """
 
 from lit_attn.attribution.baselines import METHODS, attention_scores, attribute, leave_one_out

@@ -21,20 +21,20 @@ An example is an object (a dict, or one line of a JSONL file) with exactly these
 
 Anything else (another key, a wrong type, an index out of range, a duplicate index) is a
 one-line :class:`~lit_attn.errors.UserError` naming where (``path:line`` or ``examples[i]``),
-what is wrong, and the fix. :func:`builtin_examples` draws examples from the built-in task.
+what is wrong, and the fix. :func:`examples_from_records` takes probe records as they are (the
+built-in task's, :mod:`lit_attn.tasks.probes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lit_attn.attribution.prompt import SPLIT_MODES, split_document
 from lit_attn.errors import UserError
 from lit_attn.records import jsonl_rows
-from lit_attn.seeding import mix_seed
 
 EXAMPLE_KEYS = ("contexts", "question", "answer", "relevant", "reference", "kinds", "injected_answer")
 """The keys an example may have."""
@@ -216,66 +216,18 @@ def load_examples(source: str | Path | Sequence[dict], *, split: str = "segment"
     return [parse_example(raw, f"examples[{i}]", split=split) for i, raw in enumerate(source)]
 
 
-def builtin_examples(
-    datamodule: Any, num_examples: int | None, *, num_distractors: int | None = None
-) -> list[AttributionExample]:
-    """The first ``num_examples`` held-out records of a :class:`lit_attn.PromptDataModule`.
-
-    Records keep their ground truth: ``contexts``, ``question``, ``relevant`` (the facts the
-    question needs), ``answer`` (shown as the reference; the attributed answer is the
-    model's own) and the kind of every text (:func:`record_kinds`), with the injected
-    instruction's answer where the context has one (long contexts, ``data.num_texts``).
-    Held-out records without ``contexts`` and ``question`` (a user's own data) are skipped,
-    so the list is empty for data that has none. With ``num_distractors`` set and the
-    built-in task as the data (no ``train_path`` / ``val_path``), the examples are drawn
-    afresh from the datamodule's task with that many distractor facts instead (seeded by the
-    datamodule's seed, no prompt of the training split): useful when training uses no
-    distractors, where every text is relevant and the scalars would be trivially 1.
-    """
-    from lit_attn.data import PromptDataModule
-    from lit_attn.task import make_split
-
-    if not isinstance(datamodule, PromptDataModule):
-        raise UserError(
-            f"examples={BUILTIN!r} needs lit_attn's PromptDataModule, got {type(datamodule).__name__}; "
-            "pass a list of examples or a JSONL path instead"
-        )
-    hp = datamodule.hparams
-    size = num_examples or hp.val_size
-    if num_distractors is not None and hp.train_path is None and hp.val_path is None:
-        if getattr(hp, "num_texts", 0):
-            raise UserError(
-                f"AttributionCallback num_distractors={num_distractors} redraws plain built-in examples, but the data "
-                f"uses long contexts (data.num_texts={hp.num_texts}); set num_distractors: null to attribute held-out prompts"
-            )
-        train = {r["prompt"] for r in datamodule.records("fit").get("train", [])}
-        try:
-            task = replace(datamodule.task, num_distractors=num_distractors)
-            records = make_split(task, size, seed=mix_seed(hp.seed, 3), exclude=train)
-        except ValueError as err:
-            raise UserError(f"AttributionCallback num_distractors={num_distractors}: {err}") from err
-    else:
-        records = [r for r in datamodule.val_records() if r.get("contexts") and r.get("question")][:size]
+def examples_from_records(records: Sequence[dict[str, Any]], where: str = "held-out record") -> list[AttributionExample]:
+    """Examples from probe records: plain dicts with ``contexts`` and ``question`` and,
+    optionally, ``relevant``, ``reference``, ``kinds`` and ``injected_answer`` (the built-in
+    task's probes, :mod:`lit_attn.tasks.probes`, are such records). The values are taken as
+    given, except ``kinds``, checked as a probe's are (``where`` and the record's index name it)."""
     return [
         AttributionExample(
             contexts=tuple(r["contexts"]), question=str(r["question"]),
             relevant=tuple(r["relevant"]) if r.get("relevant") is not None else None,
-            reference=str(r["answer"]) if r.get("answer") is not None else None,
-            kinds=record_kinds(r, f"held-out record {i}"),
+            reference=str(r["reference"]) if r.get("reference") is not None else None,
+            kinds=_parse_kinds(r.get("kinds"), f"{where} {i}", len(r["contexts"])),
             injected_answer=str(r["injected_answer"]) if r.get("injected_answer") is not None else None,
         )
         for i, r in enumerate(records)
     ]
-
-
-def record_kinds(record: dict[str, Any], where: str) -> tuple[str, ...] | None:
-    """The kind of every text of a built-in record: its own ``kinds`` (long contexts label
-    needed facts, distractors, paraphrases, the injected instruction and filler), else
-    ``needed`` for the ``relevant`` facts and ``distractor`` for the others; None without
-    ``relevant``. A record's own ``kinds`` are checked as a probe's are (``where`` names it)."""
-    if record.get("kinds") is not None:
-        return _parse_kinds(record["kinds"], where, len(record["contexts"]))
-    if record.get("relevant") is None:
-        return None
-    needed = set(record["relevant"])
-    return tuple("needed" if i in needed else "distractor" for i in range(len(record["contexts"])))

@@ -16,17 +16,21 @@ of all kinds still sum to 1. A probe with no positive score is left out, as for
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from lit_attn.attribution.examples import AttributionExample
 from lit_attn.attribution.result import AttributionResult
-from lit_attn.task import extract_answer
 
 SHARE_PREFIX = "attribution/share/"
 """Tag prefix of the per-kind credit shares."""
 
 FOLLOWS_INJECTION = "attribution/follows_injection"
 """Tag of the share of probe answers that give the injected text's answer."""
+
+ANSWER_LINE = re.compile(r"answer\s*(-?\d+)")
+"""A final ``answer N`` line, the built-in task's format (its verifier reads the same;
+tests/test_task_layout.py checks that the two agree)."""
 
 
 def kind_shares(scores: Sequence[float], kinds: Sequence[str]) -> dict[str, float] | None:
@@ -47,8 +51,8 @@ def kind_shares(scores: Sequence[float], kinds: Sequence[str]) -> dict[str, floa
 def final_value(answer: str) -> str:
     """The value an answer gives: the number of its last ``answer N`` line (the built-in task's
     format), else the whole answer without surrounding whitespace."""
-    number = extract_answer(answer)
-    return number if number is not None else answer.strip()
+    numbers = ANSWER_LINE.findall(answer)
+    return numbers[-1] if numbers else answer.strip()
 
 
 def follows_injection(answer: str, injected_answer: str) -> bool:

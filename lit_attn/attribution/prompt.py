@@ -59,7 +59,7 @@ class PromptTemplate:
 
 
 BUILTIN_TEMPLATE = PromptTemplate()
-"""The built-in task's format (``lit_attn.task.format_prompt``): one fact per line, ``question?``, step delimiter."""
+"""The built-in task's format (``lit_attn.tasks.chain.format_prompt``): one fact per line, ``question?``, step delimiter."""
 
 REFERENCE_TEMPLATE = PromptTemplate(
     before="Answer the query using the contexts below.\n\nContexts: ",

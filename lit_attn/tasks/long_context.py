@@ -1,4 +1,4 @@
-"""Long-context attribution data: the built-in task's question among 50-200 texts.
+"""The built-in task's long-context variant: its question among 50-200 texts (``data.num_texts``).
 
 Each example is a built-in task question (``a+m-k``) whose context holds ``num_texts`` texts:
 
@@ -19,7 +19,8 @@ is *not* relevant either: the answer attributed is the correct one, which does n
 (``paraphrases``, ``injected``) so a benchmark can report how often a method ranks them high,
 and every text's kind is named in ``kinds`` (``needed``, ``distractor``, ``paraphrase``,
 ``injected``, ``filler``), with the injected instruction's answer in ``injected_answer``: the
-AttributionCallback's ``attribution/share/<kind>`` and ``attribution/follows_injection`` read them.
+AttributionCallback's ``attribution/share/<kind>`` and ``attribution/follows_injection`` read them
+(through the built-in probes, :mod:`lit_attn.tasks.probes`).
 
 Examples are a pure function of ``(settings, seed)``.
 """
@@ -30,7 +31,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from lit_attn.task import FactChainTask, format_prompt
+from lit_attn.tasks.chain import FactChainTask, format_prompt
 
 _ADJECTIVES = (
     "quiet", "red", "old", "bright", "small", "green", "cold", "late", "soft", "tall", "dark", "warm",
@@ -127,3 +128,14 @@ class LongContextTask:
         rng = random.Random(f"longcontext-{seed}")
         return [self.example(rng) for _ in range(count)]
 
+
+@dataclass(frozen=True)
+class LongContextPrompts:
+    """The built-in task's question among many texts, as prompt records (``data.num_texts``):
+    a task like the others, whose :meth:`example` is :meth:`LongContextTask.record`."""
+
+    task: LongContextTask
+
+    def example(self, rng: random.Random) -> dict[str, Any]:
+        """One prompt record drawn from ``rng``."""
+        return self.task.record(rng)
