@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from lit_attn.attention import fci_scores_batch, split_steps  # noqa: E402
 from lit_attn.attention.steps import STEP_DELIMITER  # noqa: E402
-from lit_attn.branch_rules import atb_branch_steps, early_branch_steps, entropy_branch_offsets  # noqa: E402
+from lit_attn.exploration.selection import atb_branch_steps, early_branch_steps, entropy_branch_offsets  # noqa: E402
 from lit_attn.evaluation import greedy_pass_at_1  # noqa: E402
-from lit_attn.exploration_audit import before_first_error, first_error, step_of_offset  # noqa: E402
+from lit_attn.exploration.audit import before_first_error, first_error, step_of_offset  # noqa: E402
 from lit_attn.logprobs import token_logprobs  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
 from lit_attn.rewards import task_reward  # noqa: E402

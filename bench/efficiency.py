@@ -96,7 +96,7 @@ def has_gradients(optimizer) -> bool:
 def find_explorer(trainer):
     """The run's exploration callback (AttentionBranchCallback / EntropyBranchCallback), or None
     (GRPO)."""
-    from lit_attn.tree_rl import ExplorationState
+    from lit_attn.exploration.state import ExplorationState
 
     return next((c for c in trainer.callbacks if isinstance(getattr(c, "state", None), ExplorationState)), None)
 

@@ -69,7 +69,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     from lit_attn.experience import pack_sequences
     from lit_attn.models import build_tiny_model
     from lit_attn.ppo import PPOSettings, ppo_update
-    from lit_attn.tree_rl import row_chunks
+    from lit_attn.exploration.host import row_chunks
 
     torch.set_num_threads(1)
     model = build_tiny_model("qwen2", seed=0, **SHAPE)

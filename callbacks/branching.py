@@ -6,11 +6,15 @@ groups: every training step becomes the one-step off-policy schedule of docs/att
     python -m lit_attn fit --config configs/attnrl.yaml     # AttnRL (FCI branching + ADS)
     python -m lit_attn fit --config configs/treerl.yaml     # TreeRL (entropy branching)
 
-Each step is :func:`lit_attn.tree_rl.explore_step` — take prompts, one sampling call (batch m's
-G responses and batch m−1's continuations), ADS, branch points of batch m (the subclass's
-rule: FCI for AttnRL, token entropy for TreeRL, from :mod:`lit_attn.branch_points`), batch
-m−1's trees, the filters — and the host trains on what it returns. These classes only adapt
-it to Lightning: checks in ``setup``, the state in ``state_dict``, histograms to TensorBoard.
+Each step is :func:`lit_attn.exploration.step.explore_step` — take prompts, one sampling call
+(batch m's G responses and batch m−1's continuations), ADS, branch points of batch m (the
+subclass's rule: FCI for AttnRL, token entropy for TreeRL, from
+:mod:`lit_attn.exploration.rules`), batch m−1's trees, the filters — and the host trains on
+what it returns (the package's map: ``lit_attn/exploration/__init__.py``). These classes only
+adapt it to Lightning: one :class:`~lit_attn.exploration.settings.ExplorationSettings` and a
+rule built from their arguments, checks in ``setup``, the state in ``state_dict``, histograms
+to TensorBoard. The arguments are documented once, on those dataclasses; the classes'
+docstrings below carry them (``--help`` shows them).
 
 Every token keeps the log-prob of the policy that sampled it, so PPO's ratio is the only
 off-policy correction. Adaptive sampling (docs/attnrl.md §4) decides how many responses per prompt are
@@ -37,7 +41,10 @@ continues exactly (the loader's own position counts the batches taken early).
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -46,79 +53,70 @@ from lightning.pytorch.loops.fetchers import _PrefetchDataFetcher
 
 from lit_attn.attention.fci import DEFAULT_BLOCK_SIZE
 from lit_attn.attention.steps import STEP_DELIMITER
-from lit_attn.branch_points import EntropyBranching, FCIBranching
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
+from lit_attn.exploration.rules import BranchRule, EntropyBranching, FCIBranching
+from lit_attn.exploration.settings import ExplorationSettings
+from lit_attn.exploration.state import ExplorationState
+from lit_attn.exploration.step import explore_step
 from lit_attn.lora import unwrap
 from lit_attn.strategy import check_strategy, reduce_over_ranks
-from lit_attn.tree_rl import BranchRule, ExplorationSettings, ExplorationState, explore_step
 
 REQUIRED = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
 
+Built = TypeVar("Built")
 
+
+def build(owner: str, cls: type[Built], arguments: Mapping[str, Any]) -> Built:
+    """``cls`` (a settings dataclass) from the constructor ``arguments`` of the same names; its
+    one-line UserError is prefixed with the callback's name."""
+    try:
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+    except UserError as error:
+        raise UserError(f"{owner}: {error}") from None
+
+
+def documented(*sources: type) -> Any:
+    """Class decorator: the sources' ``Attributes:`` docstring sections become the class's
+    ``Args:`` section, so the arguments are documented once (on the dataclasses) and LightningCLI's
+    ``--help`` still describes each of them."""
+
+    def attributes(cls: type) -> str:
+        lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+        start = lines.index("Attributes:") + 1
+        end = next((k for k in range(start, len(lines)) if lines[k] and not lines[k].startswith(" ")), len(lines))
+        return "\n".join(lines[start:end]).rstrip()
+
+    def decorate(callback: type) -> type:
+        sections = "\n".join(attributes(source) for source in sources)
+        callback.__doc__ = f"{inspect.cleandoc(callback.__doc__ or '')}\n\nArgs:\n{sections}\n"
+        return callback
+
+    return decorate
+
+
+@documented(ExplorationSettings)
 class BranchingCallback(Callback):
     """One-step off-policy tree exploration with adaptive sampling; subclasses pick the rule.
 
-    The step itself is :func:`lit_attn.tree_rl.explore_step`; this class adapts it to
+    The step itself is :func:`lit_attn.exploration.step.explore_step`; this class adapts it to
     Lightning: it checks the host in ``setup``, checkpoints the state, lends the training
-    dataset's prompts when the batch grows, and logs histograms.
-
-    Args:
-        continuations: T, new continuations sampled at each branch point (paper: 2).
-        num_points: branch points per expanded response (paper: 2).
-        adaptive_sampling: docs/attnrl.md §4's ADS — expand ``ceil(exp(-z)·G)`` responses per prompt
-            (incorrect-first rule), FCI filter for all-correct prompts. Off: every response is
-            expanded (TreeRL).
-        all_correct_expand: responses expanded for an all-correct prompt kept by the filter (paper: 3).
-        adaptive_batch: adapt the prompt batch size B_m with ``batch_lambda`` (docs/attnrl.md §4).
-        batch_lambda: λ of the batch-size update (paper: 0.9).
-        target_sequences: B′, training sequences wanted per step; None = the loader's prompts
-            per step × G × (1 + num_points × continuations), the paths an expanded response
-            yields (the authors' B·G·5).
-        max_batch_prompts: an optional memory guard: the largest prompt batch B_m may grow to
-            (None = no cap, as in the authors' code). Prompts beyond what the loader gave are
-            the loader's next ones; at the end of an epoch a step takes what there is.
-        train_unbranched: also train on responses that were not expanded, each as a one-node
-            path with advantage 2·(r − V(root)). Off by default, as in the authors' code: they
-            count only in V(root).
-        correct_threshold: a reward at or above it counts as correct for ADS.
-        seed: seed of this callback's own random choices and of the sampling of each step
-            (so a resumed run samples exactly what the uninterrupted one would have).
+    dataset's prompts when the batch grows, and logs histograms. ``rule`` is any
+    :class:`~lit_attn.exploration.rules.BranchRule`; ``settings`` an
+    :class:`~lit_attn.exploration.settings.ExplorationSettings` (default: its defaults), with
+    any of its fields overridden by keyword (``BranchingCallback(rule, continuations=4)``).
     """
 
-    def __init__(
-        self,
-        rule: BranchRule,
-        *,
-        continuations: int = 2,
-        num_points: int = 2,
-        adaptive_sampling: bool = True,
-        all_correct_expand: int = 3,
-        adaptive_batch: bool = True,
-        batch_lambda: float = 0.9,
-        target_sequences: int | None = None,
-        max_batch_prompts: int | None = None,
-        train_unbranched: bool = False,
-        correct_threshold: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        for name, value in (("continuations", continuations), ("num_points", num_points)):
-            if value < 1:
-                raise UserError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
-        if not 0 <= batch_lambda <= 1:
-            raise UserError(f"{type(self).__name__}: batch_lambda must be in [0, 1], got {batch_lambda} (paper: 0.9)")
-        if target_sequences is not None and target_sequences < 1:
-            raise UserError(f"{type(self).__name__}: target_sequences must be >= 1 or null, got {target_sequences}")
-        if max_batch_prompts is not None and max_batch_prompts < 1:
-            raise UserError(f"{type(self).__name__}: max_batch_prompts must be >= 1 or null, got {max_batch_prompts}")
+    def __init__(self, rule: BranchRule, settings: ExplorationSettings | None = None, **overrides: Any) -> None:
+        settings = settings if settings is not None else ExplorationSettings()
+        if overrides:
+            unknown = sorted(set(overrides) - {f.name for f in fields(ExplorationSettings)})
+            if unknown:
+                raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {unknown}")
+            settings = build(type(self).__name__, ExplorationSettings, {**vars(settings), **overrides})
         self.rule = rule
-        self.settings = ExplorationSettings(
-            continuations=continuations, num_points=num_points, adaptive_sampling=adaptive_sampling,
-            all_correct_expand=all_correct_expand, adaptive_batch=adaptive_batch, batch_lambda=batch_lambda,
-            target_sequences=target_sequences, max_batch_prompts=max_batch_prompts,
-            train_unbranched=train_unbranched, correct_threshold=correct_threshold, seed=seed,
-        )
-        self.state = ExplorationState(seed=seed)
+        self.settings = settings
+        self.state = ExplorationState(seed=settings.seed)
         self._histograms: dict[str, torch.Tensor] = {}
         self._trainer: Trainer | None = None
 
@@ -186,7 +184,7 @@ class BranchingCallback(Callback):
     # ------------------------------------------------------------------ one step
 
     def make_experience(self, module: LightningModule, records: list[dict]) -> Experience:
-        """What this step trains on (:func:`lit_attn.tree_rl.explore_step`)."""
+        """What this step trains on (:func:`lit_attn.exploration.step.explore_step`)."""
         experience, self._histograms = explore_step(
             module, records, self.state, self.settings, self.rule, self._next_prompts, self._reduce
         )
@@ -214,29 +212,12 @@ class BranchingCallback(Callback):
         return prompts
 
 
+@documented(FCIBranching, ExplorationSettings)
 class AttentionBranchCallback(BranchingCallback):
     """AttnRL (docs/attnrl.md): branch at the steps that later steps attend to most.
 
-    Each new response is split into steps at ``delimiter``; Forward Context Influence (FCI,
-    docs/attnrl.md §2: max over layers and heads of the attention that steps ≥ k + ``min_gap`` pay to step
-    k) scores every step in one capture forward per step batch; Attention-based Tree
-    Branching (§3) takes the ``num_points`` earliest steps among the top ``ratio`` of scores;
-    a branch regenerates the chosen step (prefix = prompt + the response before it).
-
-    Args:
-        delimiter: step delimiter (paper: "\\n\\n").
-        min_gap: Δ of FCI (paper: 4; the built-in task's short answers need 1).
-        ratio: top fraction of a response's step scores that are candidates (paper: 0.2).
-        min_token_distance: spacing of branch points in tokens (paper setting: 512; 0 = off).
-        selection: ``"fci"`` (AttnRL) or ``"early"`` (the early-steps ablation: the first
-            eligible steps, FCI not used for choosing; the FCI filter of ADS still applies).
-        think_end_tag: for thinking models, steps from the one that closes this tag on are
-            not FCI targets (None = off).
-        fci_block_size: query rows per block in the FCI computation; None (default) = auto,
-            chosen from the batch, head count and length so a score tile stays cache-sized
-            (lit_attn.attention.fci.fci_block_shape; measured in docs/bench_attention_scoring.md).
-        **kwargs: :class:`BranchingCallback`'s arguments (continuations, num_points, ADS,
-            adaptive batch size, seed).
+    The rule is :class:`~lit_attn.exploration.rules.FCIBranching` (its arguments first), the
+    exploration :class:`~lit_attn.exploration.settings.ExplorationSettings` (the rest).
     """
 
     def __init__(
@@ -260,21 +241,9 @@ class AttentionBranchCallback(BranchingCallback):
         correct_threshold: float = 1.0,
         seed: int = 0,
     ) -> None:
-        if selection not in ("fci", "early"):
-            raise UserError(f"AttentionBranchCallback: selection must be 'fci' or 'early', got {selection!r}")
-        if min_gap < 1:
-            raise UserError(f"AttentionBranchCallback: min_gap must be >= 1, got {min_gap} (paper: 4)")
-        if not 0 < ratio <= 1:
-            raise UserError(f"AttentionBranchCallback: ratio must be in (0, 1], got {ratio} (paper: 0.2)")
-        rule = FCIBranching(
-            delimiter=delimiter, min_gap=min_gap, ratio=ratio, min_token_distance=min_token_distance,
-            selection=selection, think_end_tag=think_end_tag, fci_block_size=fci_block_size,
-        )
+        arguments = locals()
         super().__init__(
-            rule, continuations=continuations, num_points=num_points, adaptive_sampling=adaptive_sampling,
-            all_correct_expand=all_correct_expand, adaptive_batch=adaptive_batch, batch_lambda=batch_lambda,
-            target_sequences=target_sequences, max_batch_prompts=max_batch_prompts,
-            train_unbranched=train_unbranched, correct_threshold=correct_threshold, seed=seed,
+            build(type(self).__name__, FCIBranching, arguments), build(type(self).__name__, ExplorationSettings, arguments)
         )
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -293,13 +262,15 @@ class AttentionBranchCallback(BranchingCallback):
         check_scorable(model)  # a one-line UserError for attention FCI cannot score exactly (ALiBi, sinks, ...)
 
 
+@documented(ExplorationSettings, EntropyBranching)
 class EntropyBranchCallback(BranchingCallback):
     """TreeRL-style baseline (docs/attnrl.md §8): branch at the ``num_points`` highest-entropy tokens.
 
     Entropy of the full next-token distribution at every response token, from one no-grad
     forward over the new responses. Same trees, advantages and one-step off-policy schedule as
     :class:`AttentionBranchCallback`; by default every response is expanded (no ADS) and the
-    prompt batch size is fixed, as in TreeRL.
+    prompt batch size is fixed, as in TreeRL. The rule is
+    :class:`~lit_attn.exploration.rules.EntropyBranching`.
     """
 
     def __init__(
@@ -317,9 +288,7 @@ class EntropyBranchCallback(BranchingCallback):
         seed: int = 0,
         chunk_size: int = 256,
     ) -> None:
+        arguments = locals()
         super().__init__(
-            EntropyBranching(chunk_size=chunk_size), continuations=continuations, num_points=num_points,
-            adaptive_sampling=adaptive_sampling, all_correct_expand=all_correct_expand, adaptive_batch=adaptive_batch,
-            batch_lambda=batch_lambda, target_sequences=target_sequences, max_batch_prompts=max_batch_prompts,
-            train_unbranched=train_unbranched, correct_threshold=correct_threshold, seed=seed,
+            build(type(self).__name__, EntropyBranching, arguments), build(type(self).__name__, ExplorationSettings, arguments)
         )

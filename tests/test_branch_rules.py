@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_attn.errors import UserError
-from lit_attn.branch_rules import (
+from lit_attn.exploration.selection import (
     RunningMean,
     adaptive_batch_size,
     atb_branch_steps,

@@ -199,7 +199,7 @@ class FixedScores:
         return scores
 
     def choose(self, host, groups, expand, scores, num_points):
-        from lit_attn.tree_rl import Chosen
+        from lit_attn.exploration.rules import Chosen
 
         for p, group in enumerate(groups):
             for i in expand[p]:
@@ -209,13 +209,14 @@ class FixedScores:
 
 def pending(rewards):
     from lit_attn.tree import Sample
-    from lit_attn.tree_rl import PromptGroup
+    from lit_attn.exploration.groups import PromptGroup
 
     return PromptGroup({"prompt": "p"}, [1], [Sample((5, 6, 7), r, (0.0,) * 3, 0) for r in rewards])
 
 
 def plan(rule, state, batch):
-    from lit_attn.tree_rl import ExplorationSettings, choose_branch_points, plan_expansion
+    from lit_attn.exploration.settings import ExplorationSettings
+    from lit_attn.exploration.stages import choose_branch_points, plan_expansion
 
     settings = ExplorationSettings()
     scores = rule.score(None, batch)
@@ -225,7 +226,7 @@ def plan(rule, state, batch):
 
 
 def test_ads_through_the_callback_fci_filter_and_expansion_counts():
-    from lit_attn.tree_rl import ExplorationState
+    from lit_attn.exploration.state import ExplorationState
 
     all_right = [1.0] * 6
     mostly_right = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # z = 4/6 → ceil(3.08) = 4 expanded, both wrong ones among them
@@ -273,7 +274,8 @@ class _Host:
 
 def test_unbranched_responses_count_in_the_root_value_but_give_no_sequence():
     from lit_attn.tree import Sample
-    from lit_attn.tree_rl import ExplorationSettings, build_trees, training_sequences
+    from lit_attn.exploration.settings import ExplorationSettings
+    from lit_attn.exploration.stages import build_trees, training_sequences
 
     batch = pending([1.0, 0.0, 0.0])
     batch.offsets[0] = [1]
@@ -318,7 +320,7 @@ class _NoRule:
         return None
 
     def choose(self, host, groups, expand, scores, num_points):
-        from lit_attn.tree_rl import Chosen
+        from lit_attn.exploration.rules import Chosen
 
         for p, group in enumerate(groups):
             for i in expand[p]:
@@ -337,21 +339,23 @@ def fake_steps(monkeypatch, callback, *, loader_prompts, sequences_left, steps, 
     from lightning.pytorch.utilities.combined_loader import CombinedLoader
     from torch.utils.data import DataLoader
 
-    import lit_attn.tree_rl as tree_rl
+    import lit_attn.exploration.step as step_module
+    from lit_attn.exploration.groups import PromptGroup
+    from lit_attn.exploration.stages import Sampled
     from lit_attn.tree import Sample
 
     def sample(host, prompts, pending, settings, step, rank=0):
         groups = [
-            tree_rl.PromptGroup(r, [1], [Sample((5, 6, 7), float(i % 2), (0.0,) * 3, step) for i in range(host.group_size)])
+            PromptGroup(r, [1], [Sample((5, 6, 7), float(i % 2), (0.0,) * 3, step) for i in range(host.group_size)])
             for r in prompts
         ]
-        return tree_rl.Sampled(groups, {}, 0, {})
+        return Sampled(groups, {}, 0, {})
 
     def training_sequences(host, trees, pending, settings):
         return SimpleNamespace(num_sequences=sequences_left.pop(0) if pending else 0), {}
 
-    monkeypatch.setattr(tree_rl, "sample", sample)
-    monkeypatch.setattr(tree_rl, "training_sequences", training_sequences)
+    monkeypatch.setattr(step_module, "sample", sample)
+    monkeypatch.setattr(step_module, "training_sequences", training_sequences)
     stand_in = start
     if stand_in is None:
         loader = DataLoader([{"prompt": f"p{i}"} for i in range(1000)], batch_size=loader_prompts, collate_fn=list)

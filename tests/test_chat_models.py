@@ -137,7 +137,7 @@ def test_apply_chat_template_wraps_plain_prompts_in_predict(chat_model: Path, tm
 def test_think_end_tag_over_three_tokens_ends_the_fci_targets(loaded) -> None:
     from lit_attn.callbacks import AttentionBranchCallback
     from lit_attn.tree import Sample
-    from lit_attn.tree_rl import PromptGroup
+    from lit_attn.exploration.groups import PromptGroup
 
     model, tokenizer = loaded
     prompt = render_prompt([{"role": "user", "content": "m=6\ny=4\nn=7\nm+y-n?"}], tokenizer)

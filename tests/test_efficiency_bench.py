@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_attn.tree import Sample
-from lit_attn.tree_rl import PromptGroup
+from lit_attn.exploration.groups import PromptGroup
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "efficiency.py"
 

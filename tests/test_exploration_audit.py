@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from lit_attn.attention import split_steps
-from lit_attn.exploration_audit import before_first_error, first_error, step_of_offset
+from lit_attn.exploration.audit import before_first_error, first_error, step_of_offset
 from lit_attn.tasks import SubtotalTask
 from lit_attn.tokenizer import build_char_tokenizer
 
@@ -35,9 +35,9 @@ def test_first_error_of_a_slipped_subtotal_response():
 
 
 def test_branch_audit_and_rescued_over_prompt_groups():
-    from lit_attn.exploration_audit import branch_audit, rescued
+    from lit_attn.exploration.audit import branch_audit, rescued
     from lit_attn.tree import Sample
-    from lit_attn.tree_rl import PromptGroup
+    from lit_attn.exploration.groups import PromptGroup
 
     record = SubtotalTask().example(random.Random(7))
     steps = record["solution"].split("\n\n")

@@ -1,165 +1,39 @@
-"""One step of tree RL on the one-step off-policy schedule (AttnRL, docs/attnrl.md §3-§6), as
-named stages a reader can follow top to bottom in :func:`explore_step`::
+"""The stages of one tree step, in the order :func:`lit_attn.exploration.step.explore_step` runs
+them (docs/attnrl.md §4-§6)::
 
-    take_prompts → sample → rule.score (FCI) → plan_expansion (ADS) → choose_branch_points
-                 → build_trees → training_sequences (filter, pack) → adapt the batch size
+    take_prompts → sample → (rule.score) → plan_expansion → choose_branch_points
+                 → build_trees → training_sequences → next_batch_size
 
-At step m, with the current weights θ: one sampling call carries the G initial responses of
-batch m *and* the continuations at batch m−1's branch points (chosen at the previous step);
-batch m's branch points are chosen and kept as pending state; batch m−1's trees are built,
-filtered and packed into the :class:`~lit_attn.experience.Experience` the host trains on —
-with :func:`lit_attn.ppo.ppo_update` or its own update. Every token keeps the log-prob and the
-version of the policy that sampled it, carried by the tree from sampling to the experience.
-
-The stages are plain functions over values; the whole state between steps is one
-:class:`ExplorationState` (checkpointed by the Lightning adapters in
-``lit_attn.callbacks.branching``). Where to branch is a :class:`BranchRule`
-(``lit_attn.branch_points``: FCI for AttnRL, token entropy for TreeRL).
-
-    python -m lit_attn fit --config configs/attnrl.yaml
+Plain functions over values: the step's state is an
+:class:`~lit_attn.exploration.state.ExplorationState`, its knobs an
+:class:`~lit_attn.exploration.settings.ExplorationSettings`, where to branch a
+:class:`~lit_attn.exploration.rules.BranchRule`. Nothing here imports the step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from lit_attn.sampling import sample_continuations
 from lit_attn.errors import UserError
-from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.experience import Experience, pack_sequences, rollout_metrics
-from lit_attn.exploration_audit import branch_audit, rescued
-from lit_attn.branch_rules import RunningMean, adaptive_batch_size, choose_responses, expansion_count
+from lit_attn.exploration.groups import PromptGroup
+from lit_attn.exploration.host import Host, rollout_batch_size
+from lit_attn.exploration.rules import BranchRule, Chosen
+from lit_attn.exploration.selection import adaptive_batch_size, choose_responses, expansion_count
+from lit_attn.exploration.settings import ExplorationSettings
+from lit_attn.exploration.state import ExplorationState
 from lit_attn.lora import unwrap
+from lit_attn.sampling import sample_continuations
 from lit_attn.seeding import mix_seed
 from lit_attn.tree import Branch, PathSample, Response, Sample, all_leaves_equal, build_tree, paths
 
-Host = Any
-"""The RL module: ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
-``score(records, completions)``, ``device``, optionally ``rollout_batch_size``
-(docs/attnrl.md, "Hosting the callback")."""
-
-
-def rollout_batch_size(host: Host) -> int | None:
-    """Most sequences the host lets one no-grad call sample or score (None = no limit)."""
-    return getattr(host, "rollout_batch_size", None)
-
-
-def row_chunks(count: int, size: int | None) -> list[range]:
-    """``range(count)`` in consecutive pieces of at most ``size`` (one piece when None)."""
-    size = size or max(count, 1)
-    return [range(start, min(start + size, count)) for start in range(0, count, size)]
-
-
 Reduce = Callable[[list[float], str], list[float]]
 """Sums (``"sum"``) a list of numbers over the processes of a data-parallel run."""
-
-COUNT_METRICS = frozenset({
-    "branching/continuations", "branching/fci_filter_kept", "branching/fci_filter_dropped",
-    "branching/responses_expanded", "branching/branch_points", "branching/sequences_after_filter",
-    "branching/prompts_trained", "branching/prompts_zero_advantage", "branching/prompts_dropped",
-    "branching/prompts_queued", "branching/batch_prompts",
-})
-"""The step metrics that are counts: summed over ranks when logged (the others are averaged)."""
-
-
-@dataclass
-class PromptGroup:
-    """A prompt, its G sampled responses, and the branch offsets chosen for each (``[]`` = not
-    expanded)."""
-
-    record: dict
-    prompt_ids: list[int]
-    responses: list[Sample]
-    offsets: list[list[int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.offsets:
-            self.offsets = [[] for _ in self.responses]
-
-
-@dataclass(frozen=True)
-class ExplorationSettings:
-    """How the tree step explores (the arguments of ``BranchingCallback``, documented there)."""
-
-    continuations: int = 2
-    num_points: int = 2
-    adaptive_sampling: bool = True
-    all_correct_expand: int = 3
-    adaptive_batch: bool = True
-    batch_lambda: float = 0.9
-    target_sequences: int | None = None
-    max_batch_prompts: int | None = None
-    train_unbranched: bool = False
-    correct_threshold: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class ExplorationState:
-    """Everything that carries from one step to the next (all of it is checkpointed)."""
-
-    seed: int = 0
-    rank: int = 0  # this process's rank (not checkpointed: each rank's state is saved under its rank)
-    rl_step: int = 0
-    batch_prompts: int | None = None  # B_m: the adaptive batch recurrence's last value (the next step takes it)
-    queue: list[dict] = field(default_factory=list)
-    pending: list[PromptGroup] = field(default_factory=list)
-    fci_mean: RunningMean = field(default_factory=RunningMean)
-    generator: torch.Generator = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(mix_seed(self.seed, self.rank))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "rl_step": self.rl_step,
-            "batch_prompts": self.batch_prompts,
-            "queue": list(self.queue),
-            "pending": [
-                {"record": g.record, "prompt_ids": g.prompt_ids, "responses": [asdict(r) for r in g.responses], "offsets": g.offsets}
-                for g in self.pending
-            ],
-            "fci_mean": asdict(self.fci_mean),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rl_step = state["rl_step"]
-        self.batch_prompts = state["batch_prompts"]
-        self.queue = list(state["queue"])
-        self.pending = [
-            PromptGroup(g["record"], g["prompt_ids"], [Sample(**r) for r in g["responses"]], g["offsets"])
-            for g in state["pending"]
-        ]
-        self.fci_mean = RunningMean(**state["fci_mean"])
-        self.generator.set_state(state["generator"])
-
-
-class BranchRule(Protocol):
-    """Where a rule branches: FCI for AttnRL, token entropy for TreeRL (``lit_attn.branch_points``)."""
-
-    def score(self, host: Host, groups: list[PromptGroup]) -> Any:
-        """Whatever the rule computes over all new responses (AttnRL: FCI per step; None when
-        it needs nothing before the expanded responses are known)."""
-
-    def filter_scores(self, scores: Any) -> list[float] | None:
-        """Per-prompt score for ADS's all-correct filter (AttnRL: mean FCI); None = no filter."""
-
-    def choose(self, host: Host, groups: list[PromptGroup], expand: list[list[int]], scores: Any, num_points: int) -> "Chosen":
-        """Fill ``groups[p].offsets[i]`` for each response ``i`` in ``expand[p]``."""
-
-
-@dataclass
-class Chosen:
-    """What a branch rule reports: scalars and histograms for TensorBoard."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    histograms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,65 +44,6 @@ class Sampled:
     continuations: dict[tuple[int, int, int], list[Sample]]  # (pending group, response, offset) → its continuations
     generated_tokens: int
     metrics: dict[str, float]
-
-
-# ------------------------------------------------------------------------------- the step
-
-
-def explore_step(
-    host: Host,
-    records: list[dict],
-    state: ExplorationState,
-    settings: ExplorationSettings,
-    rule: BranchRule,
-    next_prompts: Callable[[int], list[dict]] = lambda count: [],
-    reduce: Reduce = lambda values, op: list(values),
-) -> tuple[Experience, dict[str, torch.Tensor]]:
-    """Sample, choose branch points, build last step's trees: what this step trains on.
-
-    ``records`` is the data loader's batch (this rank's); ``next_prompts(count)`` lends at
-    least ``count`` more prompts, the next ones in data order (or fewer where the data ends),
-    when the adaptive batch has grown past what the queue holds; ``reduce(values, "sum")`` sums
-    numbers over the processes of a data-parallel run, so ADS's running mean and the batch
-    size are global (identity in one process). Returns the experience (its ``metrics``
-    filled; the counts among them listed in ``count_metrics``) and histograms to log.
-    """
-    prompts = take_prompts(state, records, next_prompts)
-    sampled = sample(host, prompts, state.pending, settings, state.rl_step, state.rank)
-    scores = rule.score(host, sampled.groups) if sampled.groups else None
-    expand, ads_metrics = plan_expansion(sampled.groups, rule.filter_scores(scores), state, settings, reduce)
-    chosen = choose_branch_points(host, sampled.groups, expand, scores, settings, rule)
-    trees = build_trees(state.pending, sampled.continuations)
-    # what exploration finds (docs/attnrl.md, TensorBoard): built-in records only for the first
-    before = branch_audit(sampled.groups, host.tokenizer, settings.correct_threshold, getattr(rule, "delimiter", STEP_DELIMITER))
-    if before:
-        chosen.metrics["branching/before_first_error"] = sum(before) / len(before)
-    found = rescued(state.pending, sampled.continuations, settings.correct_threshold)
-    if found:
-        chosen.metrics["branching/rescued"] = sum(found) / len(found)
-    experience, tree_metrics = training_sequences(host, trees, state.pending, settings)
-
-    if settings.adaptive_batch:
-        # every rank gets the same B_m: the update reads the ranks' mean sequences (B″) and the
-        # recurrence's own last value, which every rank holds alike
-        left, active = reduce([experience.num_sequences, float(bool(state.pending))], "sum")
-        if active:
-            state.batch_prompts = next_batch_size(
-                state.batch_prompts, round(left / active), len(records), host.group_size, settings
-            )
-    state.pending = sampled.groups
-    state.rl_step += 1
-    experience.generated_tokens = sampled.generated_tokens
-    experience.metrics = {
-        **sampled.metrics, **ads_metrics, **chosen.metrics, **tree_metrics,
-        "branching/prompts_queued": float(len(state.queue)),
-        "branching/batch_prompts": float(len(prompts)),
-    }
-    experience.count_metrics = COUNT_METRICS
-    return experience, chosen.histograms
-
-
-# ------------------------------------------------------------------------------- stages
 
 
 def take_prompts(state: ExplorationState, records: list[dict], next_prompts: Callable[[int], list[dict]]) -> list[dict]:

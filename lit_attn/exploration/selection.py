@@ -9,11 +9,13 @@ prompt's correctness pattern), so each rule of docs/attnrl.md §3-4 is testable 
 * :func:`entropy_branch_offsets` — TreeRL's branching at the highest-entropy tokens (§8);
 * :func:`expansion_count`, :func:`choose_responses` — adaptive sampling (§4): how many and
   which responses of a prompt get branched;
-* :class:`RunningMean` — the running mean FCI of all-correct prompts (§4's FCI filter);
+* :class:`RunningMean`, :func:`prompt_mean_fci` — the running mean FCI of all-correct prompts
+  (§4's FCI filter);
 * :func:`adaptive_batch_size` — the prompt batch size update with λ (§4).
 
-The Lightning adapter that applies them during training is
-``lit_attn.callbacks.AttentionBranchCallback``.
+The branch rules (:mod:`lit_attn.exploration.rules`) and the step's stages
+(:mod:`lit_attn.exploration.stages`) apply them; ``lit_attn.callbacks.AttentionBranchCallback``
+runs them during training.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def expansion_count(num_correct: int, group_size: int) -> int:
     ``ceil(exp(-z) · G)`` with ``z = num_correct / G`` (docs/attnrl.md §4, as the authors' code).
 
     For G = 6 and 0..6 correct: 6, 6, 5, 4, 4, 3, 3. (All-correct prompts go through the FCI
-    filter instead; see :func:`lit_attn.tree_rl.plan_expansion`.)
+    filter instead; see :func:`lit_attn.exploration.stages.plan_expansion`.)
     """
     if not 0 <= num_correct <= group_size:
         raise UserError(f"num_correct must be in 0..{group_size}, got {num_correct}")

@@ -44,8 +44,9 @@ def before_first_error(spans: Sequence[Span], prompt_length: int, offsets: Seque
 def branch_audit(groups: Sequence[Any], tokenizer: Any, threshold: float, delimiter: str = STEP_DELIMITER) -> list[bool]:
     """For every branch point of a wrong response whose record carries the built-in task's
     ``solution``: does it sit at or before the response's first wrong step? ``groups`` are
-    prompt groups (``record``, ``prompt_ids``, ``responses``, ``offsets``); a response is wrong
-    when its reward is below ``threshold``. Empty for a user's data (no step-level truth)."""
+    prompt groups (:class:`~lit_attn.exploration.groups.PromptGroup`: ``record``,
+    ``prompt_ids``, ``responses``, ``offsets``); a response is wrong when its reward is below
+    ``threshold``. Empty for a user's data (no step-level truth)."""
     flags: list[bool] = []
     for group in groups:
         for response, offsets in zip(group.responses, group.offsets):
@@ -63,7 +64,7 @@ def branch_audit(groups: Sequence[Any], tokenizer: Any, threshold: float, delimi
 def rescued(groups: Sequence[Any], continuations: dict, threshold: float) -> list[bool]:
     """For every wrong response that was branched: did any of its continuations reach a
     reward of at least ``threshold``? ``continuations`` maps ``(group, response, offset)`` to
-    the continuations sampled there (:func:`lit_attn.tree_rl.sample`)."""
+    the continuations sampled there (:func:`lit_attn.exploration.stages.sample`)."""
     found = []
     for p, group in enumerate(groups):
         for i, (response, offsets) in enumerate(zip(group.responses, group.offsets)):
