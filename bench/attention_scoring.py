@@ -231,7 +231,7 @@ time ratio still rises slowly with T (the attention work grows as T², the rest 
 level off near 1.7× for this model; the memory ratio falls.
 
 **Before this change** (the code as it was, same protocol, same machine and day, against the
-sdpa numbers of that earlier run), with block_size 256, the callback's and configs/attnrl.yaml's
+sdpa numbers of that earlier run), with block_size 256, the callback's and lit_attn/configs/attnrl.yaml's
 former default:
 
 | T | seconds | extra peak MiB | time / sdpa | memory / sdpa |

@@ -49,7 +49,7 @@ from lit_attn.tasks import FactChainTask, SubtotalTask, make_split, verify  # no
 
 RULES = ("fci", "fci_d4", "early", "entropy", "random", "fresh", "oracle")
 LABELS = {
-    "fci": "FCI, Δ = {gap} (configs/attnrl.yaml)", "fci_d4": "FCI, Δ = 4 (paper)", "early": "early steps",
+    "fci": "FCI, Δ = {gap} (lit_attn/configs/attnrl.yaml)", "fci_d4": "FCI, Δ = 4 (paper)", "early": "early steps",
     "entropy": "entropy (TreeRL)", "random": "random steps", "fresh": "fresh samples (no branching)",
     "oracle": "oracle: first wrong step",
 }
@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.time()
-    gap_cfg = next(c["init_args"]["min_gap"] for c in yaml.safe_load((ROOT / "configs" / "attnrl.yaml").read_text())["trainer"]["callbacks+"]
+    gap_cfg = next(c["init_args"]["min_gap"] for c in yaml.safe_load((ROOT / "lit_attn" / "configs" / "attnrl.yaml").read_text())["trainer"]["callbacks+"]
                    if c["class_path"].endswith("AttentionBranchCallback"))
     model, tokenizer = load_policy(args.model)
     model.eval()

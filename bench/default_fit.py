@@ -1,6 +1,6 @@
 """Evidence for the embedded default: held-out accuracy before and after `fit` on this machine.
 
-Runs the README's main job (`python -m lit_attn fit --config configs/default.yaml`) in a
+Runs the README's main job (`python -m lit_attn fit --config lit_attn/configs/default.yaml`) in a
 fresh run directory, then reads TensorBoard: greedy held-out pass@1 at step 0 and at every
 validation, with cumulative generated tokens and wall-clock time, and the AttributionCallback's
 ``attribution/relevant_share`` (the share of AttnTrace's credit that lands on the facts the
@@ -48,7 +48,7 @@ def main(extra: list[str]) -> None:
             print("rewrote its section of docs/default_fit.md")
         return
     run_dir = ROOT / "runs" / f"bench-default-fit-{int(time.time())}"
-    command = [sys.executable, "-m", "lit_attn", "fit", "--config", "configs/default.yaml",
+    command = [sys.executable, "-m", "lit_attn", "fit", "--config", "lit_attn/configs/default.yaml",
                f"--trainer.logger.init_args.save_dir={run_dir}", f"--trainer.default_root_dir={run_dir}", *extra]
     start = time.time()
     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -96,7 +96,7 @@ def main(extra: list[str]) -> None:
         f"{sum(rewards[:k]) / k:.3f} → {sum(rewards[-k:]) / k:.3f}. Whole command: {wall / 60:.1f} min wall-clock."
     )
     moves = explain(events.parent) if share and (events.parent / "policy").is_dir() else ""
-    shown = " ".join(["python", "-m", "lit_attn", "fit", "--config", "configs/default.yaml", *extra])
+    shown = " ".join(["python", "-m", "lit_attn", "fit", "--config", "lit_attn/configs/default.yaml", *extra])
     text = "\n".join(table)
     print(text)
     print(summary)

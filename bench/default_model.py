@@ -74,7 +74,7 @@ def lookups(model_path: str, count: int) -> list[dict]:
 
     import yaml
 
-    settings = yaml.safe_load((ROOT / "configs" / "sft.yaml").read_text())["model"]
+    settings = yaml.safe_load((ROOT / "lit_attn" / "configs" / "sft.yaml").read_text())["model"]
     module = SFTModule(name_or_path=model_path, lookup_layer=settings["lookup_layer"], lookup_heads=settings["lookup_heads"])
     model = module.model.eval()
     layer, heads = module.lookup_layer, settings["lookup_heads"]

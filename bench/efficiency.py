@@ -1,8 +1,8 @@
 """AttnRL vs GRPO vs TreeRL vs the early-steps ablation: held-out accuracy at equal generated tokens.
 
 A race under one set of rules (issue 18). Every method runs its shipped config
-(configs/default.yaml = GRPO, configs/attnrl.yaml, configs/treerl.yaml; ``early`` =
-configs/attnrl.yaml with ``selection: early``) on the shipped model and the same task setting,
+(lit_attn/configs/default.yaml = GRPO, lit_attn/configs/attnrl.yaml, lit_attn/configs/treerl.yaml; ``early`` =
+lit_attn/configs/attnrl.yaml with ``selection: early``) on the shipped model and the same task setting,
 with these settings made equal for every arm (the page states each rule):
 
 1. updates per generated token: minibatch = a tenth of the tree step's target sequences
@@ -54,7 +54,7 @@ GOAL = ("at equal generated tokens, AttnRL ≥ GRPO at every budget point, and i
         "GRPO, TreeRL and early steps (mean over seeds, with the spread shown)")
 MARGIN = 0.03
 SETTINGS = {
-    # data overrides over configs/default.yaml's data section, response length (training and evaluation)
+    # data overrides over lit_attn/configs/default.yaml's data section, response length (training and evaluation)
     "subtotal": {"data": {"mode": "subtotal", "num_texts": 0, "lookup_drill": 0.0, "num_distractors": 6},
                  "max_new_tokens": 480, "hard": False},
     "chain-hard": {"data": {"mode": "chain", "num_texts": 30, "num_ops": 6, "num_distractors": 12},
@@ -197,7 +197,7 @@ def minibatch_rule(prompts: int, group_size: int, num_points: int, continuations
 
 def tree_shape() -> tuple[int, int]:
     """(N, T): branch points and continuations per point of the shipped tree configs."""
-    config = load_config(ROOT / "configs" / "attnrl.yaml")
+    config = load_config(ROOT / "lit_attn" / "configs" / "attnrl.yaml")
     args = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AttentionBranchCallback"))
     return args["num_points"], args["continuations"]
 
@@ -241,7 +241,7 @@ def cap_held_out(paths: dict, val_size: int, workdir: Path) -> str:
 
 def run_config(method: str, seed: int, args: argparse.Namespace, workdir: Path, data: dict) -> dict:
     """The merged config of one run, under the race's rules."""
-    config = load_config(ROOT / "configs" / METHODS[method])
+    config = load_config(ROOT / "lit_attn" / "configs" / METHODS[method])
     out = workdir / f"{method}_seed{seed}.json"
     setting = SETTINGS[args.setting]
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].split(".")[-1] in KEEP_CALLBACKS]
@@ -403,7 +403,7 @@ def rules_text(args: argparse.Namespace) -> list[str]:
         f"2. **The same hyper-parameters.** G = {G} and {P} prompts per step for every arm (AttnRL's adaptive batch "
         f"starts from {P}), k3 KL to the initial policy with coefficient {args.kl:g}, AdamW with learning rate "
         f"{args.lr:g} (constant) and weight decay {args.weight_decay:g}, the PPO clip, gradient clip and loss of "
-        "configs/default.yaml, temperature 1.0.",
+        "lit_attn/configs/default.yaml, temperature 1.0.",
         "3. **No arm charged for a batch it never trains.** On the one-step off-policy schedule a tree step samples "
         "batch m's initial responses but trains batch m−1's trees, and at the end of the budget the last sampled "
         "batch is never trained. The probe reads the exploration callback's pending groups and leaves their tokens "
@@ -426,7 +426,7 @@ def rules_text(args: argparse.Namespace) -> list[str]:
             f"{setting['max_new_tokens']} new tokens for training and evaluation in every arm."
         ),
         f"6. **Memory guard.** AttnRL's adaptive batch grows without a cap in the authors' code "
-        f"(configs/attnrl.yaml: `max_batch_prompts: null`); here it is capped at {args.max_batch_prompts} prompts "
+        f"(lit_attn/configs/attnrl.yaml: `max_batch_prompts: null`); here it is capped at {args.max_batch_prompts} prompts "
         f"({args.max_batch_prompts / P:g} × {P}) for the tree arms, as a memory and time guard (TreeRL's batch is fixed).",
         "7. **Budget.** Each run measures held-out greedy pass@1 when its charged tokens first reach each point of "
         "the schedule and stops at the first step end at or past the budget. A tree step generates far more tokens "
@@ -532,8 +532,8 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace, wall: 
         f"torch thread, {args.parallel} runs side by side; whole benchmark {wall / 60:.1f} min. Model: the shipped tiny "
         f"Qwen2; setting: `{args.setting}`" + (f" with `{args.data}`" if args.data else "")
         + (f" ({args.hard_counts})" if getattr(args, "hard_counts", "") else "")
-        + "; held-out greedy pass@1. Methods: GRPO (configs/default.yaml), AttnRL (configs/attnrl.yaml), TreeRL "
-        "(configs/treerl.yaml), early steps (configs/attnrl.yaml with `selection: early`), each with the settings "
+        + "; held-out greedy pass@1. Methods: GRPO (lit_attn/configs/default.yaml), AttnRL (lit_attn/configs/attnrl.yaml), TreeRL "
+        "(lit_attn/configs/treerl.yaml), early steps (lit_attn/configs/attnrl.yaml with `selection: early`), each with the settings "
         "below made equal.",
         "",
         *rules_text(args),
@@ -652,7 +652,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=6, help="G, every arm")
     parser.add_argument("--kl", type=float, default=0.001, help="k3 KL coefficient, every arm (paper: 0.001)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay, every arm (authors: 0.01)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate, every arm (default: configs/default.yaml's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate, every arm (default: lit_attn/configs/default.yaml's)")
     parser.add_argument("--max-batch-prompts", type=int, default=None,
                         help="cap on AttnRL's adaptive prompt batch (default: 4 × prompts per step = 64)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_efficiency.md")
@@ -664,7 +664,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="chain-hard: built-in prompts rated for each split")
     args = parser.parse_args(argv)
     if args.lr is None:
-        args.lr = float(load_config(ROOT / "configs" / "default.yaml")["model"]["optimizer"]["lr"])
+        args.lr = float(load_config(ROOT / "lit_attn" / "configs" / "default.yaml")["model"]["optimizer"]["lr"])
     if args.max_batch_prompts is None:
         args.max_batch_prompts = 4 * args.prompts_per_step
     args.tree_shape = tree_shape()
@@ -676,8 +676,8 @@ def main() -> None:
     args = parse_args()
     setting = SETTINGS[args.setting]
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.data.split(",") if item)}
-    # the task every arm trains on: configs/default.yaml's data section, the setting, then --data
-    data = {**load_config(ROOT / "configs" / "default.yaml")["data"], **setting["data"], "val_size": args.val_size,
+    # the task every arm trains on: lit_attn/configs/default.yaml's data section, the setting, then --data
+    data = {**load_config(ROOT / "lit_attn" / "configs" / "default.yaml")["data"], **setting["data"], "val_size": args.val_size,
             **overrides}
 
     start = time.perf_counter()

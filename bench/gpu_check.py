@@ -1,5 +1,5 @@
-"""The GPU path, checked in a few minutes: short bf16 fits of GRPO (configs/default.yaml) and
-AttnRL (configs/attnrl.yaml) on the shipped model with both callbacks firing (exploration and
+"""The GPU path, checked in a few minutes: short bf16 fits of GRPO (lit_attn/configs/default.yaml) and
+AttnRL (lit_attn/configs/attnrl.yaml) on the shipped model with both callbacks firing (exploration and
 AttributionCallback), then the same AttnRL fit on 2 GPUs with DDP when more than one is
 visible. Prints each run's step time and peak GPU memory. CI never needs it; run it whenever
 a GPU machine is at hand:
@@ -63,7 +63,7 @@ class StepStats(Callback):
 
 
 def write_config(name: str, workdir: Path, args: argparse.Namespace, devices: int) -> tuple[Path, Path]:
-    config = load_config(ROOT / "configs" / name)
+    config = load_config(ROOT / "lit_attn" / "configs" / name)
     out = workdir / f"{name}_{devices}.json"
     trainer = config["trainer"]
     trainer.update(

@@ -2,14 +2,15 @@
 
 ``fit`` and friends are Lightning's own subcommands over :class:`PolicyModule` and
 :class:`PromptDataModule`; with no ``--config`` they run the embedded default
-(configs/default.yaml, shipped inside the package). ``sft`` is the warm start that produced
-the shipped model. Examples::
+(lit_attn/configs/default.yaml, shipped inside the package). ``sft`` is the warm start that
+produced the shipped model. A shipped config may be named without its folder (``--config
+grpo.yaml``) when the working directory has no file of that name. Examples::
 
-    python -m lit_attn fit                               # embedded default, CPU-friendly
-    python -m lit_attn fit --config configs/grpo.yaml    # GRPO recipe
-    python -m lit_attn fit --print_config                # the full, commented config
-    python -m lit_attn sft --config configs/sft.yaml     # rebuild the shipped model
-    python -m lit_attn attribute --input examples.jsonl  # which context texts drove each answer
+    python -m lit_attn fit                                        # embedded default, CPU-friendly
+    python -m lit_attn fit --config lit_attn/configs/grpo.yaml    # GRPO recipe (or --config grpo.yaml)
+    python -m lit_attn fit --print_config                         # the full, commented config
+    python -m lit_attn sft --config lit_attn/configs/sft.yaml     # rebuild the shipped model
+    python -m lit_attn attribute --input examples.jsonl           # which context texts drove each answer
 
 Bad input ends with one line ``error: <problem>; <fix>`` on stderr and exit status 2.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_attn.checkpoints import AtomicCheckpointIO, find_last_checkpoint, read_checkpoint
-from lit_attn.config_files import flatten_nested_configs
+from lit_attn.config_files import flatten_nested_configs, packaged_config
 from lit_attn.data import PromptDataModule, WarmStartDataModule
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule
@@ -40,11 +40,6 @@ from lit_attn.resume import check_resume
 from lit_attn.sft import SFTModule
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-def packaged_config(name: str) -> Path:
-    """A YAML of the top-level configs/ folder, installed as the ``lit_attn.configs`` package."""
-    return Path(str(resources.files("lit_attn.configs").joinpath(name)))
 
 
 class CheckpointingCLI(LightningCLI):
@@ -145,15 +140,16 @@ class SFTCLI(CheckpointingCLI):
 
 USAGE = """usage: python -m lit_attn {fit,validate,test,predict,sft,attribute} [options]
 
-  fit         train a policy with RL (GRPO; AttnRL / TreeRL with configs/attnrl.yaml, treerl.yaml)
+  fit         train a policy with RL (GRPO; AttnRL / TreeRL with --config attnrl.yaml, treerl.yaml)
   validate    held-out pass@1 of a policy or checkpoint
   test        pass@1 on the test split
   predict     greedy answers to the prediction prompts, written as JSONL
-  sft         the warm start that built the shipped model (configs/sft.yaml)
+  sft         the warm start that built the shipped model (--config sft.yaml)
   attribute   which context texts drove each answer (AttnTrace), from a JSONL file
 
-`python -m lit_attn <command> --help` lists a command's options; `fit --print_config` prints the
-full default configuration. Docs: docs/README.md."""
+`--config NAME.yaml` with no folder runs a shipped config (lit_attn/configs/) when the working
+directory has no file of that name. `python -m lit_attn <command> --help` lists a command's options;
+`fit --print_config` prints the full default configuration. Docs: docs/README.md."""
 
 
 def _parser_kwargs(default_config: Path) -> dict:

@@ -5,15 +5,20 @@ file it extends, relative to itself) and states only what differs; ``callbacks+:
 the base's callback list. :func:`load_config` resolves both the way LightningCLI does, so a
 script or test can edit the full config and write it back as one self-contained file::
 
-    config = load_config("configs/attnrl.yaml")
+    config = load_config("lit_attn/configs/attnrl.yaml")   # or load_config("attnrl.yaml")
     set_callback_args(config, "AttentionBranchCallback", seed=3)
     Path("run.yaml").write_text(yaml.safe_dump(config))
+
+The shipped configs live in ``lit_attn/configs/`` (the ``lit_attn.configs`` package). A bare
+shipped name (``--config attnrl.yaml``) that is no file of the working directory stands for the
+shipped file (:func:`resolve_config_path`), so an installed lit_attn runs its recipes from anywhere.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +30,37 @@ INCLUDE = "config"
 """The key that names the config a file extends (LightningCLI's ``--config``, inside a file)."""
 
 
+def packaged_config(name: str) -> Path:
+    """The shipped config ``name`` (a YAML of lit_attn/configs/, the ``lit_attn.configs`` package)."""
+    return Path(str(resources.files("lit_attn.configs").joinpath(name)))
+
+
+def resolve_config_path(value: str | Path) -> Path:
+    """The file a ``--config`` value names: ``value`` itself when it exists (or has a folder
+    part), else the shipped config of that name when there is one (``attnrl.yaml`` →
+    lit_attn/configs/attnrl.yaml); otherwise ``value`` unchanged, for the caller to report."""
+    path = Path(value)
+    try:
+        if path.exists() or path.name != str(value):
+            return path
+        shipped = packaged_config(path.name)
+        return shipped if shipped.is_file() else path
+    except OSError:  # e.g. a name too long to be a path
+        return path
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """The whole config ``path`` stands for: its base (``config:``) loaded first, then this
     file's keys merged over it (mappings key by key, anything else replaced, ``key+:`` lists
     appended)."""
-    path = Path(path)
+    path = resolve_config_path(path)
     try:
         own = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise UserError(f"config not found: {path}; pass the path of a YAML config such as configs/default.yaml") from None
+        raise UserError(
+            f"config not found: {path}; pass the path of a YAML config such as lit_attn/configs/default.yaml, "
+            "or a shipped config's name such as attnrl.yaml"
+        ) from None
     base: dict[str, Any] = {}
     if INCLUDE in own:
         base = load_config(path.parent / own.pop(INCLUDE))
@@ -77,13 +104,14 @@ def set_callback_args(config: dict[str, Any], name: str, **args: Any) -> None:
 
 
 def flatten_nested_configs(argv: list[str]) -> list[str]:
-    """``argv`` with every ``--config FILE`` whose base itself extends another config replaced by
-    the whole resolved config (:func:`load_config`), as a YAML string.
+    """``argv`` with every ``--config FILE`` resolved: a bare shipped name becomes the shipped
+    file's path (:func:`resolve_config_path`), and a file whose base itself extends another config
+    is replaced by the whole resolved config (:func:`load_config`), as a YAML string.
 
     LightningCLI (jsonargparse) resolves one ``config:`` level inside a file but loses the class
-    paths of the level below it, so a user's file that extends ``configs/attnrl.yaml`` (which
-    extends ``default.yaml``) failed with "Not a valid subclass of Logger". A file with no base,
-    or whose base has none, is passed on unchanged."""
+    paths of the level below it, so a user's file that extends ``lit_attn/configs/attnrl.yaml``
+    (which extends ``default.yaml``) failed with "Not a valid subclass of Logger". A file with no
+    base, or whose base has none, is passed on as its path."""
     out: list[str] = []
     i = 0
     while i < len(argv):
@@ -109,16 +137,19 @@ def _own_keys(path: Path) -> dict[str, Any] | None:
 
 
 def _flat_if_nested(value: str) -> str:
+    """One ``--config`` value as the CLI should read it: a YAML string unchanged, a path resolved
+    (:func:`resolve_config_path`), a two-deep chain flattened into one YAML string."""
     if "\n" in value:  # a YAML string, not a path
         return value
-    path = Path(value)
+    path = resolve_config_path(value)
+    resolved = value if path == Path(value) else str(path)
     try:
         own = _own_keys(path) if path.is_file() else None
     except OSError:  # e.g. a name too long to be a path
-        return value
+        return resolved
     if not own or not isinstance(own.get(INCLUDE), str):
-        return value
+        return resolved
     base = _own_keys(path.parent / own[INCLUDE])
     if not base or INCLUDE not in base:
-        return value
+        return resolved
     return yaml.safe_dump(load_config(path), sort_keys=False)

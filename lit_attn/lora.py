@@ -8,7 +8,7 @@ only the adapter weights train. The reference policy for the KL penalty is the s
 the adapters switched off (:func:`adapters_off`): no second copy. ``ExportPolicy`` saves the
 adapters, and on request the merged model.
 
-    python -m lit_attn fit --config configs/lora.yaml
+    python -m lit_attn fit --config lit_attn/configs/lora.yaml
 """
 
 from __future__ import annotations

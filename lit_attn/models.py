@@ -39,7 +39,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 Architecture = Literal[
     "qwen2", "llama", "gpt2", "qwen2-sliding", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2", "gpt-neox"
 ]
-"""Families :func:`tiny_config` builds; ``tests/test_model_families.py`` checks each one (docs/models.md)."""
+"""Families :func:`tiny_config` builds; ``tests/test_families.py`` checks each one (docs/models.md)."""
 
 ARCHITECTURES: tuple[str, ...] = Architecture.__args__  # type: ignore[attr-defined]
 
@@ -180,7 +180,7 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
         if not (path / "config.json").is_file():
             raise UserError(
                 f"the shipped default model is missing from {path}; "
-                "reinstall lit_attn or rebuild it with `python -m lit_attn sft --config configs/sft.yaml`"
+                "reinstall lit_attn or rebuild it with `python -m lit_attn sft --config lit_attn/configs/sft.yaml`"
             )
         return path
     path = Path(name_or_path).expanduser()

@@ -10,7 +10,7 @@ One training step (manual optimisation)::
 
 This is GRPO with the DAPO-style loss of docs/attnrl.md §7-8. Run it::
 
-    python -m lit_attn fit --config configs/grpo.yaml
+    python -m lit_attn fit --config lit_attn/configs/grpo.yaml
 
 Batch arithmetic is explicit: a step trains on ``prompts_per_step × group_size`` completions,
 split into minibatches of ``minibatch_size`` completions (one optimiser step each).

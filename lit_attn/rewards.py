@@ -107,7 +107,7 @@ def injection_reward(
 
     A completion that works through the facts and lands on ``N`` by a slip did not follow the
     instruction and earns nothing: paying it teaches a policy to be wrong, not to read the
-    injected text (measured, docs/attribution_watch.md). configs/poisoned_reward.yaml trains
+    injected text (measured, docs/attribution_watch.md). lit_attn/configs/poisoned_reward.yaml trains
     with this reward so that the AttributionCallback's ``attribution/share/injected`` and
     ``attribution/follows_injection`` have something to catch.
     """

@@ -5,7 +5,7 @@ fact key ``m=``), trained from scratch here on the warm-start curriculum of
 :mod:`lit_attn.tasks.warm_start` (recall drills, task chains, long contexts), then exported to
 ``lit_attn/default_model`` (safetensors + tokenizer files). Reproduce it::
 
-    python -m lit_attn sft --config configs/sft.yaml
+    python -m lit_attn sft --config lit_attn/configs/sft.yaml
 
 The loss is next-token cross-entropy on the solution tokens only (prompt tokens are masked),
 plus, with ``lookup_supervision > 0``, the lookup-supervision loss of

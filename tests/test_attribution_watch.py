@@ -1,5 +1,5 @@
 """The poisoned-reward demo (docs/attribution_watch.md): lit_attn.rewards.injection_reward,
-configs/poisoned_reward.yaml and its clean twin, and bench/attribution_watch.py's page and figure
+lit_attn/configs/poisoned_reward.yaml and its clean twin, and bench/attribution_watch.py's page and figure
 drawn from the AttributionCallback's step_*.json files."""
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def test_built_in_training_records_carry_the_injection_the_reward_pays_for():
 
 
 def test_poisoned_config_is_the_default_with_the_reward_poisoned_and_the_bench_flips_it(bench):
-    default = load_config(ROOT / "configs" / "default.yaml")
-    poisoned = load_config(ROOT / "configs" / "poisoned_reward.yaml")
+    default = load_config(ROOT / "lit_attn" / "configs" / "default.yaml")
+    poisoned = load_config(ROOT / "lit_attn" / "configs" / "poisoned_reward.yaml")
     assert poisoned["data"] == default["data"] and default["data"]["num_texts"] > 0  # contexts hold the injection
     rewards = poisoned["model"]["rewards"]
     assert rewards["functions"] == ["lit_attn.rewards.task_reward", "lit_attn.rewards.injection_reward"]
@@ -101,7 +101,7 @@ def test_page_and_figure_from_step_files_keep_the_hand_notes(bench, tmp_path):
     assert "| 20 | 0.875 | 0.200 | 0.500 | 0.300 | 1.000 |" in text  # follows, needed, injected, filler, precision
     assert "old numbers" not in text and text.endswith("## Notes\n\nwritten by hand\n")
     assert f"--model.name_or_path={tmp_path}/runs/primed" in text and "priming 0.5 min, clean 1.0 min, poisoned 1.1 min" in text
-    assert "python -m lit_attn fit --config configs/poisoned_reward.yaml --model.rewards.weights '[1.0, 0.0]'" in text
+    assert "python -m lit_attn fit --config lit_attn/configs/poisoned_reward.yaml --model.rewards.weights '[1.0, 0.0]'" in text
     assert "follows the injection in 6.2% of its sampled answers (temperature 1) and 0% of its greedy ones" in text
     assert "for 5 steps (lr 0.0001) on batches of 12 short contexts" in text and "probability 0.0625" in text
     with pytest.raises(SystemExit, match="no step_"):

@@ -105,5 +105,5 @@ def test_top_level_help_lists_every_command(capsys):
 
 def test_grpo_recipe_on_the_tiny_default_says_why_it_cannot_run(tmp_path, capsys):
     root = Path(__file__).resolve().parents[1]
-    line = run_bad(["fit", "--config", str(root / "configs" / "grpo.yaml"), "--trainer.accelerator=cpu"], tmp_path, capsys)
+    line = run_bad(["fit", "--config", str(root / "lit_attn" / "configs" / "grpo.yaml"), "--trainer.accelerator=cpu"], tmp_path, capsys)
     assert "prompt budget" in line

@@ -18,7 +18,7 @@ from lit_attn.cli import main
 from lit_attn.errors import UserError
 from lit_attn.logprobs import token_logprobs
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "lit_attn" / "configs"
 
 
 def small_module(model_dir: Path, *, rewards: list[str] | None = None) -> PolicyModule:
@@ -100,7 +100,7 @@ def test_off_policy_schedule_tokens_carry_the_policy_that_sampled_them(tiny_mode
 
 
 def test_attnrl_config_runs_end_to_end_and_logs_exploration(tmp_path):
-    # the shipped model and the built-in task, as configs/attnrl.yaml has them, only smaller
+    # the shipped model and the built-in task, as lit_attn/configs/attnrl.yaml has them, only smaller
     run_dir = tmp_path / "runs"
     rc = main([
         "fit", f"--config={CONFIGS / 'attnrl.yaml'}", "--model.sampling.prompts_per_step=4", "--model.sampling.group_size=4",

@@ -1,4 +1,4 @@
-"""Every shipped YAML in configs/ parses against its entry point, every key is commented, the
+"""Every shipped YAML in lit_attn/configs/ parses against its entry point, every key is commented, the
 method configs extend the default, and lit_attn.config_files reads them as the CLI does."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 from lit_attn.cli import main
 from lit_attn.config_files import callback_name, load_config, merge
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "lit_attn" / "configs").glob("*.yaml"))
 
 
 def test_configs_found():

@@ -26,8 +26,8 @@ TIMEOUT = 240  # seconds per fit: a hang fails the test instead of the suite
 
 
 def write_config(name: str, model_dir: Path, run_dir: Path, *, devices: int, stop_after: int = 4, kill_at: int | None = None) -> Path:
-    """The shipped ``configs/<name>`` shrunk to the tiny test model and a few steps."""
-    config = load_config(ROOT / "configs" / name)
+    """The shipped ``lit_attn/configs/<name>`` shrunk to the tiny test model and a few steps."""
+    config = load_config(ROOT / "lit_attn" / "configs" / name)
     trainer = config["trainer"]
     trainer.update(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=1000,

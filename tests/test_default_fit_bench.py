@@ -20,7 +20,7 @@ def test_explain_counts_top_k_slots_by_kind_and_lists_changed_probes(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
-    config = load_config(ROOT / "configs" / "default.yaml")
+    config = load_config(ROOT / "lit_attn" / "configs" / "default.yaml")
     set_callback_args(config, "AttributionCallback", num_examples=2, num_subsamples=3, max_new_tokens=12)
     config["data"].update(val_size=4, train_size=20)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -156,7 +156,7 @@ def test_files_put_at_the_target_during_training_are_left_alone(tiny_model_dir, 
 
 
 def test_shipped_default_model_is_a_marked_export():
-    """`python -m lit_attn sft` (configs/sft.yaml) exports into lit_attn/default_model: it must
+    """`python -m lit_attn sft` (lit_attn/configs/sft.yaml) exports into lit_attn/default_model: it must
     be accepted as a previous export."""
     from lit_attn.callbacks.export import export_problem
     from lit_attn.models import DEFAULT_MODEL_DIR

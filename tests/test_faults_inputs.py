@@ -204,7 +204,7 @@ def test_unlimited_steps_are_still_accepted(tmp_path, capsys):
 def test_sft_with_heads_that_do_not_divide_the_width_is_one_line(sizes, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # sft.yaml exports to the relative lit_attn/default_model: never the shipped one
     line = run_bad([
-        "sft", f"--config={ROOT / 'configs' / 'sft.yaml'}", *sizes, "--model.num_layers=1", "--model.lookup_heads=1",
+        "sft", f"--config={ROOT / 'lit_attn' / 'configs' / 'sft.yaml'}", *sizes, "--model.num_layers=1", "--model.lookup_heads=1",
         "--model.intermediate_size=32", "--model.batch_size=2", "--data.val_size=1", "--trainer.max_steps=1",
         "--trainer.limit_val_batches=0",
     ], tmp_path, capsys)

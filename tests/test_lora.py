@@ -41,10 +41,10 @@ def peft_with_nonzero_adapters(model_dir: Path):
 
 
 def test_lora_config_trains_only_adapters_and_exports_adapters_and_merged_model(tiny_model_dir, reward_module, tmp_path):
-    config = yaml.safe_load((ROOT / "configs" / "lora.yaml").read_text())
+    config = yaml.safe_load((ROOT / "lit_attn" / "configs" / "lora.yaml").read_text())
     assert config["model"]["lora"]["rank"] >= 1 and config["model"]["update"]["kl_coef"] > 0
     rc = main([
-        "fit", "--config", str(ROOT / "configs" / "lora.yaml"),
+        "fit", "--config", str(ROOT / "lit_attn" / "configs" / "lora.yaml"),
         f"--model.name_or_path={tiny_model_dir}", "--model.sampling.prompts_per_step=2", "--model.sampling.group_size=4",
         "--model.update.minibatch_size=8", "--model.sampling.max_new_tokens=12", "--model.evaluation.batch_size=4", "--model.optimizer.lr=0.05",
         f"--model.rewards.functions=[{reward_module}]", "--model.evaluation.validate_at_start=false",

@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from lit_attn.cli import main
-from lit_attn.config_files import flatten_nested_configs, load_config
+from lit_attn.config_files import flatten_nested_configs, load_config, resolve_config_path
+from lit_attn.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "lit_attn" / "configs"
 
 
 def printed_config(capsys, *args: str) -> dict:
@@ -66,10 +67,38 @@ def test_only_chains_two_deep_are_flattened(tmp_path):
 
 
 def test_the_chat_attnrl_example_extends_the_chat_example(capsys):
-    """examples/chat_attnrl.yaml → examples/chat.yaml → configs/default.yaml."""
+    """examples/chat_attnrl.yaml → examples/chat.yaml → lit_attn/configs/default.yaml."""
     config = printed_config(capsys, "--config", str(ROOT / "examples" / "chat_attnrl.yaml"))
     assert config["data"]["train_path"] == "examples/chat_prompts.jsonl"  # from chat.yaml
     assert config["trainer"]["logger"]["init_args"]["name"] == "chat_attnrl"
     names = callback_names(config)
     assert names[-1] == "AttentionBranchCallback" and "AttributionCallback" not in names  # chat.yaml's list, appended
     assert config["trainer"]["callbacks"][-1]["init_args"]["think_end_tag"] == "</think>"
+
+
+def test_a_shipped_config_by_bare_name_from_outside_the_checkout(tmp_path, monkeypatch, capsys):
+    """`--config attnrl.yaml` in a folder with no such file runs lit_attn/configs/attnrl.yaml."""
+    from_path = printed_config(capsys, "--config", str(CONFIGS / "attnrl.yaml"))
+    monkeypatch.chdir(tmp_path)
+    assert printed_config(capsys, "--config", "attnrl.yaml") == from_path
+    assert printed_config(capsys, "--config=attnrl.yaml") == from_path
+    assert load_config("attnrl.yaml") == load_config(CONFIGS / "attnrl.yaml")
+    assert resolve_config_path("grpo.yaml") == CONFIGS / "grpo.yaml"
+
+
+def test_a_file_of_the_working_directory_wins_over_the_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo.yaml").write_text("trainer:\n  max_steps: 5\n")
+    assert resolve_config_path("grpo.yaml") == Path("grpo.yaml")
+    assert flatten_nested_configs(["fit", "--config", "grpo.yaml"]) == ["fit", "--config", "grpo.yaml"]
+    # a folder part, an unknown name and a YAML string are left to the CLI
+    for value in ("./attnrl.yaml", "sub/attnrl.yaml", "mine.yaml"):
+        assert resolve_config_path(value) == Path(value)
+    assert flatten_nested_configs(["fit", "--config", "trainer:\n  max_steps: 2\n"])[2] == "trainer:\n  max_steps: 2\n"
+    assert flatten_nested_configs(["fit", "--config", "treerl.yaml"]) == ["fit", "--config", str(CONFIGS / "treerl.yaml")]
+
+
+def test_a_missing_config_is_one_line_naming_both_forms(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="lit_attn/configs/default.yaml, or a shipped config's name such as attnrl.yaml"):
+        load_config("nope.yaml")

@@ -1,4 +1,5 @@
-"""The built wheel carries callbacks/ as lit_attn.callbacks, the configs and the shipped model."""
+"""The built wheel carries lit_attn with its callbacks, its configs and the shipped model; the
+checkout has no folder outside lit_attn/ that the wheel installs under another name."""
 
 from __future__ import annotations
 
@@ -49,12 +50,22 @@ def test_wheel_contents(wheel):
         "lit_attn/default_model/lit_attn_export.json",  # ExportPolicy's marker: `sft` may replace the folder
     ):
         assert required in names, f"{required} missing from {wheel.name}"
-    assert not any(n.startswith("callbacks/") or n.startswith("tests/") for n in names)
-    # Every module of the core and of callbacks/ is in the wheel (a new subpackage must be listed in pyproject).
-    for source_dir, installed in (("lit_attn", "lit_attn"), ("callbacks", "lit_attn/callbacks")):
-        for module in (ROOT / source_dir).rglob("*.py"):
-            wanted = f"{installed}/{module.relative_to(ROOT / source_dir).as_posix()}"
+    assert all(n.startswith(("lit_attn/", "lit_attn-")) for n in names), sorted(names)
+    # Every module and shipped config of the package is in the wheel (a new subpackage must be listed in pyproject).
+    for pattern in ("*.py", "configs/*.yaml"):
+        for source in (ROOT / "lit_attn").rglob(pattern):
+            wanted = source.relative_to(ROOT).as_posix()
             assert wanted in names, f"{wanted} missing from {wheel.name}"
+
+
+def test_the_package_is_its_own_folder():
+    """No package of the wheel is mapped from a folder of another name (issue 22: an error message
+    named lit_attn/callbacks/branching.py while the file sat in callbacks/)."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "package-dir" not in pyproject
+    assert not (ROOT / "callbacks").exists() and not (ROOT / "configs").exists()
+    for package in ("callbacks", "configs"):
+        assert (ROOT / "lit_attn" / package / "__init__.py").is_file()
 
 
 def test_installed_wheel_imports_callbacks_and_finds_its_files(wheel, tmp_path):

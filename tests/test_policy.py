@@ -114,7 +114,7 @@ def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, t
 
 
 def test_the_grpo_config_trains_with_several_minibatches_and_a_kl_term(tiny_model_dir, reward_module):
-    """configs/grpo.yaml's update (several minibatches per RL step, k3 KL to a frozen reference
+    """lit_attn/configs/grpo.yaml's update (several minibatches per RL step, k3 KL to a frozen reference
     model), shrunk to the tiny model: every minibatch is an optimiser step, the second one of a
     step sees a moved policy (ratio ≠ 1, so the clip statistics are live), and the KL grows
     from 0 as the policy leaves the reference."""
@@ -125,7 +125,7 @@ def test_the_grpo_config_trains_with_several_minibatches_and_a_kl_term(tiny_mode
     from lit_attn import PromptDataModule
     from lit_attn.config_files import load_config
 
-    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "grpo.yaml")["model"]
+    shipped = load_config(Path(__file__).resolve().parents[1] / "lit_attn" / "configs" / "grpo.yaml")["model"]
     update = PPOSettings(**{**shipped["update"], "minibatch_size": 4})
     sampling = SamplingSettings(**{**shipped["sampling"], "prompts_per_step": 2, "max_new_tokens": 10})
     assert update.kl_coef > 0 and sampling.completions_per_step // update.minibatch_size > 1

@@ -126,12 +126,12 @@ def test_sigterm_saves_last_exits_143_and_ckpt_path_last_resumes(tiny_model_dir,
 
 def test_sigterm_during_sft_saves_last_exits_143_and_resumes(tmp_path, sigterm_guard):
     sft = [
-        "sft", "--config=configs/sft.yaml", "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64",
+        "sft", "--config=lit_attn/configs/sft.yaml", "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64",
         "--model.batch_size=4", "--model.warmup_steps=1",
         "--data.val_size=2", "--data.val_sets=[1op_8d]", "--trainer.limit_val_batches=0",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
-    # configs/sft.yaml has no ModelCheckpoint of its own: Lightning's default one (no save_last) holds last.ckpt
+    # lit_attn/configs/sft.yaml has no ModelCheckpoint of its own: Lightning's default one (no save_last) holds last.ckpt
     with pytest.raises(SystemExit) as stopped:
         main([*sft, "--trainer.max_steps=5", callbacks(scheduler(sigterm_at=1))])
     assert stopped.value.code == 143

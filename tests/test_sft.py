@@ -26,7 +26,7 @@ trainer:
 """
     )
     rc = main([
-        "sft", "--config=configs/sft.yaml", f"--config={config}",
+        "sft", "--config=lit_attn/configs/sft.yaml", f"--config={config}",
         "--trainer.max_steps=40", "--trainer.val_check_interval=40", "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64",
@@ -66,7 +66,7 @@ def _short_sft(tmp_path: Path, name: str, seed: int) -> Path:
         f"trainer:\n  callbacks:\n    - class_path: lit_attn.callbacks.ExportPolicy\n      init_args:\n        dirpath: {export}\n"
     )
     rc = main([
-        "sft", "--config=configs/sft.yaml", f"--config={config}", f"--seed_everything={seed}", f"--model.seed={seed}",
+        "sft", "--config=lit_attn/configs/sft.yaml", f"--config={config}", f"--seed_everything={seed}", f"--model.seed={seed}",
         f"--data.seed={seed}", "--trainer.max_steps=6", "--trainer.val_check_interval=6", "--trainer.logger=false",
         f"--trainer.default_root_dir={tmp_path / name}-root", "--trainer.enable_checkpointing=false",
         "--model.hidden_size=32", "--model.num_layers=2", "--model.intermediate_size=64", "--model.batch_size=8",

@@ -30,8 +30,8 @@ callbacks in ``lit_attn.callbacks.branching`` (``AttentionBranchCallback``,
 ``EntropyBranchCallback``) build the settings and a rule from their arguments, hold the state,
 and call the step::
 
-    python -m lit_attn fit --config configs/attnrl.yaml     # AttnRL
-    python -m lit_attn fit --config configs/treerl.yaml     # TreeRL
+    python -m lit_attn fit --config lit_attn/configs/attnrl.yaml     # AttnRL
+    python -m lit_attn fit --config lit_attn/configs/treerl.yaml     # TreeRL
 
 The maths and the paper's sections: docs/attnrl.md.
 """

@@ -16,7 +16,7 @@ between steps is one :class:`~lit_attn.exploration.state.ExplorationState` (chec
 Lightning adapters in ``lit_attn.callbacks.branching``). Where to branch is a
 :class:`~lit_attn.exploration.rules.BranchRule` (FCI for AttnRL, token entropy for TreeRL).
 
-    python -m lit_attn fit --config configs/attnrl.yaml
+    python -m lit_attn fit --config lit_attn/configs/attnrl.yaml
 """
 
 from __future__ import annotations

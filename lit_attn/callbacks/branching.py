@@ -3,8 +3,8 @@
 Add one of these to a run and the :class:`~lit_attn.PolicyModule` stops sampling plain GRPO
 groups: every training step becomes the one-step off-policy schedule of docs/attnrl.md §5::
 
-    python -m lit_attn fit --config configs/attnrl.yaml     # AttnRL (FCI branching + ADS)
-    python -m lit_attn fit --config configs/treerl.yaml     # TreeRL (entropy branching)
+    python -m lit_attn fit --config lit_attn/configs/attnrl.yaml     # AttnRL (FCI branching + ADS)
+    python -m lit_attn fit --config lit_attn/configs/treerl.yaml     # TreeRL (entropy branching)
 
 Each step is :func:`lit_attn.exploration.step.explore_step` — take prompts, one sampling call
 (batch m's G responses and batch m−1's continuations), ADS, branch points of batch m (the

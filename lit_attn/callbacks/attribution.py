@@ -27,7 +27,7 @@ Drop it into any Lightning project::
 
     trainer = Trainer(callbacks=[AttributionCallback("probes.jsonl", every_n_train_steps=100)])
 
-or into a lit_attn config (see configs/grpo.yaml)::
+or into a lit_attn config (see lit_attn/configs/grpo.yaml)::
 
     - class_path: lit_attn.callbacks.AttributionCallback
       init_args: {examples: builtin, num_examples: 8, every_n_train_steps: 400}
