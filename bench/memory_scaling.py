@@ -68,7 +68,8 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     from lit_attn.sampling import sample_continuations
     from lit_attn.experience import pack_sequences
     from lit_attn.models import build_tiny_model
-    from lit_attn.ppo import PPOSettings, ppo_update
+    from lit_attn.settings import UpdateSettings
+    from lit_attn.ppo import ppo_update
     from lit_attn.exploration.host import row_chunks
 
     torch.set_num_threads(1)
@@ -84,7 +85,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     experience = pack_sequences(prompts, responses, 0, advantages=advantages)
     # AdamW state exists after a first step: take it on a one-token batch so the baseline holds it
     tiny = pack_sequences([prompts[0][:4]], [responses[0][:4]], 0, advantages=[torch.tensor(1.0)])
-    ppo_update(host, model, tiny, PPOSettings(minibatch_size=1, kl_coef=0.0))
+    ppo_update(host, model, tiny, UpdateSettings(minibatch_size=1, kl_coef=0.0))
     baseline = peak_mib()
 
     start = time.perf_counter()
@@ -100,7 +101,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
         sample_continuations(model, _Tokenizer(), prefixes, 2, max_new_tokens=4, generator_seed=0,
                              batch_size=2 * micro if micro else None)
         phases["prefill"] = peak_mib() - baseline
-    settings = PPOSettings(minibatch_size=batch, kl_coef=0.001, micro_batch_size=micro, logprob_chunk_size=256)
+    settings = UpdateSettings(minibatch_size=batch, kl_coef=0.001, micro_batch_size=micro, logprob_chunk_size=256)
     ppo_update(host, model, experience, settings, ref_model=ref, generator=torch.Generator().manual_seed(0))
     return {"method": method, "batch": batch, "micro": micro, "peak_mib": peak_mib() - baseline,
             "seconds": time.perf_counter() - start, "phases": phases}

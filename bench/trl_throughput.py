@@ -137,7 +137,7 @@ def profiled(spec: dict, fn):
 
 def run_lit_attn(spec: dict, **options) -> dict:
     """lit_attn: PolicyModule.training_step under Lightning's Trainer.fit, one step per batch;
-    ``options`` are update settings (PPOSettings) that differ from its defaults."""
+    ``options`` are update settings (UpdateSettings) that differ from its defaults."""
     setup_process(spec)
     import lightning
     from lightning import Callback, Trainer
@@ -145,16 +145,15 @@ def run_lit_attn(spec: dict, **options) -> dict:
 
     from lit_attn.data import collate_records
     from lit_attn.policy import PolicyModule
-    from lit_attn.ppo import PPOSettings
-    from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
+    from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardsSettings, SamplingSettings, UpdateSettings
 
     batch = spec["prompts"] * spec["group_size"]
     module = PolicyModule(
         "default",
         sampling=SamplingSettings(group_size=spec["group_size"], prompts_per_step=spec["prompts"],
                                   max_new_tokens=spec["max_new_tokens"], temperature=1.0),
-        update=PPOSettings(minibatch_size=batch, grad_clip=1.0, kl_coef=0.0, aggregation="token_mean", **options),
-        optimizer=OptimizerSettings(lr=1e-6), rewards=RewardSettings(["lit_attn.rewards.task_reward"]),
+        update=UpdateSettings(minibatch_size=batch, grad_clip=1.0, kl_coef=0.0, aggregation="token_mean", **options),
+        optimizer=OptimizerSettings(lr=1e-6), rewards=RewardsSettings(["lit_attn.rewards.task_reward"]),
         evaluation=EvaluationSettings(validate_at_start=False), seed=spec["seed"],
     )
     loader = DataLoader(records(spec), batch_size=spec["prompts"], shuffle=False, collate_fn=collate_records)
@@ -448,8 +447,8 @@ def page(spec: dict, by_side: dict, order: list, command: str, started: datetime
         f"per generation, at most {spec['max_new_tokens']} new tokens, temperature 1 (no top-k / top-p), reward "
         "`lit_attn.rewards.task_reward` (0/1), prompts from `make_splits(FactChainTask(num_distractors=0), ...)` in the "
         "same order on both sides, AdamW lr 1e-6, grad-norm clip 1, no KL / reference model, token-mean loss with "
-        f"clip 0.2 / 0.28. lit_attn: `PolicyModule(update=PPOSettings(minibatch_size={batch}))` under `lightning.Trainer.fit`, with its "
-        "defaults, and twice more with its update shortcuts off: `PPOSettings(skip_zero_advantage=False)` (every row trained, as "
+        f"clip 0.2 / 0.28. lit_attn: `PolicyModule(update=UpdateSettings(minibatch_size={batch}))` under `lightning.Trainer.fit`, with its "
+        "defaults, and twice more with its update shortcuts off: `UpdateSettings(skip_zero_advantage=False)` (every row trained, as "
         "TRL does) and also `share_prompts=False` (every row runs its own prompt); TRL: "
         f"`GRPOTrainer.train` with `per_device_train_batch_size={batch}, num_generations={spec['group_size']}, "
         "steps_per_generation=1, num_iterations=1, beta=0, loss_type=\"dapo\", shuffle_dataset=False, "

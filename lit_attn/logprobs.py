@@ -136,7 +136,8 @@ def token_logprobs(
         input_ids: (B, T) token ids, left-padded.
         attention_mask: (B, T), 1 for real tokens, 0 for padding.
         chunk_size: number of positions whose logits are materialised at once.
-        temperature: logits are divided by it (use the sampling temperature).
+        temperature: logits are divided by it (the sampling temperature, > 0: checked where it is
+            set, :func:`lit_attn.settings.check_temperature`).
         with_entropy: also return the entropy of each full next-token distribution.
 
     Returns:
@@ -156,8 +157,6 @@ def token_logprobs(
         raise ValueError(f"need at least 2 positions to score a next token, got shape {tuple(input_ids.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
 
     base, head = _split_model(model)
     outputs = base(

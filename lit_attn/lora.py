@@ -15,34 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 
 from lit_attn.errors import UserError
-from lit_attn.settings import allow_in_checkpoints
-
-
-@dataclass
-class LoraSettings:
-    """PEFT's ``LoraConfig``, the fields users set.
-
-    Args:
-        rank: the adapters' rank r.
-        alpha: scaling numerator (the update is scaled by alpha / r).
-        dropout: dropout on the adapters' input (0 keeps behaviour and training log-probs equal).
-        target_modules: module names to adapt, or ``"all-linear"`` (every linear layer but the
-            LM head).
-    """
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list[str] | str = field(default="all-linear")
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise UserError(f"model.lora.rank must be >= 1, got {self.rank}")
+from lit_attn.settings import LoraSettings
 
 
 def peft_available() -> bool:
@@ -83,5 +60,3 @@ def adapters_off(peft_model: torch.nn.Module) -> Iterator[None]:
     with peft_model.disable_adapter():
         yield
 
-
-allow_in_checkpoints(LoraSettings)

@@ -29,9 +29,9 @@ from torchmetrics import MeanMetric
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
-from lit_attn.lora import LoraSettings, adapters_off, add_adapters
+from lit_attn.lora import adapters_off, add_adapters
 from lit_attn.models import context_length, load_policy
-from lit_attn.ppo import PPOSettings, ppo_update
+from lit_attn.ppo import ppo_update
 from lit_attn.records import check_spelling, validate_prompt_lengths
 from lit_attn.rewards import RewardSet
 from lit_attn.rollout import Rollout
@@ -39,9 +39,11 @@ from lit_attn.sampling import generate, sample_continuations
 from lit_attn.seeding import mix_seed
 from lit_attn.settings import (
     EvaluationSettings,
+    LoraSettings,
     OptimizerSettings,
-    RewardSettings,
+    RewardsSettings,
     SamplingSettings,
+    UpdateSettings,
 )
 from lit_attn.strategy import check_strategy, reduce_over_ranks
 
@@ -101,9 +103,9 @@ class PolicyModule(LightningModule):
         lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         sampling: SamplingSettings = SamplingSettings(),
-        update: PPOSettings = PPOSettings(),
+        update: UpdateSettings = UpdateSettings(),
         optimizer: OptimizerSettings = OptimizerSettings(),
-        rewards: RewardSettings = RewardSettings(),
+        rewards: RewardsSettings = RewardsSettings(),
         evaluation: EvaluationSettings = EvaluationSettings(),
         disable_dropout: bool = True,
         seed: int = 0,
@@ -111,8 +113,9 @@ class PolicyModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_batch_arithmetic(sampling, update.minibatch_size)
-        self.sampling, self.ppo_settings, self.optimizer_settings = sampling, update, optimizer
-        self.evaluation, self.seed = evaluation, seed
+        # each settings group under its config key (lit_attn.settings.GROUPS)
+        self.sampling, self.update, self.optimizer, self.rewards = sampling, update, optimizer, rewards
+        self.evaluation, self.lora, self.seed = evaluation, lora, seed
         self.automatic_optimization = False
         self.model, self.tokenizer = load_policy(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
         if gradient_checkpointing:
@@ -170,7 +173,7 @@ class PolicyModule(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
-        settings = self.optimizer_settings
+        settings = self.optimizer
         return torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
     # ------------------------------------------------------------------ training
@@ -247,7 +250,7 @@ class PolicyModule(LightningModule):
         # prompt filtered out) ppo_update still steps the optimiser (no gradients: weights and
         # AdamW's state untouched), so trainer.max_steps always ends the run, and under DDP it
         # runs as many backward passes as the other ranks.
-        totals = self.update(experience)
+        totals = self.update_policy(experience)
         self.log_step_metrics(experience, totals)
 
     def check_skipped(self, experience: Experience) -> None:
@@ -274,14 +277,14 @@ class PolicyModule(LightningModule):
             f"for all of them): nothing to learn from ({self._all_skipped_in_row} in a row; {MAX_SKIPPED_STEPS} stop the run)"
         )
 
-    def update(self, experience: Experience) -> dict[str, float]:
+    def update_policy(self, experience: Experience) -> dict[str, float]:
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
         # minibatch order from (seed, step, rank): a resumed run shuffles as the uninterrupted one did
         shuffle = torch.Generator().manual_seed(mix_seed(self.seed, self.global_step, self.global_rank, 1))
-        with_kl = self.ppo_settings.kl_coef > 0
+        with_kl = self.update.kl_coef > 0
         ref_context = (lambda: adapters_off(self._peft)) if self._peft is not None and with_kl else None
         return ppo_update(
-            self, self.model, experience, self.ppo_settings, ref_model=self.ref_model, ref_context=ref_context,
+            self, self.model, experience, self.update, ref_model=self.ref_model, ref_context=ref_context,
             generator=shuffle,
         )
 

@@ -1,11 +1,12 @@
 """The PPO update on an :class:`~lit_attn.experience.Experience`, as a function any
 LightningModule with manual optimisation can call (docs/attnrl.md §7)::
 
-    from lit_attn.ppo import PPOSettings, ppo_update
+    from lit_attn.ppo import ppo_update
+    from lit_attn.settings import UpdateSettings
 
     def training_step(self, batch, batch_idx):
         experience = self.experience_source.make_experience(self, batch)
-        ppo_update(self, self.model, experience, PPOSettings(minibatch_size=64, micro_batch_size=8))
+        ppo_update(self, self.model, experience, UpdateSettings(minibatch_size=64, micro_batch_size=8))
 
 :class:`~lit_attn.PolicyModule` trains this way for GRPO and for the tree callbacks alike.
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 
 import torch
 from lightning import LightningModule
@@ -46,9 +46,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
 from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, token_logprobs
-from lit_attn.loss import Aggregation, loss_normaliser, policy_loss
+from lit_attn.loss import loss_normaliser, policy_loss
 from lit_attn.models import eval_mode
-from lit_attn.settings import allow_in_checkpoints
+from lit_attn.settings import UpdateSettings
 from lit_attn.strategy import reduce_over_ranks
 
 
@@ -57,77 +57,10 @@ MAX_NONFINITE_STEPS = 3
 which the run stops with a :class:`~lit_attn.errors.UserError`."""
 
 
-@dataclass(frozen=True)
-class PPOSettings:
-    """How one update trains (``model.update`` in a config).
-
-    Attributes:
-        minibatch_size: completions per optimiser step; must divide the step's completions
-            (``sampling.prompts_per_step × sampling.group_size`` for GRPO).
-        micro_batch_size: most sequences per forward/backward (gradients accumulate over a
-            minibatch's micro-batches, exactly); also bounds the no-grad behaviour and
-            reference log-prob forwards. None = a whole minibatch at once.
-        micro_batch_tokens: most padded tokens (rows × longest row) per micro-batch, for
-            responses whose lengths vary. None = no token limit.
-        share_prompts: run a prompt shared by several rows (a GRPO group, the paths of a
-            tree) once, its KV cache repeated to the rows (same numbers and gradients; off for
-            models whose cache drops positions, and under gradient checkpointing).
-        skip_zero_advantage: leave rows whose advantage is 0 out of the forward and backward
-            passes when ``kl_coef`` = 0 (their gradient is exactly 0; they still count in the
-            loss normaliser). The update is the same; ``entropy`` and the clip and ratio
-            statistics then cover the rows trained on.
-        clip_low: PPO lower clip ε_low.
-        clip_high: PPO upper clip ε_high (clip-higher, DAPO).
-        dual_clip: dual-clip constant c for negative advantages (None disables).
-        kl_coef: k3 KL penalty to the frozen initial policy; 0 loads no reference model.
-        aggregation: ``token_mean`` (DAPO), ``seq_mean_token_mean`` (GRPO) or
-            ``seq_mean_token_sum_norm`` (Dr. GRPO).
-        grad_clip: gradient-norm clip per optimiser step (0 disables).
-        logprob_chunk_size: sequence positions per chunk when computing log-probs, so the
-            full batch × length × vocab logits never exist at once.
-    """
-
-    minibatch_size: int = 64
-    micro_batch_size: int | None = None
-    micro_batch_tokens: int | None = None
-    share_prompts: bool = True
-    skip_zero_advantage: bool = True
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float | None = 3.0
-    kl_coef: float = 0.0
-    aggregation: Aggregation = "token_mean"
-    grad_clip: float = 1.0
-    logprob_chunk_size: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("minibatch_size", "micro_batch_size", "micro_batch_tokens", "logprob_chunk_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"model.update.{name} must be >= 1 (or null for no limit), got {value}")
-        for name in ("grad_clip", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise UserError(f"model.update.{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
-        for name in ("clip_low", "clip_high"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise UserError(f"model.update.{name} must be >= 0 (the PPO clip range ε; 0.2 is usual), got {value}")
-        if self.clip_low >= 1:
-            raise UserError(
-                f"model.update.clip_low must be < 1 (the ratio is clipped at 1 - clip_low, which must stay positive), "
-                f"got {self.clip_low}; 0.2 is usual"
-            )
-        if self.dual_clip is not None and not self.dual_clip > 1:
-            raise UserError(
-                f"model.update.dual_clip must be > 1 (the dual-clip constant c; 3 is usual), got {self.dual_clip}; "
-                "or null to turn it off"
-            )
-
-
 # ------------------------------------------------------------------------------ micro-batches
 
 
-def micro_batches(attention_mask: torch.Tensor, rows: torch.Tensor, settings: PPOSettings) -> list[torch.Tensor]:
+def micro_batches(attention_mask: torch.Tensor, rows: torch.Tensor, settings: UpdateSettings) -> list[torch.Tensor]:
     """Split ``rows`` (in order) into consecutive micro-batches of at most ``micro_batch_size``
     rows and ``micro_batch_tokens`` padded tokens (rows × the longest row's length; a row
     longer than the budget goes alone)."""
@@ -160,7 +93,7 @@ def _columns(batch: Experience, rows: torch.Tensor) -> tuple[slice, int]:
 
 
 def completion_logprobs(
-    model: torch.nn.Module, batch: Experience, settings: PPOSettings, *, with_entropy: bool = False,
+    model: torch.nn.Module, batch: Experience, settings: UpdateSettings, *, with_entropy: bool = False,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the completion tokens of ``batch[rows]``, shape
@@ -191,7 +124,7 @@ def completion_logprobs(
 
 @torch.no_grad()
 def batched_completion_logprobs(
-    model: torch.nn.Module, batch: Experience, settings: PPOSettings, rows: torch.Tensor | None = None
+    model: torch.nn.Module, batch: Experience, settings: UpdateSettings, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Completion log-probs of ``rows`` (default every row), in an (N, C) tensor (0 in the other
     rows), computed one micro-batch at a time."""
@@ -212,7 +145,7 @@ def _trainer_of(host: LightningModule) -> object | None:
     return getattr(host, "_trainer", None)
 
 
-def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experience, settings: PPOSettings) -> None:
+def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experience, settings: UpdateSettings) -> None:
     """A backward pass whose gradient is zero: what a rank with no rows left runs so that its
     gradient all-reduces pair up with the other ranks'."""
     pad = batch.input_ids.new_zeros((1, 2))
@@ -225,7 +158,7 @@ def _zero_backward(host: LightningModule, model: torch.nn.Module, batch: Experie
 # ------------------------------------------------------------------------------ the update
 
 
-def _rows_with_signal(experience: Experience, mask: torch.Tensor, settings: PPOSettings) -> torch.Tensor:
+def _rows_with_signal(experience: Experience, mask: torch.Tensor, settings: UpdateSettings) -> torch.Tensor:
     """(N,) bool: the rows whose loss has a gradient. Without a KL term, a row whose advantage
     is 0 on every token it trains contributes exactly 0 (the policy-gradient loss is
     ``-A · ratio``), so with ``skip_zero_advantage`` its forward and backward are skipped; it
@@ -243,7 +176,7 @@ def ppo_update(
     host: LightningModule,
     model: torch.nn.Module,
     experience: Experience,
-    settings: PPOSettings,
+    settings: UpdateSettings,
     *,
     ref_model: torch.nn.Module | None = None,
     ref_context: Callable[[], AbstractContextManager] | None = None,
@@ -381,7 +314,7 @@ def _skip_step(host: LightningModule, optimizer: object) -> None:
 
 
 def _reference_logprobs(
-    model: torch.nn.Module, experience: Experience, settings: PPOSettings, ref_model: torch.nn.Module | None,
+    model: torch.nn.Module, experience: Experience, settings: UpdateSettings, ref_model: torch.nn.Module | None,
     ref_context: Callable[[], AbstractContextManager] | None,
 ) -> torch.Tensor | None:
     """The KL reference's completion log-probs: ``model`` inside ``ref_context()``, or
@@ -398,7 +331,7 @@ def _reference_logprobs(
 
 
 def _backward_micro_batch(
-    host: LightningModule, model: torch.nn.Module, experience: Experience, settings: PPOSettings, rows: torch.Tensor,
+    host: LightningModule, model: torch.nn.Module, experience: Experience, settings: UpdateSettings, rows: torch.Tensor,
     old_lp: torch.Tensor | None, ref_lp: torch.Tensor | None, normaliser: float, world: int,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward and backward of one micro-batch's share of the minibatch loss; returns its
@@ -418,5 +351,3 @@ def _backward_micro_batch(
     tokens = m.sum()
     return tokens, {**stats, "loss": loss.detach(), "entropy": (ent.detach() * m).sum() / tokens.clamp(min=1)}
 
-
-allow_in_checkpoints(PPOSettings)

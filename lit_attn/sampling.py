@@ -36,6 +36,7 @@ from lit_attn.kv_cache import new_cache
 from lit_attn.logprobs import position_ids_from_mask
 from lit_attn.models import cache_keyword, context_length, eval_mode, model_device
 from lit_attn.rollout import Rollout, eos_ids, left_pad, pad_id
+from lit_attn.settings import check_temperature
 
 
 @dataclass
@@ -121,8 +122,7 @@ def _check_inputs(
     for i, budget in enumerate(budgets):
         if budget < 1:
             raise UserError(f"max_new_tokens is {budget} for prefix {i}; it must be >= 1")
-    if not temperature > 0:
-        raise UserError(f"temperature is {temperature}; it must be > 0 (use do_sample=False for greedy decoding)")
+    check_temperature(temperature)
     limit = context_length(model)
     for i, prefix in enumerate(prefixes):
         if len(prefix) == 0:

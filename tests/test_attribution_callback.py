@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
+from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, UpdateSettings, PromptDataModule, RewardsSettings, SamplingSettings
 from lit_attn.callbacks import AttributionCallback
 from lit_attn.callbacks.attribution import MONITORED, builtin_examples
 from lit_attn.attribution.examples import AttributionExample, load_examples
@@ -175,8 +175,8 @@ class Nudge(Callback):
 def train_policy(*callbacks: Callback, root: Path | None = None) -> tuple[list[tuple[float, ...]], dict[str, torch.Tensor]]:
     seed_everything(0)
     module = PolicyModule(
-        "default", update=PPOSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=1e-3),
-        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([f"{__name__}.checksum_reward"]),
+        "default", update=UpdateSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=1e-3),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardsSettings([f"{__name__}.checksum_reward"]),
         # the shipped model is confident: a hot sampler makes a group's completions differ
         sampling=SamplingSettings(prompts_per_step=2, group_size=4, max_new_tokens=10, temperature=3.0),
 

@@ -12,7 +12,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
+from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, UpdateSettings, PromptDataModule, RewardsSettings, SamplingSettings
 from lit_attn.callbacks import AttentionBranchCallback, EntropyBranchCallback
 from lit_attn.cli import main
 from lit_attn.errors import UserError
@@ -24,8 +24,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "lit_attn" / "configs"
 def small_module(model_dir: Path, *, rewards: list[str] | None = None) -> PolicyModule:
     return PolicyModule(
         name_or_path=str(model_dir), sampling=SamplingSettings(group_size=4, prompts_per_step=2, max_new_tokens=14),
-        update=PPOSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=0.01),
-        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings(rewards or RewardSettings().functions),
+        update=UpdateSettings(minibatch_size=8), optimizer=OptimizerSettings(lr=0.01),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardsSettings(rewards or RewardsSettings().functions),
     )
 
 

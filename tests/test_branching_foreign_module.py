@@ -17,7 +17,8 @@ from lit_attn.callbacks import AttentionBranchCallback
 from lit_attn.errors import UserError
 from lit_attn.logprobs import token_logprobs
 from lit_attn.loss import policy_loss
-from lit_attn.ppo import PPOSettings, ppo_update
+from lit_attn.ppo import ppo_update
+from lit_attn.settings import UpdateSettings
 
 PROMPTS = [{"prompt": "a=3\nb=4\na+b?\n\n", "answer": "7"}, {"prompt": "k=1\nm=5\nk+m?\n\n", "answer": "6"}]
 
@@ -41,7 +42,7 @@ class DigitRL(LightningModule):
         experience = self.experience_source.make_experience(self, batch)
         if not self.own_loss:
             if experience.num_sequences:
-                ppo_update(self, self.model, experience, PPOSettings(minibatch_size=64, kl_coef=0.0))
+                ppo_update(self, self.model, experience, UpdateSettings(minibatch_size=64, kl_coef=0.0))
             else:
                 self.optimizers().step()
             return

@@ -29,10 +29,10 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as gemma2_eager_attention
 
 import lit_attn.ppo
-from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, PPOSettings, PromptDataModule, RewardSettings, SamplingSettings
+from lit_attn import EvaluationSettings, OptimizerSettings, PolicyModule, UpdateSettings, PromptDataModule, RewardsSettings, SamplingSettings
 from lit_attn.callbacks import AttentionBranchCallback, AttributionCallback
 from lit_attn.kv_cache import ReservedLayer, new_cache
-from lit_attn.lora import LoraSettings
+from lit_attn.settings import LoraSettings
 from lit_attn.logprobs import can_share_prefixes, continuation_logprobs, position_ids_from_mask, token_logprobs
 from lit_attn.models import ARCHITECTURES, build_tiny_model
 from lit_attn.rollout import left_pad
@@ -274,9 +274,9 @@ def test_fit_steps_with_both_callbacks(architecture: str, lora: bool, family_fol
     module = PolicyModule(
         name_or_path=str(family_folder(architecture)),
         sampling=SamplingSettings(group_size=2, prompts_per_step=2, max_new_tokens=6),
-        update=PPOSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
+        update=UpdateSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
         lora=LoraSettings(rank=2) if lora else None, evaluation=EvaluationSettings(validate_at_start=False),
-        rewards=RewardSettings([f"{__name__}.spread_reward"]),
+        rewards=RewardsSettings([f"{__name__}.spread_reward"]),
     )
     before = {name: p.detach().clone() for name, p in module.model.named_parameters()}
     branching = AttentionBranchCallback(min_gap=1)

@@ -399,10 +399,10 @@ def test_clip_settings_out_of_range_are_one_line(arg, named, tiny_model_dir, tmp
 
 
 def test_clip_settings_in_range_and_no_dual_clip_are_accepted():
-    from lit_attn.ppo import PPOSettings
+    from lit_attn.settings import UpdateSettings
 
-    PPOSettings(clip_low=0.0, clip_high=0.0, dual_clip=None)
-    PPOSettings(clip_low=0.99, clip_high=5.0, dual_clip=1.01)
+    UpdateSettings(clip_low=0.0, clip_high=0.0, dual_clip=None)
+    UpdateSettings(clip_low=0.99, clip_high=5.0, dual_clip=1.01)
 
 
 @pytest.mark.parametrize("text", ["  ", "\n\t"])

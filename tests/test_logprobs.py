@@ -120,7 +120,6 @@ def test_selective_log_softmax() -> None:
     ("kwargs", "match"),
     [
         (dict(chunk_size=0), "chunk_size"),
-        (dict(temperature=0.0), "temperature"),
     ],
 )
 def test_errors(kwargs: dict, match: str) -> None:

@@ -20,10 +20,10 @@ from lit_attn.attention import fci_scores_batch, split_steps  # noqa: E402
 from lit_attn.attribution import attribute  # noqa: E402
 from lit_attn.cli import main  # noqa: E402
 from lit_attn.experience import pack_sequences  # noqa: E402
-from lit_attn.lora import LoraSettings, add_adapters  # noqa: E402
+from lit_attn.lora import add_adapters  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
-from lit_attn.ppo import PPOSettings, batched_completion_logprobs  # noqa: E402
-from lit_attn.settings import SamplingSettings  # noqa: E402
+from lit_attn.ppo import batched_completion_logprobs  # noqa: E402
+from lit_attn.settings import LoraSettings, SamplingSettings, UpdateSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_lora_config_trains_only_adapters_and_exports_adapters_and_merged_model(
 def test_kl_reference_is_the_model_with_adapters_off_and_no_second_copy(tiny_model_dir):
     module = PolicyModule(
         name_or_path=str(tiny_model_dir), sampling=SamplingSettings(prompts_per_step=2, group_size=2),
-        update=PPOSettings(minibatch_size=4, kl_coef=0.01), lora=LoraSettings(rank=4),
+        update=UpdateSettings(minibatch_size=4, kl_coef=0.01), lora=LoraSettings(rank=4),
     )
     assert module.ref_model is None and module.peft_model is not None
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
@@ -80,7 +80,7 @@ def test_kl_reference_is_the_model_with_adapters_off_and_no_second_copy(tiny_mod
             if "lora_B" in name:
                 param.fill_(0.2)
     exp = pack_sequences([[5, 6, 7], [8, 9]], [[10, 11, 12], [13]], 0, advantages=[torch.tensor(1.0)] * 2)
-    settings = PPOSettings()
+    settings = UpdateSettings()
     with module.peft_model.disable_adapter():
         off = batched_completion_logprobs(module.model, exp, settings)
     on = batched_completion_logprobs(module.model, exp, settings)

@@ -8,8 +8,7 @@ import torch
 
 from lit_attn.errors import UserError
 from lit_attn.policy import PolicyModule, check_batch_arithmetic, group_advantages
-from lit_attn.ppo import PPOSettings
-from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardSettings, SamplingSettings
+from lit_attn.settings import EvaluationSettings, OptimizerSettings, RewardsSettings, SamplingSettings, UpdateSettings
 from lit_attn.sampling import generate
 from lit_attn.tokenizer import build_char_tokenizer
 
@@ -55,21 +54,21 @@ def test_generate_groups_rows_by_prompt_and_is_seeded(tiny_model_dir):
 
 
 def test_checkpoint_state_round_trip(tiny_model_dir):
-    module = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
+    module = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=UpdateSettings(minibatch_size=4))
     module.tokens_generated = 1234
     checkpoint: dict = {}
     module.on_save_checkpoint(checkpoint)
 
-    restored = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
+    restored = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=UpdateSettings(minibatch_size=4))
     restored.on_load_checkpoint(checkpoint)
     assert restored.tokens_generated == 1234
 
 
 def test_kl_reference_model_only_loaded_when_needed(tiny_model_dir):
-    without = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4))
+    without = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SMALL, update=UpdateSettings(minibatch_size=4))
     assert without.ref_model is None
     with_kl = PolicyModule(
-        name_or_path=str(tiny_model_dir), sampling=SMALL, update=PPOSettings(minibatch_size=4, kl_coef=0.01)
+        name_or_path=str(tiny_model_dir), sampling=SMALL, update=UpdateSettings(minibatch_size=4, kl_coef=0.01)
     )
     assert with_kl.ref_model is not None
     assert not any(p.requires_grad for p in with_kl.ref_model.parameters())
@@ -95,8 +94,8 @@ def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, t
         torch.manual_seed(123 if ckpt_in is None else 456)  # the global RNG must not matter
         module = PolicyModule(
             name_or_path=str(tiny_model_dir), sampling=SamplingSettings(group_size=4, prompts_per_step=2, max_new_tokens=10),
-            update=PPOSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
-            evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([reward_module]),
+            update=UpdateSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
+            evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardsSettings([reward_module]),
         )
         data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
         callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)] if ckpt_dir else []
@@ -126,12 +125,12 @@ def test_the_grpo_config_trains_with_several_minibatches_and_a_kl_term(tiny_mode
     from lit_attn.config_files import load_config
 
     shipped = load_config(Path(__file__).resolve().parents[1] / "lit_attn" / "configs" / "grpo.yaml")["model"]
-    update = PPOSettings(**{**shipped["update"], "minibatch_size": 4})
+    update = UpdateSettings(**{**shipped["update"], "minibatch_size": 4})
     sampling = SamplingSettings(**{**shipped["sampling"], "prompts_per_step": 2, "max_new_tokens": 10})
     assert update.kl_coef > 0 and sampling.completions_per_step // update.minibatch_size > 1
     module = PolicyModule(
         name_or_path=str(tiny_model_dir), sampling=sampling, update=update, optimizer=OptimizerSettings(lr=0.05),
-        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardSettings([reward_module]),
+        evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardsSettings([reward_module]),
     )
     assert module.ref_model is not None
     reference = {k: v.clone() for k, v in module.ref_model.state_dict().items()}

@@ -10,7 +10,8 @@ import torch
 from lit_attn.experience import pack_sequences
 from lit_attn.loss import AGGREGATIONS
 from lit_attn.models import build_tiny_model
-from lit_attn.ppo import PPOSettings, micro_batches, ppo_update
+from lit_attn.ppo import micro_batches, ppo_update
+from lit_attn.settings import UpdateSettings
 
 
 class SGDHost:
@@ -61,8 +62,8 @@ def test_micro_batches_give_the_whole_minibatch_update(aggregation, limits):
     ref = build_tiny_model("qwen2", seed=2)
     exp = experience(per_token=aggregation == "token_mean")
     base = dict(minibatch_size=10, aggregation=aggregation, kl_coef=0.1, grad_clip=0.0)
-    whole, whole_host = updated(model, exp, PPOSettings(**base), ref)
-    micro, micro_host = updated(model, exp, PPOSettings(**base, **limits), ref)
+    whole, whole_host = updated(model, exp, UpdateSettings(**base), ref)
+    micro, micro_host = updated(model, exp, UpdateSettings(**base, **limits), ref)
     assert whole_host.backward_calls == 1 and micro_host.backward_calls > 2
     moved = max((a - b).abs().max().item() for a, b in zip(whole.parameters(), model.parameters()))
     assert moved > 1e-3  # the update did something
@@ -74,7 +75,7 @@ def test_micro_batch_token_budget_bounds_every_forward():
     exp = experience()
     rows = torch.arange(exp.num_sequences)
     lengths = exp.attention_mask.sum(-1)
-    chunks = micro_batches(exp.attention_mask, rows, PPOSettings(micro_batch_tokens=40))
+    chunks = micro_batches(exp.attention_mask, rows, UpdateSettings(micro_batch_tokens=40))
     assert torch.equal(torch.cat(chunks), rows)
     for chunk in chunks:
         assert len(chunk) == 1 or len(chunk) * int(lengths[chunk].max()) <= 40
@@ -83,7 +84,7 @@ def test_micro_batch_token_budget_bounds_every_forward():
 def test_an_empty_experience_still_steps_once_without_gradients():
     model = build_tiny_model("qwen2", seed=1)
     exp = pack_sequences([], [], 0, advantages=[])
-    trained, host = updated(model, exp, PPOSettings(minibatch_size=4))
+    trained, host = updated(model, exp, UpdateSettings(minibatch_size=4))
     assert host.backward_calls == 0
     for a, b in zip(trained.parameters(), model.parameters()):
         assert torch.equal(a, b)
@@ -93,7 +94,7 @@ def test_bad_micro_batch_size_is_one_line_error():
     from lit_attn.errors import UserError
 
     with pytest.raises(UserError, match="micro_batch_size must be >= 1"):
-        PPOSettings(micro_batch_size=0)
+        UpdateSettings(micro_batch_size=0)
 
 
 def grpo_experience(seed: int = 0, uniform_groups: tuple[int, ...] = (1,)):
@@ -130,11 +131,11 @@ def test_shared_prompts_and_skipped_rows_give_the_plain_update(aggregation, mini
     base = dict(minibatch_size=minibatch_size, aggregation=aggregation, grad_clip=0.0, micro_batch_size=5)
     plain = copy.deepcopy(model)
     plain_seen = _positions_run(plain)
-    ppo_update(SGDHost(plain), plain, exp, PPOSettings(**base, share_prompts=False, skip_zero_advantage=False),
+    ppo_update(SGDHost(plain), plain, exp, UpdateSettings(**base, share_prompts=False, skip_zero_advantage=False),
                generator=torch.Generator().manual_seed(0))
     fast = copy.deepcopy(model)
     fast_seen = _positions_run(fast)
-    ppo_update(SGDHost(fast), fast, exp, PPOSettings(**base), generator=torch.Generator().manual_seed(0))
+    ppo_update(SGDHost(fast), fast, exp, UpdateSettings(**base), generator=torch.Generator().manual_seed(0))
     assert sum(fast_seen) < 0.75 * sum(plain_seen)  # a third of the rows skipped, prompts run once
     moved = max((a - b).abs().max().item() for a, b in zip(plain.parameters(), model.parameters()))
     assert moved > 1e-3
@@ -153,7 +154,7 @@ def test_a_step_with_no_signal_still_moves_adams_moments():
         trained = copy.deepcopy(model)
         host = SGDHost(trained)
         host.optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-2)
-        settings = PPOSettings(minibatch_size=12, grad_clip=0.0, skip_zero_advantage=skip)
+        settings = UpdateSettings(minibatch_size=12, grad_clip=0.0, skip_zero_advantage=skip)
         for exp in (signal, silent):
             ppo_update(host, trained, exp, settings, generator=torch.Generator().manual_seed(0))
         results.append(trained)
@@ -166,8 +167,8 @@ def test_rows_with_a_kl_term_are_never_skipped():
     ref = build_tiny_model("qwen2", seed=2)
     exp = grpo_experience(uniform_groups=(0, 1, 2))
     base = dict(minibatch_size=12, grad_clip=0.0, kl_coef=0.1)
-    a, _ = updated(model, exp, PPOSettings(**base), ref)
-    b, _ = updated(model, exp, PPOSettings(**base, skip_zero_advantage=False), ref)
+    a, _ = updated(model, exp, UpdateSettings(**base), ref)
+    b, _ = updated(model, exp, UpdateSettings(**base, skip_zero_advantage=False), ref)
     moved = max((x - y).abs().max().item() for x, y in zip(a.parameters(), model.parameters()))
     assert moved > 1e-4  # the KL term alone trains every row
     for x, y in zip(a.parameters(), b.parameters()):
@@ -184,7 +185,7 @@ def test_the_update_takes_log_probs_at_the_experiences_sampling_temperature():
     exp = grpo_experience()
     exp.temperature = 0.5
     for share in (True, False):
-        lp, _ = completion_logprobs(model, exp, PPOSettings(share_prompts=share))
+        lp, _ = completion_logprobs(model, exp, UpdateSettings(share_prompts=share))
         ref, _ = token_logprobs(model, exp.input_ids, exp.attention_mask, temperature=0.5)
         ref = ref[:, exp.prompt_length - 1 : exp.prompt_length - 1 + lp.shape[1]]
         valid = exp.completion_mask[:, : lp.shape[1]].bool()

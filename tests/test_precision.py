@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 from lit_attn import PolicyModule
 from lit_attn.cli import main
 from lit_attn.experience import pack_sequences
-from lit_attn.ppo import PPOSettings, completion_logprobs
+from lit_attn.settings import UpdateSettings
+from lit_attn.ppo import completion_logprobs
 from lit_attn.settings import SamplingSettings
 
 
@@ -17,10 +18,10 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_model_dir):
     grads = []
     for checkpointing in (False, True):
         module = PolicyModule(name_or_path=str(tiny_model_dir), sampling=SamplingSettings(prompts_per_step=2, group_size=2),
-                              update=PPOSettings(minibatch_size=4),
+                              update=UpdateSettings(minibatch_size=4),
                               gradient_checkpointing=checkpointing)
         assert module.model.is_gradient_checkpointing == checkpointing
-        lp, _ = completion_logprobs(module.model, exp, PPOSettings())
+        lp, _ = completion_logprobs(module.model, exp, UpdateSettings())
         lp.sum().backward()
         grads.append([p.grad.clone() for p in module.model.parameters() if p.grad is not None])
     assert len(grads[0]) == len(grads[1]) > 0
