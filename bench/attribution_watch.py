@@ -136,7 +136,7 @@ def prime(
 
     data = _data_settings()
     task = LongContextTask(num_texts=data["num_texts"], num_ops=data["num_ops"],
-                           num_distractor_facts=data["num_distractors"], modulus=data["modulus"])
+                           num_distractors=data["num_distractors"], modulus=data["modulus"])
     rng = random.Random(f"prime-{seed}")
     torch.manual_seed(seed)
     model, tokenizer = load_policy("default")
@@ -146,7 +146,7 @@ def prime(
 
     def short_record() -> dict:
         return LongContextTask(num_texts=rng.randint(8, 14), num_ops=rng.randint(1, 2),
-                               num_distractor_facts=rng.randint(0, 4), modulus=data["modulus"]).record(rng)
+                               num_distractors=rng.randint(0, 4), modulus=data["modulus"]).record(rng)
 
     for _ in range(steps):
         items = [(short_record(), "follow", 1) for _ in range(short)] + [(short_record(), "solve", 0) for _ in range(short)]

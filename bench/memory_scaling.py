@@ -69,7 +69,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
     from lit_attn.experience import pack_sequences
     from lit_attn.models import build_tiny_model
     from lit_attn.settings import UpdateSettings
-    from lit_attn.ppo import ppo_update
+    from lit_attn.ppo import frozen_reference, ppo_update
     from lit_attn.exploration.host import row_chunks
 
     torch.set_num_threads(1)
@@ -102,7 +102,7 @@ def measure(method: str, batch: int, micro: int | None) -> dict:
                              batch_size=2 * micro if micro else None)
         phases["prefill"] = peak_mib() - baseline
     settings = UpdateSettings(minibatch_size=batch, kl_coef=0.001, micro_batch_size=micro, logprob_chunk_size=256)
-    ppo_update(host, model, experience, settings, ref_model=ref, generator=torch.Generator().manual_seed(0))
+    ppo_update(host, model, experience, settings, reference=frozen_reference(ref), generator=torch.Generator().manual_seed(0))
     return {"method": method, "batch": batch, "micro": micro, "peak_mib": peak_mib() - baseline,
             "seconds": time.perf_counter() - start, "phases": phases}
 

@@ -189,7 +189,7 @@ class PromptDataModule(LightningDataModule):
             )
             if num_texts:
                 long = LongContextTask(
-                    num_texts=num_texts, num_ops=num_ops, num_distractor_facts=num_distractors, modulus=modulus
+                    num_texts=num_texts, num_ops=num_ops, num_distractors=num_distractors, modulus=modulus
                 )
                 self.task = self.train_task = LongContextPrompts(long)
             if mode == "subtotal":

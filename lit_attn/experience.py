@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lit_attn.rollout import pad_prompts_and_completions
+
 
 @dataclass
 class Experience:
@@ -73,18 +75,13 @@ def pack_sequences(
     ``old_logprobs[i]`` and ``versions[i]`` one value per token of ``completions[i]``.
     """
     n = len(prompts)
-    P = max((len(p) for p in prompts), default=1)
-    C = max((len(c) for c in completions), default=1)
-    input_ids = torch.full((n, P + C), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, P + C), dtype=torch.long)
+    input_ids, attention_mask, P = pad_prompts_and_completions(prompts, completions, pad_token_id)
+    C = input_ids.shape[1] - P
     adv = torch.zeros((n, C), dtype=torch.float32)
     old = torch.zeros((n, C), dtype=torch.float32) if old_logprobs is not None else None
     ver = torch.full((n, C), -1, dtype=torch.long) if versions is not None else None
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        p, c = len(prompt), len(completion)
-        input_ids[i, P - p : P] = torch.as_tensor(list(prompt), dtype=torch.long)
-        input_ids[i, P : P + c] = torch.as_tensor(list(completion), dtype=torch.long)
-        attention_mask[i, P - p : P + c] = 1
+        c = len(completion)
         a = torch.as_tensor(advantages[i], dtype=torch.float32)
         adv[i, :c] = a if a.dim() == 0 else a[:c]
         if old is not None:

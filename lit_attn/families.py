@@ -75,6 +75,21 @@ def _refuse(model: PreTrainedModel, what: str, fix: str = "") -> UserError:
     )
 
 
+def check_model(model: Any, where: str, *, fix: str, scorable: bool = True) -> PreTrainedModel:
+    """The callbacks' one model probe: ``model`` (named ``where`` in the message) must be a Hugging
+    Face PreTrainedModel or a PEFT model around one, else a one-line :class:`UserError` ending in
+    ``fix``; with ``scorable``, its attention scores must be exact too (:func:`check_scorable`).
+    Returns the Hugging Face model (unwrapped)."""
+    base = unwrap(model)
+    if not isinstance(base, PreTrainedModel):
+        raise UserError(
+            f"{where} is a {type(model).__name__}, not a Hugging Face PreTrainedModel (or a PEFT model around one); {fix}"
+        )
+    if scorable:
+        check_scorable(base)
+    return base
+
+
 def check_scorable(model: nn.Module, *, probe: bool = True) -> None:
     """Raise a one-line :class:`UserError` unless lit_attn can compute ``model``'s attention
     scores exactly (see the module docstring). ``model`` may be a PEFT model.

@@ -13,8 +13,8 @@ adapters, and on request the merged model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -59,4 +59,16 @@ def adapters_off(peft_model: torch.nn.Module) -> Iterator[None]:
     """The model without its adapters for the block (the KL reference policy)."""
     with peft_model.disable_adapter():
         yield
+
+
+def adapters_off_reference(peft_model: torch.nn.Module, model: torch.nn.Module) -> Callable[[], AbstractContextManager[torch.nn.Module]]:
+    """The KL reference of a LoRA run (a :data:`lit_attn.ppo.Reference`): ``model``, the Hugging
+    Face model inside ``peft_model``, with the adapters off for the block (no second copy)."""
+
+    @contextmanager
+    def reference() -> Iterator[torch.nn.Module]:
+        with adapters_off(peft_model):
+            yield model
+
+    return reference
 

@@ -29,12 +29,12 @@ from torchmetrics import MeanMetric
 from lit_attn.errors import UserError
 from lit_attn.evaluation import greedy_pass_at_1, sample_table
 from lit_attn.experience import Experience, rollout_metrics
-from lit_attn.lora import adapters_off, add_adapters
+from lit_attn.lora import adapters_off_reference, add_adapters
 from lit_attn.models import context_length, load_policy
-from lit_attn.ppo import ppo_update
+from lit_attn.ppo import Reference, frozen_reference, ppo_update
 from lit_attn.records import check_spelling, validate_prompt_lengths
 from lit_attn.rewards import RewardSet
-from lit_attn.rollout import Rollout
+from lit_attn.rollout import Rollout, pad_id
 from lit_attn.sampling import generate, sample_continuations
 from lit_attn.seeding import mix_seed
 from lit_attn.settings import (
@@ -178,9 +178,7 @@ class PolicyModule(LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    # The hosting contract of exploration callbacks (lit_attn.callbacks.BranchingCallback):
-    # ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
-    # ``score(records, completions)``, and the ``experience_source`` slot a callback fills.
+    # What an exploration callback needs of its host: lit_attn.exploration.host.REQUIRED.
 
     @property
     def group_size(self) -> int:
@@ -225,7 +223,7 @@ class PolicyModule(LightningModule):
         rollout = sample_continuations(
             self.model, self.tokenizer, prompt_ids, sampling.group_size, max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature, generator_seed=seed, batch_size=sampling.rollout_batch_size,
-        ).to_rollout(self.tokenizer.pad_token_id)
+        ).to_rollout(pad_id(self.tokenizer))
         rewards = self.score([r for r in records for _ in range(sampling.group_size)], rollout.completions)
         return rollout, rewards
 
@@ -281,12 +279,14 @@ class PolicyModule(LightningModule):
         """PPO clip-higher updates over shuffled minibatches (:func:`lit_attn.ppo.ppo_update`)."""
         # minibatch order from (seed, step, rank): a resumed run shuffles as the uninterrupted one did
         shuffle = torch.Generator().manual_seed(mix_seed(self.seed, self.global_step, self.global_rank, 1))
-        with_kl = self.update.kl_coef > 0
-        ref_context = (lambda: adapters_off(self._peft)) if self._peft is not None and with_kl else None
-        return ppo_update(
-            self, self.model, experience, self.update, ref_model=self.ref_model, ref_context=ref_context,
-            generator=shuffle,
-        )
+        return ppo_update(self, self.model, experience, self.update, reference=self.reference(), generator=shuffle)
+
+    def reference(self) -> Reference | None:
+        """The KL penalty's reference policy (:data:`lit_attn.ppo.Reference`): with LoRA the model
+        with its adapters off, else the frozen initial copy (``ref_model``); None without a KL term."""
+        if self._peft is not None:
+            return adapters_off_reference(self._peft, self.model) if self.update.kl_coef > 0 else None
+        return frozen_reference(self.ref_model) if self.ref_model is not None else None
 
     def log_step_metrics(self, experience: Experience, totals: dict[str, float]) -> None:
         """Log the step's metrics; under DDP they are global: counts (and generated tokens)

@@ -36,8 +36,8 @@ precision (a ``GradScaler``) the scaler's own inf check handles these steps inst
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from lightning import LightningModule
@@ -50,6 +50,26 @@ from lit_attn.loss import loss_normaliser, policy_loss
 from lit_attn.models import eval_mode
 from lit_attn.settings import UpdateSettings
 from lit_attn.strategy import reduce_over_ranks
+
+
+Reference = Callable[[], AbstractContextManager[torch.nn.Module]]
+"""The KL penalty's reference policy, as :func:`ppo_update` receives it: ``with reference() as
+ref:`` gives the module whose log-probs are the reference's, for the block — a frozen copy
+(:func:`frozen_reference`) or the policy itself with its LoRA adapters off
+(:func:`lit_attn.lora.adapters_off_reference`)."""
+
+
+def frozen_reference(ref_model: torch.nn.Module) -> Reference:
+    """A frozen copy of the initial policy as the reference, run in eval mode. (It stays in train
+    mode as a module of the LightningModule: Lightning warns about modules left in eval mode when
+    fit starts.)"""
+
+    @contextmanager
+    def reference() -> Iterator[torch.nn.Module]:
+        with eval_mode(ref_model):
+            yield ref_model
+
+    return reference
 
 
 MAX_NONFINITE_STEPS = 3
@@ -178,8 +198,7 @@ def ppo_update(
     experience: Experience,
     settings: UpdateSettings,
     *,
-    ref_model: torch.nn.Module | None = None,
-    ref_context: Callable[[], AbstractContextManager] | None = None,
+    reference: Reference | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """PPO clip-higher updates of ``model`` over shuffled minibatches of ``experience``.
@@ -188,9 +207,9 @@ def ppo_update(
     clipping, so Lightning's strategy and precision apply. Behaviour log-probs come from the
     experience (the tree step records them); when it has none, the current weights sampled it
     and they are computed here (skipped with a single minibatch, where the first forward with
-    gradients gives the same numbers). The reference policy of the KL penalty is ``ref_model``,
-    or ``model`` itself inside ``ref_context()`` (LoRA: the adapters switched off, no second
-    copy). Each minibatch is one optimiser step, accumulated over
+    gradients gives the same numbers). The reference policy of the KL penalty is ``reference``
+    (:data:`Reference`: a frozen copy, or with LoRA the model with its adapters off, no second
+    copy); None = no reference log-probs. Each minibatch is one optimiser step, accumulated over
     its micro-batches. With nothing to train on any rank, one optimiser step with no
     gradients is taken (weights and AdamW state unchanged), so the step still counts.
     Rows with no gradient (zero advantage and no KL term) are left out of the forward and
@@ -216,7 +235,7 @@ def ppo_update(
     old_lp = experience.old_logprobs
     if old_lp is None and count > 1 and bool(signal.any()):  # only the rows that train need them
         old_lp = batched_completion_logprobs(model, experience, settings, rows=signal.nonzero().squeeze(-1))
-    ref_lp = _reference_logprobs(model, experience, settings, ref_model, ref_context) if n else None
+    ref_lp = _reference_logprobs(experience, settings, reference) if n else None
     length = int(reduce_over_ranks(trainer, [mask.shape[-1]], "max")[0])  # Dr. GRPO's constant T
 
     totals: dict[str, float] = {}
@@ -314,20 +333,13 @@ def _skip_step(host: LightningModule, optimizer: object) -> None:
 
 
 def _reference_logprobs(
-    model: torch.nn.Module, experience: Experience, settings: UpdateSettings, ref_model: torch.nn.Module | None,
-    ref_context: Callable[[], AbstractContextManager] | None,
+    experience: Experience, settings: UpdateSettings, reference: Reference | None
 ) -> torch.Tensor | None:
-    """The KL reference's completion log-probs: ``model`` inside ``ref_context()``, or
-    ``ref_model``; None without either."""
-    if ref_context is not None:
-        with ref_context():
-            return batched_completion_logprobs(model, experience, settings)
-    if ref_model is not None:
-        # The frozen reference stays in train mode as a module of the LightningModule (Lightning
-        # warns about modules left in eval mode when fit starts); it runs in eval mode here.
-        with eval_mode(ref_model):
-            return batched_completion_logprobs(ref_model, experience, settings)
-    return None
+    """The KL reference's completion log-probs; None without a reference."""
+    if reference is None:
+        return None
+    with reference() as ref_model:
+        return batched_completion_logprobs(ref_model, experience, settings)
 
 
 def _backward_micro_batch(

@@ -54,7 +54,8 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id used for padding (pad, else end-of-sequence, else 0); padded positions are masked."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    for name in ("pad_token_id", "eos_token_id"):  # a host's minimal tokenizer may lack the second
+        value = getattr(tokenizer, name, None)
         if value is not None:
             return int(value)
     return 0
@@ -72,3 +73,21 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
         mask[row, pad:] = 1
         pads.append(pad)
     return ids, mask, pads
+
+
+def pad_prompts_and_completions(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(input_ids, attention_mask, P)`` of prompt + completion rows aligned at their boundary:
+    each prompt left-padded to the longest (``P`` columns), each completion right-padded after it
+    (the layout of :class:`~lit_attn.experience.Experience`)."""
+    P = max((len(p) for p in prompts), default=1)
+    C = max((len(c) for c in completions), default=1)
+    ids = torch.full((len(prompts), P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P + C), dtype=torch.long)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        p, c = len(prompt), len(completion)
+        ids[row, P - p : P] = torch.as_tensor(list(prompt), dtype=torch.long)
+        ids[row, P : P + c] = torch.as_tensor(list(completion), dtype=torch.long)
+        mask[row, P - p : P + c] = 1
+    return ids, mask, P

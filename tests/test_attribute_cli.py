@@ -264,3 +264,23 @@ def test_chat_template_without_one_is_a_one_line_error(tiny_model_dir: Path, tmp
     source = write_jsonl(tmp_path / "in.jsonl", task_rows(1))
     code, _, err = run(["--model", str(tiny_model_dir), "--input", str(source), "--chat-template"], capsys)
     assert_one_line_error(code, err, "--chat-template: the tokenizer", "has no chat template", "drop --chat-template")
+
+
+def test_attntrace_options_have_the_callbacks_names() -> None:
+    """`attribute --top-k-tokens` is the callback's and AttnTrace's `top_k_tokens` (issue 22: it was `--top-k`)."""
+    import inspect
+
+    from lit_attn.attribution import AttnTrace
+    from lit_attn.attribution.cli import _TRACE_ONLY, build_parser, method_params
+
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions}
+    for name in _TRACE_ONLY:
+        assert name in dests
+        assert name in inspect.signature(AttributionCallback.__init__).parameters
+        assert name in inspect.signature(AttnTrace).parameters
+    args = parser.parse_args(["--input", "x.jsonl", "--top-k-tokens", "3"])
+    assert method_params(args)["top_k_tokens"] == 3
+    assert method_params(parser.parse_args(["--input", "x.jsonl", "--top-k-tokens", "0"]))["top_k_tokens"] is None
+    # the former spelling is a prefix of the new flag: argparse still reads it, as the same option
+    assert method_params(parser.parse_args(["--input", "x.jsonl", "--top-k", "3"])) == method_params(args)

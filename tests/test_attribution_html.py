@@ -71,7 +71,7 @@ def probes() -> list[dict]:
     """Two long-context probes of the built-in task (kinds, ground truth, an injected text) and
     one with a hostile text and a teacher-forced answer."""
     rows = []
-    for ex in LongContextTask(num_texts=20, num_ops=2, num_distractor_facts=5).examples(2, seed=3):
+    for ex in LongContextTask(num_texts=20, num_ops=2, num_distractors=5).examples(2, seed=3):
         rows.append({
             "contexts": ex["contexts"], "question": ex["question"], "relevant": ex["relevant"],
             "kinds": ex["kinds"], "injected_answer": ex["injected_answer"], "reference": ex["final"],

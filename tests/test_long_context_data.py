@@ -26,3 +26,19 @@ def test_long_context_prompts_carry_the_needed_facts_and_verify():
     assert [p.relevant for p in probes] == [tuple(r["relevant"]) for r in val[:4]]
     with pytest.raises(UserError, match="num_distractors: null"):
         builtin_examples(data, 4, num_distractors=3)
+
+
+def test_the_task_and_the_data_module_name_their_settings_alike():
+    """`data.num_distractors` is `num_distractors` in LongContextTask and FactChainTask (issue 22:
+    it was `num_distractor_facts` in LongContextTask)."""
+    import dataclasses
+    import inspect
+
+    from lit_attn.tasks import FactChainTask
+    from lit_attn.tasks.long_context import LongContextTask
+
+    data = set(inspect.signature(PromptDataModule).parameters)
+    for task in (LongContextTask, FactChainTask):
+        shared = {f.name for f in dataclasses.fields(task)} & data
+        assert {"num_ops", "num_distractors", "modulus"} <= shared, task
+    assert {f.name for f in dataclasses.fields(LongContextTask)} - data == {"paraphrases", "injection"}

@@ -88,6 +88,10 @@ def test_kl_reference_is_the_model_with_adapters_off_and_no_second_copy(tiny_mod
     reference = batched_completion_logprobs(base, exp, settings)
     torch.testing.assert_close(off, reference)
     assert not torch.allclose(on, reference)
+    with module.reference()() as ref_model:  # what the update receives: the same model, adapters off
+        assert ref_model is module.model
+        torch.testing.assert_close(batched_completion_logprobs(ref_model, exp, settings), reference)
+    torch.testing.assert_close(batched_completion_logprobs(module.model, exp, settings), on)  # adapters back on
 
 
 def test_fci_and_attntrace_through_peft_equal_the_merged_model(tiny_model_dir):

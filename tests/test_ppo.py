@@ -10,7 +10,7 @@ import torch
 from lit_attn.experience import pack_sequences
 from lit_attn.loss import AGGREGATIONS
 from lit_attn.models import build_tiny_model
-from lit_attn.ppo import micro_batches, ppo_update
+from lit_attn.ppo import frozen_reference, micro_batches, ppo_update
 from lit_attn.settings import UpdateSettings
 
 
@@ -50,7 +50,8 @@ def experience(per_token: bool = False, seed: int = 0):
 def updated(model, exp, settings, ref=None):
     trained = copy.deepcopy(model)
     host = SGDHost(trained)
-    ppo_update(host, trained, exp, settings, ref_model=ref, generator=torch.Generator().manual_seed(0))
+    reference = frozen_reference(ref) if ref is not None else None
+    ppo_update(host, trained, exp, settings, reference=reference, generator=torch.Generator().manual_seed(0))
     return trained, host
 
 
@@ -193,3 +194,20 @@ def test_the_update_takes_log_probs_at_the_experiences_sampling_temperature():
         plain, _ = token_logprobs(model, exp.input_ids, exp.attention_mask)
         plain = plain[:, exp.prompt_length - 1 : exp.prompt_length - 1 + lp.shape[1]]
         assert (lp[valid] - plain[valid]).abs().max() > 1e-3  # temperature 1 would give other numbers
+
+
+def test_the_reference_policy_is_one_parameter(tiny_model_dir):
+    """The update receives the KL reference as one callable (issue 22: it was ``ref_model`` and
+    ``ref_context``); the policy hands it the frozen copy with a KL term, nothing without."""
+    import inspect
+
+    from lit_attn.policy import PolicyModule
+
+    parameters = inspect.signature(ppo_update).parameters
+    assert "reference" in parameters and not {"ref_model", "ref_context"} & set(parameters)
+    without = PolicyModule(name_or_path=str(tiny_model_dir), update=UpdateSettings(minibatch_size=4))
+    assert without.reference() is None
+    with_kl = PolicyModule(name_or_path=str(tiny_model_dir), update=UpdateSettings(minibatch_size=4, kl_coef=0.01))
+    with with_kl.reference()() as ref_model:
+        assert ref_model is with_kl.ref_model and not ref_model.training  # run in eval mode
+    assert with_kl.ref_model.training  # and back in train mode, as a module of the LightningModule

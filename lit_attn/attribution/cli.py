@@ -45,7 +45,8 @@ from lit_attn.files import check_writable_file
 from lit_attn.records import write_jsonl
 from lit_attn.tokenizer import describe_characters, unknown_characters
 
-_TRACE_ONLY = ("top_k", "num_subsamples", "subsample_ratio", "seed")
+_TRACE_ONLY = ("top_k_tokens", "num_subsamples", "subsample_ratio", "seed")
+"""The AttnTrace options, by their names in :class:`~lit_attn.attribution.AttnTrace` and the callback."""
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -67,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTML file: one self-contained page with every example (texts shaded by score, top-k, settings)",
     )
     parser.add_argument("--method", default="attntrace", choices=METHODS, help="attribution method")
-    parser.add_argument("--top-k", type=int, default=None, help=f"AttnTrace: tokens averaged per text, 0 = all ({DEFAULT_TOP_K})")
+    parser.add_argument(
+        "--top-k-tokens", type=int, default=None, help=f"AttnTrace: tokens averaged per text, 0 = all ({DEFAULT_TOP_K})"
+    )
     parser.add_argument("--num-subsamples", type=int, default=None, help=f"AttnTrace: rounds B ({DEFAULT_NUM_SUBSAMPLES})")
     parser.add_argument("--subsample-ratio", type=float, default=None, help=f"AttnTrace: fraction ρ per round ({DEFAULT_SUBSAMPLE_RATIO})")
     parser.add_argument("--seed", type=int, default=None, help="AttnTrace: seed of the draws (0)")
@@ -102,8 +105,8 @@ def method_params(args: argparse.Namespace) -> dict[str, Any]:
             flag = "--" + given[0].replace("_", "-")
             raise UserError(f"{flag} applies to --method attntrace only; drop it or use --method attntrace")
         return params
-    if args.top_k is not None:
-        params["top_k_tokens"] = None if args.top_k == 0 else args.top_k
+    if args.top_k_tokens is not None:
+        params["top_k_tokens"] = None if args.top_k_tokens == 0 else args.top_k_tokens
     for name in ("num_subsamples", "subsample_ratio", "seed"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)

@@ -199,7 +199,7 @@ class AttributionCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the module offers a causal LM and a tokenizer; resolve ``"builtin"`` examples."""
-        from transformers import PreTrainedModel
+        from lit_attn.families import check_model
 
         check_strategy(trainer, "AttributionCallback")
         where = f"AttributionCallback: {type(pl_module).__name__}"
@@ -209,27 +209,16 @@ class AttributionCallback(Callback):
                 f"{where} has no attribute {self.model_attr!r} (the Hugging Face causal LM to attribute); "
                 "set model_attr to the attribute that holds it"
             )
-        if not isinstance(unwrap(model), PreTrainedModel):
-            raise UserError(
-                f"{where}.{self.model_attr} is a {type(model).__name__}, not a Hugging Face PreTrainedModel "
-                "(or a PEFT model around one); set model_attr to the attribute that holds the causal LM"
-            )
         tokenizer = getattr(pl_module, self.tokenizer_attr, None)
         if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
             raise UserError(
                 f"{where} has no tokenizer at attribute {self.tokenizer_attr!r}; "
                 "set tokenizer_attr to the attribute that holds the model's Hugging Face tokenizer"
             )
-        if self.method in ATTENTION_METHODS:
-            from lit_attn.families import check_scorable
-
-            check_scorable(model)  # a one-line UserError naming the family (ALiBi, sinks, no AttentionInterface, ...)
-        strategy = type(trainer.strategy).__name__
-        if trainer.world_size > 1 and any(name in strategy for name in ("FSDP", "DeepSpeed", "ModelParallel")):
-            raise UserError(
-                f"AttributionCallback runs the model on rank zero only, which {strategy} (sharded weights) "
-                "cannot do; use DDP or remove the callback"
-            )
+        check_model(  # the attention methods need exact scores: a one-line refusal names the family (ALiBi, sinks, ...)
+            model, f"{where}.{self.model_attr}", fix="set model_attr to the attribute that holds the causal LM",
+            scorable=self.method in ATTENTION_METHODS,
+        )
         if self.builtin and not self.examples:
             self.examples = builtin_examples(
                 getattr(trainer, "datamodule", None), self.num_examples, num_distractors=self.num_distractors

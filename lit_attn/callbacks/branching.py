@@ -20,15 +20,9 @@ Every token keeps the log-prob of the policy that sampled it, so PPO's ratio is 
 off-policy correction. Adaptive sampling (docs/attnrl.md §4) decides how many responses per prompt are
 branched, drops uninformative all-correct prompts, and adapts the prompt batch size.
 
-Contract with the LightningModule (checked in ``setup``; :class:`~lit_attn.PolicyModule`
-offers it, another RL module can too): attributes ``model`` (a Hugging Face causal LM),
-``tokenizer``, ``group_size`` (G), ``max_new_tokens``, ``temperature``; a method
-``score(records, completions) -> Tensor`` (one reward in [0, 1] per completion, NaN = none;
-a response counts as correct at ``reward ≥ correct_threshold``); and an
-``experience_source`` attribute that the callback sets to itself. The module's training step
-then calls ``experience_source.make_experience(module, records)`` and trains on the
-:class:`~lit_attn.experience.Experience` it returns (zero sequences at the very first step,
-when there is no earlier batch to train on yet).
+Contract with the LightningModule: :data:`lit_attn.exploration.host.REQUIRED` (checked in
+``setup`` by :func:`~lit_attn.exploration.host.check_host`; :class:`~lit_attn.PolicyModule`
+offers it, another RL module can too).
 
 Prompt batch: the data loader's batch (``prompts_per_step`` records) joins a queue; a step
 takes its current batch size ``B_m`` from the front. When ``B_m`` has grown past what the
@@ -55,14 +49,12 @@ from lit_attn.attention.fci import DEFAULT_BLOCK_SIZE
 from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.errors import UserError
 from lit_attn.experience import Experience
+from lit_attn.exploration.host import check_host
 from lit_attn.exploration.rules import BranchRule, EntropyBranching, FCIBranching
 from lit_attn.exploration.settings import ExplorationSettings
 from lit_attn.exploration.state import ExplorationState
 from lit_attn.exploration.step import explore_step
-from lit_attn.lora import unwrap
 from lit_attn.strategy import check_strategy, reduce_over_ranks
-
-REQUIRED = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
 
 Built = TypeVar("Built")
 
@@ -129,12 +121,7 @@ class BranchingCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer, type(self).__name__)
-        missing = [name for name in REQUIRED if not hasattr(pl_module, name)]
-        if missing:
-            raise UserError(
-                f"{type(self).__name__} needs the LightningModule to offer {', '.join(missing)}; "
-                f"{type(pl_module).__name__} lacks them (see the contract in lit_attn/callbacks/branching.py)"
-            )
+        check_host(pl_module, type(self).__name__)
         current = pl_module.experience_source
         if current is not None and current is not self:
             raise UserError(
@@ -248,18 +235,12 @@ class AttentionBranchCallback(BranchingCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        from transformers import PreTrainedModel
+        from lit_attn.families import check_model
 
-        from lit_attn.families import check_scorable
-
-        model = unwrap(pl_module.model)
-        if not isinstance(model, PreTrainedModel):
-            raise UserError(
-                f"AttentionBranchCallback: {type(pl_module).__name__}.model is a {type(pl_module.model).__name__}, not a "
-                "Hugging Face PreTrainedModel (or a PEFT model around one) whose attention FCI can capture; "
-                "hold the causal LM in `model`"
-            )
-        check_scorable(model)  # a one-line UserError for attention FCI cannot score exactly (ALiBi, sinks, ...)
+        check_model(  # FCI needs the model's attention scores, exactly (no ALiBi, sinks, ...)
+            pl_module.model, f"AttentionBranchCallback: {type(pl_module).__name__}.model",
+            fix="hold the causal LM, whose attention FCI captures, in `model`",
+        )
 
 
 @documented(ExplorationSettings, EntropyBranching)

@@ -8,10 +8,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_attn.errors import UserError
+
 Host = Any
-"""The RL module: ``model``, ``tokenizer``, ``group_size``, ``max_new_tokens``, ``temperature``,
-``score(records, completions)``, ``device``, optionally ``rollout_batch_size``
-(docs/attnrl.md, "Hosting the callback")."""
+"""The RL module that hosts the exploration; what it offers is :data:`REQUIRED`."""
+
+REQUIRED: tuple[str, ...] = ("model", "tokenizer", "group_size", "max_new_tokens", "temperature", "score", "experience_source")
+"""The host contract (docs/attnrl.md, "Hosting the callback"), written here only:
+
+* ``model``: a Hugging Face causal LM (or a PEFT model around one); ``tokenizer``: its tokenizer;
+* ``group_size`` (G), ``max_new_tokens``, ``temperature``: how the initial responses are sampled;
+* ``score(records, completions) -> Tensor``: one reward in [0, 1] per completion, NaN = none
+  (a response counts as correct at ``reward >= correct_threshold``);
+* ``experience_source``: a slot the exploration callback sets to itself; the host's training
+  step calls ``experience_source.make_experience(module, records)`` and trains on the
+  :class:`~lit_attn.experience.Experience` it returns (zero sequences at the very first step);
+* and, as every LightningModule, ``device``; optionally ``rollout_batch_size`` (most sequences
+  per no-grad call, None = no limit).
+
+:class:`~lit_attn.PolicyModule` offers it; :func:`check_host` checks it."""
+
+
+def check_host(module: Any, who: str) -> None:
+    """Raise a one-line :class:`UserError` naming what ``module`` lacks of :data:`REQUIRED`."""
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise UserError(
+            f"{who} needs the LightningModule to offer {', '.join(missing)}; {type(module).__name__} lacks them "
+            "(see the contract in lit_attn/exploration/host.py)"
+        )
 
 
 def rollout_batch_size(host: Host) -> int | None:

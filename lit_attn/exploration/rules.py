@@ -28,7 +28,7 @@ from lit_attn.exploration.selection import atb_branch_steps, early_branch_steps,
 from lit_attn.logprobs import token_logprobs
 from lit_attn.lora import unwrap
 from lit_attn.models import eval_mode
-from lit_attn.rollout import left_pad
+from lit_attn.rollout import left_pad, pad_id, pad_prompts_and_completions
 
 
 @dataclass
@@ -106,7 +106,7 @@ class FCIBranching:
             think = [find_think_end_step(p + t, s, tokenizer, self.think_end_tag) for (p, t), s in zip(rows, spans)]
         fci: list[torch.Tensor] = []
         for chunk in row_chunks(len(rows), rollout_batch_size(host)):
-            ids, mask, _ = left_pad([rows[r][0] + rows[r][1] for r in chunk], tokenizer.pad_token_id)
+            ids, mask, _ = left_pad([rows[r][0] + rows[r][1] for r in chunk], pad_id(tokenizer))
             fci += fci_scores_batch(
                 unwrap(host.model), ids, mask, [spans[r] for r in chunk], min_gap=self.min_gap, block_size=self.fci_block_size,
                 think_end_steps=[think[r] for r in chunk] if think is not None else None,
@@ -164,14 +164,9 @@ class EntropyBranching:
         values = []
         for chunk in row_chunks(len(chosen), rollout_batch_size(host)):
             part = [chosen[b] for b in chunk]
-            P = max(len(g.prompt_ids) for g, _ in part)
-            C = max(len(g.responses[i].tokens) for g, i in part)
-            ids = torch.full((len(part), P + C), host.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, (g, i) in enumerate(part):
-                p, t = g.prompt_ids, list(g.responses[i].tokens)
-                ids[b, P - len(p) : P + len(t)] = torch.tensor(p + t)
-                mask[b, P - len(p) : P + len(t)] = 1
+            ids, mask, P = pad_prompts_and_completions(
+                [g.prompt_ids for g, _ in part], [g.responses[i].tokens for g, i in part], pad_id(host.tokenizer)
+            )
             with eval_mode(host.model):
                 _, entropy = token_logprobs(
                     host.model, ids.to(host.device), mask.to(host.device), chunk_size=self.chunk_size,

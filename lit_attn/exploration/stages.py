@@ -28,6 +28,7 @@ from lit_attn.exploration.selection import adaptive_batch_size, choose_responses
 from lit_attn.exploration.settings import ExplorationSettings
 from lit_attn.exploration.state import ExplorationState
 from lit_attn.lora import unwrap
+from lit_attn.rollout import pad_id
 from lit_attn.sampling import sample_continuations
 from lit_attn.seeding import mix_seed
 from lit_attn.tree import Branch, PathSample, Response, Sample, all_leaves_equal, build_tree, paths
@@ -185,7 +186,7 @@ def training_sequences(
         trained += bool(chosen)
         kept += [(group, path) for path in chosen]
     experience = pack_sequences(
-        [g.prompt_ids for g, _ in kept], [p.tokens for _, p in kept], host.tokenizer.pad_token_id,
+        [g.prompt_ids for g, _ in kept], [p.tokens for _, p in kept], pad_id(host.tokenizer),
         advantages=[p.advantages for _, p in kept], old_logprobs=[p.logprobs for _, p in kept],
         versions=[p.versions for _, p in kept], temperature=float(host.temperature), device=host.device,
     )

@@ -46,7 +46,7 @@ class LongContextTask:
     Args:
         num_texts: texts in the context (at least needed facts + paraphrases + 1).
         num_ops: arithmetic steps of the question (``num_ops + 1`` needed facts).
-        num_distractor_facts: ``name=value`` facts the question does not need (capped by the
+        num_distractors: ``name=value`` facts the question does not need (capped by the
             26 letters).
         paraphrases: add a paraphrase of every needed fact.
         injection: add one text that instructs another answer.
@@ -55,7 +55,7 @@ class LongContextTask:
 
     num_texts: int = 50
     num_ops: int = 3
-    num_distractor_facts: int = 22
+    num_distractors: int = 22
     paraphrases: bool = True
     injection: bool = True
     modulus: int = 10
@@ -72,7 +72,7 @@ class LongContextTask:
         None without one)."""
         needed_count = self.num_ops + 1
         extra = (needed_count if self.paraphrases else 0) + int(self.injection)
-        distractors = max(0, min(self.num_distractor_facts, 26 - needed_count, self.num_texts - needed_count - extra))
+        distractors = max(0, min(self.num_distractors, 26 - needed_count, self.num_texts - needed_count - extra))
         base = FactChainTask(num_ops=self.num_ops, num_distractors=distractors, modulus=self.modulus)
         core = base.example(rng)
         facts: list[str] = core["contexts"]

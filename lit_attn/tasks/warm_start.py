@@ -125,7 +125,7 @@ class WarmStartMix:
             return FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=self.modulus).example(rng)
         texts = rng.randint(max(self.min_texts, 2 * (num_ops + 1) + 1), self.max_texts)
         return LongContextTask(
-            num_texts=texts, num_ops=num_ops, num_distractor_facts=rng.randint(0, MAX_FACTS), modulus=self.modulus,
+            num_texts=texts, num_ops=num_ops, num_distractors=rng.randint(0, MAX_FACTS), modulus=self.modulus,
             paraphrases=rng.random() < 0.5, injection=rng.random() < 0.5,
         ).record(rng)
 
@@ -190,6 +190,6 @@ def held_out_set(name: str, size: int, seed: int, modulus: int = 10) -> list[dic
     if not texts:
         task = FactChainTask(num_ops=num_ops, num_distractors=distractors, modulus=modulus)
         return make_split(task, size, seed=f"warm-start-held-out-{name}-{seed}")
-    long = LongContextTask(num_texts=texts, num_ops=num_ops, num_distractor_facts=distractors, modulus=modulus)
+    long = LongContextTask(num_texts=texts, num_ops=num_ops, num_distractors=distractors, modulus=modulus)
     rng = random.Random(f"warm-start-held-out-{name}-{seed}")
     return [long.record(rng) for _ in range(size)]
