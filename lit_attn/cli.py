@@ -83,10 +83,10 @@ def _as_list(value: Any) -> list:
 
 
 class PolicyCLI(CheckpointingCLI):
-    """LightningCLI with the batch-size links of lit_attn and input checks before any run."""
+    """LightningCLI with the validation batch-size link of lit_attn and input checks before any run
+    (the training batch is the module's ``sampling.prompts_per_step``, read by the data module)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.sampling.prompts_per_step", "data.prompts_per_step")
         parser.link_arguments("model.evaluation.batch_size", "data.val_batch_size")
 
     def _check(self, stage: str) -> None:

@@ -86,7 +86,7 @@ class ResumableLoader(DataLoader):
         if len(self.shuffle) < batch_size:
             raise UserError(
                 f"{len(records)} training prompts over {self.shuffle.num_replicas} process(es) is fewer than one batch of "
-                f"data.prompts_per_step={batch_size} per process; lower prompts_per_step or add prompts"
+                f"model.sampling.prompts_per_step={batch_size} per process; lower prompts_per_step or add prompts"
             )
         super().__init__(
             records, batch_size=batch_size, sampler=self.shuffle, collate_fn=collate_records,
@@ -110,7 +110,8 @@ class ResumableLoader(DataLoader):
 
 
 class PromptDataModule(LightningDataModule):
-    """Prompt datasets for training, validation, test and prediction.
+    """Prompt datasets for training, validation, test and prediction. A training batch holds the
+    module's ``model.sampling.prompts_per_step`` prompts (:meth:`prompts_per_step`; no copy here).
 
     Args:
         train_path: JSONL or Parquet with ``prompt`` and ``answer`` columns (optional
@@ -119,7 +120,6 @@ class PromptDataModule(LightningDataModule):
             ``train_path`` set, the last ``val_size`` rows of the training file).
         test_path: test file; None = the validation set.
         predict_path: prompts for ``predict``; None = the validation set.
-        prompts_per_step: prompts per training batch (linked from ``model.sampling.prompts_per_step``).
         val_batch_size: prompts per validation / test / predict batch.
         train_size: built-in task: number of training prompts.
         val_size: built-in task: held-out prompts (or rows split off ``train_path``).
@@ -152,7 +152,6 @@ class PromptDataModule(LightningDataModule):
         val_path: str | None = None,
         test_path: str | None = None,
         predict_path: str | None = None,
-        prompts_per_step: int = 16,
         val_batch_size: int = 64,
         train_size: int = 20000,
         val_size: int = 200,
@@ -168,8 +167,8 @@ class PromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if prompts_per_step < 1 or val_batch_size < 1:
-            raise UserError("data.prompts_per_step and data.val_batch_size must be >= 1")
+        if val_batch_size < 1:
+            raise UserError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
         if val_path is None and val_size < 1:
             source = f"rows held out of data.train_path ({train_path})" if train_path else "built-in held-out prompts"
             raise UserError(
@@ -278,7 +277,20 @@ class PromptDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return ResumableLoader(self._split("train"), hp.prompts_per_step, seed=hp.seed, num_workers=hp.num_workers)
+        return ResumableLoader(self._split("train"), self.prompts_per_step(), seed=hp.seed, num_workers=hp.num_workers)
+
+    def prompts_per_step(self) -> int:
+        """The training batch size: the module's ``sampling.prompts_per_step``, that setting's only
+        home (the module validates it; a step samples for exactly these prompts)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        sampling = getattr(module, "sampling", None)
+        if not isinstance(getattr(sampling, "prompts_per_step", None), int):
+            raise UserError(
+                f"PromptDataModule batches the training prompts by the module's sampling.prompts_per_step, which "
+                f"{type(module).__name__} lacks; train a PolicyModule, or give your module a sampling attribute "
+                "(lit_attn.SamplingSettings)"
+            )
+        return sampling.prompts_per_step
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.val_batch_size, shuffle=False)

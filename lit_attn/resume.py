@@ -27,6 +27,10 @@ from lit_attn.errors import UserError
 MISSING = object()
 """A setting absent on one side (saved by an older version, or no longer a setting)."""
 
+MOVED = {"data.prompts_per_step": "model.sampling.prompts_per_step"}
+"""Settings an older checkpoint saves under a name that is gone → where the value lives now
+(compared there; the old name alone is no difference)."""
+
 
 def settings_tree(value: Any) -> Any:
     """Saved hyper-parameters as nested dicts (dataclasses and mappings converted; LightningCLI's
@@ -67,7 +71,10 @@ def check_resume(
         saved["data"] = settings_tree(checkpoint.get("datamodule_hyper_parameters") or {})
         current["data"] = settings_tree(datamodule.hparams)
     _check_same_model(saved["model"].get("name_or_path"), current["model"].get("name_or_path"), path)
-    changed = [(name, old, new) for section in saved for name, old, new in differences(saved[section], current[section], section)]
+    changed = [
+        (name, old, new) for section in saved for name, old, new in differences(saved[section], current[section], section)
+        if not (name in MOVED and new is MISSING)
+    ]
     _check_weights_fit(checkpoint, model, path, [name for name, _, _ in changed if name.startswith("model.")])
     restored = restored_settings(checkpoint) if fitting else set()
     lines = []

@@ -181,7 +181,7 @@ def train_policy(*callbacks: Callback, root: Path | None = None) -> tuple[list[t
         sampling=SamplingSettings(prompts_per_step=2, group_size=4, max_new_tokens=10, temperature=3.0),
 
     )
-    data = PromptDataModule(prompts_per_step=2, train_size=16, val_size=4, num_distractors=2)
+    data = PromptDataModule(train_size=16, val_size=4, num_distractors=2)
     recorder = MetricRecorder()
     trainer = Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

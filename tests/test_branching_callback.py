@@ -30,7 +30,7 @@ def small_module(model_dir: Path, *, rewards: list[str] | None = None) -> Policy
 
 
 def small_data() -> PromptDataModule:
-    return PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+    return PromptDataModule(train_size=40, val_size=4, num_distractors=0, num_ops=1)
 
 
 def trainer(max_steps: int, callbacks: list, **kwargs) -> Trainer:
@@ -296,16 +296,15 @@ def test_the_prompt_batch_grows_when_the_filter_leaves_fewer_sequences_than_want
     module = small_module(tiny_model_dir, rewards=[reward_module])
     callback = AttentionBranchCallback(min_gap=1, seed=1)
     rec = Recorder(callback, module)
-    trainer(4, [callback]).fit(module, small_data())
+    data = small_data()
+    trainer(4, [callback]).fit(module, data)
     sizes = [e.metrics["branching/batch_prompts"] for e in rec.experiences]
     # B' = 2 prompts × G=4 × (1 + 2 points × 2 continuations) = 40 sequences, far more than a
     # step of 2 prompts yields: B_m grows past the loader's 2 prompts
     assert sizes[0] == 2 and max(sizes) > 2, sizes
     assert any(e.num_sequences for e in rec.experiences)
     # the extra prompts are the loader's next ones: the steps took the data order, each prompt once
-    data = small_data()
-    data.setup("fit")
-    order = [r["prompt"] for batch in data.train_dataloader() for r in batch]
+    order = [r["prompt"] for batch in data.train_dataloader() for r in batch]  # a fresh loader: the same first epoch
     taken = [p for step in rec.prompts for p in step]
     assert len(taken) > 2 * len(rec.prompts) and taken == order[: len(taken)]
 

@@ -142,3 +142,23 @@ def test_fit_on_user_jsonl_with_math_reward_and_extra_columns(tiny_model_dir, tm
     tags = scalars(run_dir)
     assert "rewards/math_reward/mean" in tags and "rewards/source_reward/mean" in tags
     assert tags["rewards/source_reward/mean"][0] == 0.5
+
+
+def test_prompts_per_step_has_one_home(tmp_path):
+    """`model.sampling.prompts_per_step` is the training batch size; the data module has no copy
+    (issue 22: it was linked to `data.prompts_per_step`, which data.py checked again)."""
+    import inspect
+
+    from lightning import LightningModule
+
+    from lit_attn import PromptDataModule
+    from lit_attn.errors import UserError
+
+    assert "prompts_per_step" not in inspect.signature(PromptDataModule).parameters
+    code = main(["fit", "--data.prompts_per_step=2", "--print_config"])
+    assert code == 2  # no such option
+    data = PromptDataModule(train_size=8, val_size=2, num_distractors=0, num_ops=1)
+    data.setup("fit")
+    data.trainer = type("T", (), {"lightning_module": LightningModule()})()
+    with pytest.raises(UserError, match="sampling.prompts_per_step, which LightningModule lacks"):
+        data.train_dataloader()

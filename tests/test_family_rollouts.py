@@ -285,7 +285,7 @@ def test_fit_steps_with_both_callbacks(architecture: str, lora: bool, family_fol
         max_steps=2, callbacks=[branching, attribution], logger=False, limit_val_batches=0, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1,
     )
-    trainer.fit(module, PromptDataModule(prompts_per_step=2, train_size=8, val_size=2, num_distractors=0, num_ops=1))
+    trainer.fit(module, PromptDataModule(train_size=8, val_size=2, num_distractors=0, num_ops=1))
 
     assert branching.rl_step == 2 and trainer.global_step >= 1
     assert "branching/points_per_expanded_response" in trainer.callback_metrics

@@ -97,7 +97,7 @@ def test_grpo_kill_and_resume_continues_exactly(tiny_model_dir, reward_module, t
             update=UpdateSettings(minibatch_size=4), optimizer=OptimizerSettings(lr=0.01),
             evaluation=EvaluationSettings(validate_at_start=False), rewards=RewardsSettings([reward_module]),
         )
-        data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+        data = PromptDataModule(train_size=40, val_size=4, num_distractors=0, num_ops=1)
         callbacks = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)] if ckpt_dir else []
         trainer = Trainer(
             max_steps=steps, callbacks=callbacks, logger=False, limit_val_batches=0, enable_progress_bar=False,
@@ -148,7 +148,7 @@ def test_the_grpo_config_trains_with_several_minibatches_and_a_kl_term(tiny_mode
         max_steps=3 * updates_per_step, callbacks=[record], logger=False, limit_val_batches=0, enable_progress_bar=False,
         enable_model_summary=False, accelerator="cpu", devices=1, enable_checkpointing=False,
     )
-    data = PromptDataModule(prompts_per_step=2, train_size=40, val_size=4, num_distractors=0, num_ops=1)
+    data = PromptDataModule(train_size=40, val_size=4, num_distractors=0, num_ops=1)
     trainer.fit(module, data)
     assert [step for step, _ in record.steps] == [updates_per_step * (i + 1) for i in range(3)]
     metrics = [m for _, m in record.steps]

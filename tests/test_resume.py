@@ -177,6 +177,25 @@ def test_resume_warns_about_every_changed_setting_and_which_value_is_used(tiny_m
     assert [g["lr"] for g in groups] == [0.01] * len(groups)
 
 
+def test_a_checkpoint_with_the_former_data_prompts_per_step_resumes_without_a_warning_about_it(
+    tiny_model_dir, trained, tmp_path
+):
+    """Checkpoints written before issue 22 save ``data.prompts_per_step`` (now only
+    ``model.sampling.prompts_per_step``): no difference to report for it."""
+    older = torch.load(trained, map_location="cpu", weights_only=False)
+    older["datamodule_hyper_parameters"]["prompts_per_step"] = 2
+    ckpt = tmp_path / "older.ckpt"
+    torch.save(older, ckpt)
+    args = fit_args(
+        tiny_model_dir, tmp_path / "runs", "--trainer.max_steps=2", f"--ckpt_path={ckpt}", callbacks(last_checkpoint()),
+        "--model.sampling.temperature=0.7",
+    )
+    with pytest.warns(UserWarning, match="differ") as caught:
+        assert main(args) == 0
+    (message,) = [str(w.message) for w in caught if "differ" in str(w.message)]
+    assert "1 setting(s)" in message and "prompts_per_step" not in message, message
+
+
 def test_resume_refuses_another_model(tiny_model_dir, trained, tmp_path, capsys):
     other = save_tiny(tmp_path / "other_model")
     run_dir = tmp_path / "runs"
