@@ -8,6 +8,9 @@ Public names:
   Influence of each step (docs/attnrl.md §2);
 * :func:`capture_qk`, :class:`CapturedLayer` — the one capture mechanism behind every score:
   stream each layer's post-RoPE queries and keys out of a normal sdpa forward.
+
+Imports: ``lit_attn.compat``, ``models``, ``lora``, ``logprobs``, ``errors``; never the
+exploration, attribution, tasks, data or callbacks that use it (docs/architecture.md).
 """
 
 from lit_attn.attention.capture import (

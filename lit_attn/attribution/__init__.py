@@ -19,6 +19,9 @@ one validation rule), :mod:`~lit_attn.attribution.metrics` (ranking against grou
 
 Plain functions over a Hugging Face model and tokenizer: no Lightning needed, and no task: probes
 are plain records (the built-in task's come from :mod:`lit_attn.tasks.probes`).
+
+Imports: ``lit_attn.attention``, ``models``, ``families``, ``lora``, ``records``, ``errors``;
+never ``lit_attn.data`` nor ``lit_attn.tasks`` (tests/test_task_layout.py checks).
 """
 
 from lit_attn.attribution.baselines import METHODS, attention_scores, attribute, leave_one_out
