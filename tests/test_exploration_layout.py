@@ -122,3 +122,47 @@ def test_bad_fci_settings_are_checked_by_the_rule(bad, name):
         FCIBranching(**bad)
     with pytest.raises(UserError, match=f"^AttentionBranchCallback: {name}"):
         AttentionBranchCallback(**bad)
+
+
+def test_a_new_exploration_knob_is_one_field_on_its_dataclass():
+    """The callbacks' constructors are generated from the settings dataclasses (callbacks.branching
+    .takes): a field added there is a typed, documented constructor and CLI argument, with no
+    constructor to edit."""
+    import dataclasses
+    import io
+
+    from jsonargparse import ArgumentParser
+
+    from lit_attn.callbacks.branching import documented, takes
+
+    @dataclasses.dataclass(frozen=True)
+    class Knobs:
+        """Knobs.
+
+        Attributes:
+            new_knob: a knob added in one place.
+            other: another one.
+        """
+
+        new_knob: int = 3
+        other: float | None = None
+
+    @documented(Knobs)
+    @takes(Knobs, other=0.5)
+    class Toy:
+        """A toy host of the knobs."""
+
+        def __init__(self, arguments):
+            self.arguments = dict(arguments)
+
+    assert Toy(new_knob=5).arguments == {"new_knob": 5, "other": 0.5}  # defaults filled, overrides applied
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['nope'\\]"):
+        Toy(nope=1)
+    parser = ArgumentParser()
+    parser.add_class_arguments(Toy, "toy")
+    assert parser.parse_args(["--toy.new_knob", "7"]).toy.new_knob == 7
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--toy.new_knob", "seven"])  # typed from the dataclass
+    out = io.StringIO()
+    parser.print_help(out)
+    assert "a knob added in one place" in out.getvalue()

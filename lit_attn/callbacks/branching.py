@@ -38,7 +38,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -82,6 +82,45 @@ def documented(*sources: type) -> Any:
     def decorate(callback: type) -> type:
         sections = "\n".join(attributes(source) for source in sources)
         callback.__doc__ = f"{inspect.cleandoc(callback.__doc__ or '')}\n\nArgs:\n{sections}\n"
+        return callback
+
+    return decorate
+
+
+def takes(*sources: type, **defaults: Any) -> Any:
+    """Class decorator: the callback's constructor takes the fields of ``sources`` (settings
+    dataclasses), in order, as keyword arguments, with ``defaults`` overriding theirs.
+
+    The signature is generated (``__init__.__signature__``), so LightningCLI lists, types and
+    documents each argument, and a new knob is one field on its dataclass: no constructor to
+    edit. The constructor receives every argument, defaults filled in, as one mapping."""
+
+    def decorate(callback: type) -> type:
+        parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        names: list[str] = []
+        for source in sources:
+            hints = get_type_hints(source)
+            for f in fields(source):
+                default = defaults.get(f.name, f.default)
+                parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[f.name]))
+                names.append(f.name)
+        unknown = sorted(set(defaults) - set(names))
+        if unknown:  # pragma: no cover - a programming error in this module
+            raise TypeError(f"{callback.__name__}: defaults for unknown arguments {unknown}")
+        signature = inspect.Signature(parameters)
+        init = callback.__init__
+
+        def __init__(self: Any, **arguments: Any) -> None:
+            unexpected = sorted(set(arguments) - set(names))
+            if unexpected:
+                raise TypeError(f"{callback.__name__} got unexpected keyword arguments {unexpected}")
+            bound = signature.bind(self, **arguments)
+            bound.apply_defaults()
+            init(self, {name: bound.arguments[name] for name in names})
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__doc__ = init.__doc__
+        callback.__init__ = __init__
         return callback
 
     return decorate
@@ -200,6 +239,7 @@ class BranchingCallback(Callback):
 
 
 @documented(FCIBranching, ExplorationSettings)
+@takes(FCIBranching, ExplorationSettings)
 class AttentionBranchCallback(BranchingCallback):
     """AttnRL (docs/attnrl.md): branch at the steps that later steps attend to most.
 
@@ -207,28 +247,7 @@ class AttentionBranchCallback(BranchingCallback):
     exploration :class:`~lit_attn.exploration.settings.ExplorationSettings` (the rest).
     """
 
-    def __init__(
-        self,
-        delimiter: str = STEP_DELIMITER,
-        min_gap: int = 4,
-        ratio: float = 0.2,
-        min_token_distance: int = 0,
-        selection: str = "fci",
-        think_end_tag: str | None = None,
-        fci_block_size: int | None = DEFAULT_BLOCK_SIZE,
-        continuations: int = 2,
-        num_points: int = 2,
-        adaptive_sampling: bool = True,
-        all_correct_expand: int = 3,
-        adaptive_batch: bool = True,
-        batch_lambda: float = 0.9,
-        target_sequences: int | None = None,
-        max_batch_prompts: int | None = None,
-        train_unbranched: bool = False,
-        correct_threshold: float = 1.0,
-        seed: int = 0,
-    ) -> None:
-        arguments = locals()
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(
             build(type(self).__name__, FCIBranching, arguments), build(type(self).__name__, ExplorationSettings, arguments)
         )
@@ -244,6 +263,7 @@ class AttentionBranchCallback(BranchingCallback):
 
 
 @documented(ExplorationSettings, EntropyBranching)
+@takes(ExplorationSettings, EntropyBranching, adaptive_sampling=False, adaptive_batch=False)
 class EntropyBranchCallback(BranchingCallback):
     """TreeRL-style baseline (docs/attnrl.md §8): branch at the ``num_points`` highest-entropy tokens.
 
@@ -254,22 +274,7 @@ class EntropyBranchCallback(BranchingCallback):
     :class:`~lit_attn.exploration.rules.EntropyBranching`.
     """
 
-    def __init__(
-        self,
-        continuations: int = 2,
-        num_points: int = 2,
-        adaptive_sampling: bool = False,
-        all_correct_expand: int = 3,
-        adaptive_batch: bool = False,
-        batch_lambda: float = 0.9,
-        target_sequences: int | None = None,
-        max_batch_prompts: int | None = None,
-        train_unbranched: bool = False,
-        correct_threshold: float = 1.0,
-        seed: int = 0,
-        chunk_size: int = 256,
-    ) -> None:
-        arguments = locals()
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
         super().__init__(
             build(type(self).__name__, EntropyBranching, arguments), build(type(self).__name__, ExplorationSettings, arguments)
         )
