@@ -21,6 +21,7 @@ the prompts the model answers wrong greedily.
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import platform
 import random
@@ -46,10 +47,12 @@ from lit_attn.rewards import task_reward  # noqa: E402
 from lit_attn.rollout import left_pad, pad_id  # noqa: E402
 from lit_attn.sampling import sample_continuations  # noqa: E402
 from lit_attn.tasks import FactChainTask, SubtotalTask, make_split, verify  # noqa: E402
+from lit_attn.tasks.subtotal import named_values  # noqa: E402
 
-RULES = ("fci", "fci_d4", "early", "entropy", "random", "fresh", "oracle")
+RULES = ("fci", "fci_d4", "fci_d4_top", "early", "entropy", "random", "fresh", "oracle")
 LABELS = {
-    "fci": "FCI, Δ = {gap} (lit_attn/configs/attnrl.yaml)", "fci_d4": "FCI, Δ = 4 (paper)", "early": "early steps",
+    "fci": "FCI, Δ = {gap} (lit_attn/configs/attnrl.yaml)", "fci_d4": "FCI, Δ = 4 (paper)",
+    "fci_d4_top": "FCI, Δ = 4, two best-scored steps (not ATB: a diagnostic)", "early": "early steps",
     "entropy": "entropy (TreeRL)", "random": "random steps", "fresh": "fresh samples (no branching)",
     "oracle": "oracle: first wrong step",
 }
@@ -74,20 +77,29 @@ def sample(model, tokenizer, prefixes, counts, budgets, seed, batch_size):
 
 
 def subtotal_steps(tokenizer, w: dict) -> set[int]:
-    """Response steps (0-based) that name a subtotal (``…=x=7``): the subtotal mode's load-bearing steps."""
+    """Response steps (0-based) that write a subtotal down (``x=7``): the subtotal mode's load-bearing steps."""
     seq = w["prompt_ids"] + w["tokens"]
     texts = [tokenizer.decode(seq[a:b]) for a, b in w["spans"][1:]]
-    return {i for i, t in enumerate(texts) if "=x=" in t or "=y=" in t}
+    return {i for i, t in enumerate(texts) if named_values([t.strip()])}
 
 
-def fci_offsets(model, tokenizer, wrong, gap: int, ratio: float, points: int, block: int) -> list[list[int]]:
+def top_scored_steps(fci, points: int) -> list[int]:
+    """The ``points`` eligible steps (not the prompt, not the first response step) of highest
+    FCI, in position order: what ATB would pick if it took scores, not the earliest candidates."""
+    scores = [(float(v), k) for k, v in enumerate(fci) if k >= 2 and float(v) > 0]
+    return sorted(k for _, k in sorted(scores, reverse=True)[:points])
+
+
+def fci_offsets(
+    model, tokenizer, wrong, gap: int, ratio: float, points: int, block: int, by_score: bool = False
+) -> list[list[int]]:
     offsets = []
     for start in range(0, len(wrong), 16):
         chunk = wrong[start : start + 16]
         ids, mask, _ = left_pad([w["prompt_ids"] + w["tokens"] for w in chunk], pad_id(tokenizer))
         fci = fci_scores_batch(model, ids, mask, [w["spans"] for w in chunk], min_gap=gap, block_size=block)
         for w, y in zip(chunk, fci):
-            steps = atb_branch_steps(y, w["spans"], ratio=ratio, num_points=points)
+            steps = top_scored_steps(y, points) if by_score else atb_branch_steps(y, w["spans"], ratio=ratio, num_points=points)
             offsets.append([w["spans"][k][0] - len(w["prompt_ids"]) for k in steps])
     return offsets
 
@@ -111,6 +123,8 @@ def choose(rule: str, model, tokenizer, wrong, args, gap_cfg: int, rng: random.R
         return fci_offsets(model, tokenizer, wrong, gap_cfg, args.ratio, args.points, args.block)
     if rule == "fci_d4":
         return fci_offsets(model, tokenizer, wrong, 4, args.ratio, args.points, args.block)
+    if rule == "fci_d4_top":
+        return fci_offsets(model, tokenizer, wrong, 4, args.ratio, args.points, args.block, by_score=True)
     if rule == "entropy":
         return entropy_offsets(model, tokenizer, wrong, args.points)
     out = []
@@ -187,6 +201,7 @@ def main() -> None:
             })
     wrong = [w for w in wrong if w["error"] is not None]
     fresh_rate = sum(ok for _, _, ok in responses) / len(responses)
+    print("first wrong step of the wrong responses (step: count):", dict(sorted(Counter(w["error"] for w in wrong).items())))
     mean_len = statistics.mean(n for _, n, _ in responses)
     load_bearing = [subtotal_steps(tokenizer, w) for w in wrong]
     print(f"{len(records)} prompts, {len(responses)} responses, fresh pass rate {fresh_rate:.3f}, "
@@ -205,6 +220,7 @@ def main() -> None:
                 owners.append((w_i, off))
         out = sample(model, tokenizer, prefixes, count, budgets, args.seed + 1000 * (r_i + 1), args.batch_size)
         per_prompt: dict[int, list[float]] = {}
+        by_error: dict[int, list[int]] = {}  # first wrong step -> [correct, continuations]
         found = [False] * len(wrong)
         successes = tokens = 0
         for prefix_i, new in out:
@@ -212,6 +228,9 @@ def main() -> None:
             w = wrong[w_i]
             ok = verify(tokenizer.decode(w["tokens"][:off] + new, skip_special_tokens=True), records[w["p"]]["answer"]) == 1.0
             found[w_i] |= ok
+            tally = by_error.setdefault(w["error"], [0, 0])
+            tally[0] += ok
+            tally[1] += 1
             successes += ok
             tokens += len(new)
             acc = per_prompt.setdefault(w["p"], [0.0, 0.0, 0.0, 0.0])
@@ -240,6 +259,7 @@ def main() -> None:
             "correct_per_1k_ci": bootstrap([(a[0], a[1]) for a in per_prompt.values()], args.bootstrap, boot),
             "rescued": sum(found) / len(found) if found else float("nan"),
             "rescued_ci": bootstrap([(a[2], a[3]) for a in per_prompt.values()], args.bootstrap, boot),
+            "by_first_wrong_step": {str(k): v for k, v in sorted(by_error.items())},
         }
         res = results[rule]
         print(f"{rule:8s} median pos {res['median_position']:.2f}  before 1st error {res['before_first_error']:.2f}  "
@@ -249,7 +269,8 @@ def main() -> None:
     meta = {
         "command": "python bench/branching.py " + " ".join(sys.argv[1:]),
         "setting": args.setting, "prompts": len(records), "responses": len(responses), "wrong": len(wrong),
-        "fresh_pass_rate": fresh_rate, "mean_response_tokens": mean_len, "group": args.group, "points": args.points,
+        "fresh_pass_rate": fresh_rate, "mean_response_tokens": mean_len,
+        "first_wrong_steps": {str(k): v for k, v in sorted(Counter(w["error"] for w in wrong).items())}, "group": args.group, "points": args.points,
         "continuations": args.continuations, "fci_min_gap_configured": gap_cfg, "model": Path(args.model).name,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
         "minutes": (time.time() - started) / 60, "date": time.strftime("%Y-%m-%d"),
@@ -298,7 +319,7 @@ def plot(path: Path, meta: dict, results: dict) -> None:
     # a percentile interval of few prompts need not contain the point estimate: draw what it covers
     errors = [[max(v - results[n]["correct_per_1k_ci"][0], 0.0) for v, n in zip(values, names)],
               [max(results[n]["correct_per_1k_ci"][1] - v, 0.0) for v, n in zip(values, names)]]
-    colors = ["C3" if n.startswith("fci") else "C7" if n in ("fresh", "oracle") else "C0" for n in names]
+    colors = ["C1" if n == "fci_d4_top" else "C3" if n.startswith("fci") else "C7" if n in ("fresh", "oracle") else "C0" for n in names]
     left.bar(range(len(names)), values, yerr=errors, color=colors, capsize=4)
     left.set_xticks(range(len(names)), [results[n]["label"].split(" (")[0] for n in names], rotation=30, ha="right", fontsize=8)
     left.set_ylabel("correct answers per 1,000 generated tokens")

@@ -13,7 +13,7 @@ with these settings made equal for every arm (the page states each rule):
    m−1, so the probe leaves the pending batch's initial responses out of the token count
    until the step that trains it;
 4. every measurement logs optimiser updates, charged tokens and continuation tokens;
-5. ``--setting``: ``subtotal`` (the task's subtotal mode, every prompt, 480-token answers) or
+5. ``--setting``: ``subtotal`` (the task's subtotal mode, every prompt, 480-token budgets) or
    ``chain-hard`` (facts + arithmetic chain, 30 texts, 6 operations, 12 distractors, only
    prompts the shipped model answers wrong greedily);
 6. AttnRL's adaptive batch capped at ``--max-batch-prompts`` (default 4 × prompts per step).
@@ -417,7 +417,7 @@ def rules_text(args: argparse.Namespace) -> list[str]:
         "`trainer.global_step`, which counts it).",
         f"5. **The setting** ({args.setting}): " + (
             "the built-in task's subtotal mode (`data.mode=subtotal`, lit_attn/tasks/subtotal.py `SubtotalTask`, 6 distractors), "
-            f"answers of ~300 tokens (up to ~420), so {setting['max_new_tokens']} new tokens for training and "
+            f"answers of ~215 tokens (up to ~380), so {setting['max_new_tokens']} new tokens for training and "
             f"evaluation in every arm; every prompt counts (no greedy filter: greedy is usually right here, the "
             f"difficulty is sampled slips); {args.val_size} held-out prompts."
             if args.setting == "subtotal" else
@@ -479,9 +479,9 @@ WHAT_WOULD_CHANGE = {
         "more than the prefix tokens it skips, and FCI's points sit at the first steps, where that saving is "
         "smallest. What would change the result is a setting whose mistakes are path-bound at steps in the middle "
         "of the answer that later steps read: the task's subtotal mode is built for that (docs/task.md), but the "
-        "shipped model has not learned it yet, and as the paper defines it FCI averages over the scored step's "
-        "tokens, so a result named at the end of a long step is diluted (docs/task.md says what a task needs for "
-        "FCI to find it)."
+        "shipped model has not learned it, and on an experimental model that half-learns it ATB still branches "
+        "at the first steps: it takes the earliest of the top-scored steps, and early chain steps clear that bar "
+        "(bench_branching.md, docs/task.md)."
     ),
     "subtotal": (
         "The subtotal mode is meant for path-bound mistakes at the steps that name the subtotals "

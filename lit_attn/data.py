@@ -124,8 +124,8 @@ class PromptDataModule(LightningDataModule):
         train_size: built-in task: number of training prompts.
         val_size: built-in task: held-out prompts (or rows split off ``train_path``).
         mode: built-in task: ``chain`` (facts + arithmetic chain, ``num_ops`` steps) or
-            ``subtotal`` (two subtotals named mid-answer and read back by a final chain, 17
-            steps; docs/task.md). ``num_ops``, ``lookup_drill`` and ``num_texts`` are chain-mode
+            ``subtotal`` (two subtotals worked out, each written down in a short step of its
+            own, then read back by a final chain; 18 steps; docs/task.md). ``num_ops``, ``lookup_drill`` and ``num_texts`` are chain-mode
             knobs.
         num_ops: built-in task: arithmetic steps per question.
         lookup_drill: built-in task: fraction of training examples that are lookup drills

@@ -21,15 +21,20 @@ from collections.abc import Sequence
 import torch
 
 
-def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[int]) -> list[tuple[int, int]]:
+def lookup_targets(
+    input_ids: Sequence[int], prompt_length: int, key_ids: set[int], delimiter_id: int | None = None
+) -> list[tuple[int, int]]:
     """The lookups of one sequence: ``(query, source)`` position pairs.
 
     ``query`` is a position at or after ``prompt_length`` holding a fact key (``m=``) whose key
     occurs exactly once in the prompt; ``source`` is the prompt position right after that
     occurrence — the first token of the fact's value. A key present twice in the prompt has no
     single right answer and is left out. A key absent from the prompt is a name the solution
-    defines itself (the subtotal mode's ``…=x=7``): its later occurrences look up the value
-    written right after its first one.
+    defines itself (the subtotal mode's ``x=7``): its later occurrences look up the value
+    written right after its first one. With ``delimiter_id``, a name defined at the start of a
+    step (right after the step delimiter) writes the previous step's result down: its first
+    occurrence looks up that result, the token before the delimiter (the subtotal mode's
+    ``…=7 | x=7``).
     """
     seen: dict[int, list[int]] = {}
     for pos in range(prompt_length):
@@ -47,6 +52,8 @@ def lookup_targets(input_ids: Sequence[int], prompt_length: int, key_ids: set[in
             first = named.setdefault(key, pos)
             if first != pos:
                 pairs.append((pos, first + 1))
+            elif delimiter_id is not None and pos >= prompt_length + 2 and input_ids[pos - 1] == delimiter_id:
+                pairs.append((pos, pos - 2))
     return pairs
 
 

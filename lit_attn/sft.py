@@ -30,6 +30,7 @@ from lit_attn.evaluation import greedy_pass_at_1
 from lit_attn.models import build_tiny_model, check_head_sizes, load_policy
 from lit_attn.rewards import RewardSet
 from lit_attn.tokenizer import FACT_KEYS, build_char_tokenizer
+from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.lookup_loss import context_hygiene_loss, fact_span, lookup_attention_loss, lookup_targets
 
 
@@ -128,6 +129,8 @@ class SFTModule(LightningModule):
             )
         self.lookup_layer = lookup_layer % layers
         self.key_ids = {i for i in self.tokenizer.convert_tokens_to_ids(list(FACT_KEYS)) if i != self.tokenizer.unk_token_id}
+        delimiter = self.tokenizer.convert_tokens_to_ids(STEP_DELIMITER)
+        self.delimiter_id = None if delimiter == self.tokenizer.unk_token_id else delimiter
         self.newline_ids = {i for i in self.tokenizer.convert_tokens_to_ids(["\n", "\n\n"]) if i != self.tokenizer.unk_token_id}
         if lookup_supervision > 0 and not self.key_ids:
             raise UserError(
@@ -154,7 +157,7 @@ class SFTModule(LightningModule):
             ids.append(p + s)
             labels.append([-100] * len(p) + s[: self._known_length(rec, s)])
             labels[-1] += [-100] * (len(ids[-1]) - len(labels[-1]))
-            lookups += [(i, q, src) for q, src in lookup_targets(p + s, len(p), self.key_ids)]
+            lookups += [(i, q, src) for q, src in lookup_targets(p + s, len(p), self.key_ids, self.delimiter_id)]
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)

@@ -27,9 +27,10 @@ def test_first_error_of_a_slipped_subtotal_response():
     task = SubtotalTask()
     record = task.example(random.Random(4))
     steps = record["solution"].split("\n\n")
+    x = task.named_steps[0]
     slipped = steps[:]
-    slipped[3] = slipped[3][:-1] + str((int(slipped[3][-1]) + 1) % 10)
-    assert first_error(record, "\n\n".join(slipped)) == 3
+    slipped[x] = slipped[x][:-1] + str((int(slipped[x][-1]) + 1) % 10)  # x written down wrong
+    assert first_error(record, "\n\n".join(slipped)) == x
     assert first_error(record, record["solution"]) is None
     assert first_error({"prompt": "p", "answer": "1"}, "anything") is None  # a user's data: no step truth
 
@@ -41,8 +42,9 @@ def test_branch_audit_and_rescued_over_prompt_groups():
 
     record = SubtotalTask().example(random.Random(7))
     steps = record["solution"].split("\n\n")
+    x = SubtotalTask().named_steps[0]
     slipped = steps[:]
-    slipped[3] = slipped[3][:-1] + str((int(slipped[3][-1]) + 1) % 10)  # the x subtotal slips (step 3)
+    slipped[x] = slipped[x][:-1] + str((int(slipped[x][-1]) + 1) % 10)  # x written down wrong
     prompt_ids = TOK(record["prompt"])["input_ids"]
 
     def response(text: str, reward: float) -> Sample:
@@ -51,7 +53,7 @@ def test_branch_audit_and_rescued_over_prompt_groups():
 
     wrong, right = response("\n\n".join(slipped), 0.0), response(record["solution"], 1.0)
     spans = split_steps(list(prompt_ids) + list(wrong.tokens), TOK, prompt_length=len(prompt_ids))
-    at = [spans[k][0] - len(prompt_ids) for k in (3, 5)]  # response steps 2 and 4: before and after the slip
+    at = [spans[k][0] - len(prompt_ids) for k in (x, x + 2)]  # response steps x - 1 and x + 1: before and after the slip
     group = PromptGroup(record, list(prompt_ids), [wrong, right], [at, [at[0]]])
     assert branch_audit([group], TOK, threshold=1.0) == [True, False]  # the right response is not audited
     continuations = {(0, 0, at[0]): [response("", 0.0), response("", 1.0)], (0, 0, at[1]): [response("", 0.0)]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -113,39 +114,44 @@ from lit_attn.tasks.subtotal import OPENERS, SUBTOTALS  # noqa: E402
 from lit_attn.tasks.verifier import solution_steps  # noqa: E402
 
 
-def test_subtotal_solution_is_correct_long_and_names_its_results_mid_answer():
+def test_subtotal_solution_is_correct_long_and_writes_its_results_down_late():
     task = SubtotalTask()
     for seed in range(30):
         ex = task.example(random.Random(seed))
         steps = ex["solution"].split("\n\n")
         assert verify(ex["solution"], ex["answer"]) == 1.0
         assert len(steps) == task.num_steps >= 12  # long enough for the paper's Δ = 4
-        named = [i for i, s in enumerate(steps) if "=x=" in s or "=y=" in s]
-        assert named == [task.subtotal_facts - 1, 2 * task.subtotal_facts - 1]  # the last step of each subtotal
+        named = [i for i, s in enumerate(steps) if re.fullmatch(r"[xy]=\d", s)]
+        assert named == list(task.named_steps) == [task.x_facts, task.x_facts + task.y_facts]
+        assert steps[named[0]] == "x=" + steps[named[0] - 1].rsplit("=", 1)[1]  # the chain's result, written down
+        # the write-downs are the only steps that short but the first, and most of the answer precedes them
+        assert sorted(range(1, len(steps) - 1), key=lambda i: len(steps[i]))[:2] == named
+        assert len("\n\n".join(steps[: named[0]])) > 0.25 * len(ex["solution"])
         # every step of the final chain opens with a free word and reads a subtotal or a fact by name
-        assert all(s.split(" ")[0] in OPENERS for s in steps[2 * task.subtotal_facts : -1])
+        assert all(s.split(" ")[0] in OPENERS for s in steps[named[1] + 1 : -1])
         readers = [i for i, s in enumerate(steps) if "(x=" in s or "(y=" in s]
-        assert len(readers) == len(task.pattern)
-        assert min(readers) >= named[0] + 4  # read back at least Δ = 4 steps later
+        assert len(readers) == len(task.pattern) - 1
+        assert max(readers) >= named[1] + 4  # read back at least Δ = 4 steps later
         assert not any(c.split("=")[0] in SUBTOTALS for c in ex["contexts"])
 
 
 def test_subtotal_answer_recomputed_by_hand():
-    ex = SubtotalTask(subtotal_facts=3, pattern="xyy", num_distractors=0, modulus=10).example(random.Random(5))
-    values = {k: int(v) for k, v in (c.split("=") for c in ex["contexts"])}
-    definitions, final = ex["question"].split(";")
+    for pattern in ("xyy", "x.yxyy"):
+        ex = SubtotalTask(x_facts=3, y_facts=2, pattern=pattern, num_distractors=0, modulus=10).example(random.Random(5))
+        values = {k: int(v) for k, v in (c.split("=") for c in ex["contexts"])}
+        definitions, final = ex["question"].split(";")
 
-    def evaluate(expr: str, env: dict) -> int:
-        acc, i = env[expr[0]], 1
-        while i < len(expr):
-            acc = (acc + env[expr[i + 1]] if expr[i] == "+" else acc - env[expr[i + 1]]) % 10
-            i += 2
-        return acc
+        def evaluate(expr: str, env: dict) -> int:
+            acc, i = env[expr[0]], 1
+            while i < len(expr):
+                acc = (acc + env[expr[i + 1]] if expr[i] == "+" else acc - env[expr[i + 1]]) % 10
+                i += 2
+            return acc
 
-    for definition in definitions.split(","):
-        name, expr = definition.split(":")
-        values[name] = evaluate(expr, values)
-    assert ex["answer"] == str(evaluate(final, values))
+        for definition in definitions.split(","):
+            name, expr = definition.split(":")
+            values[name] = evaluate(expr, values)
+        assert ex["answer"] == str(evaluate(final, values))
 
 
 def test_slips_always_change_the_answer_and_are_followed_consistently():
@@ -156,15 +162,20 @@ def test_slips_always_change_the_answer_and_are_followed_consistently():
         assert sorted(slipped["slipped"]) == ["x", "y"]
         assert verify(slipped["solution"], ex["answer"]) == 0.0  # x and y are read a different number of times
         steps = slipped["solution"].split("\n\n")
-        x = int(steps[task.subtotal_facts - 1].rsplit("=", 1)[1])
+        right = ex["solution"].split("\n\n")
+        x = int(steps[task.x_facts].removeprefix("x="))
+        assert x != int(right[task.x_facts].removeprefix("x=")) and steps[: task.x_facts] == right[: task.x_facts]
         assert f"(x={x})" in slipped["solution"]  # later steps read the slipped value
-        assert first_wrong_step(slipped["solution"], ex["solution"]) == task.subtotal_facts - 1
+        assert first_wrong_step(slipped["solution"], ex["solution"]) == task.x_facts
+        assert verify(slipped["solution"], str(int(steps[-2].rsplit("=", 1)[1]))) == 1.0  # consistent to the end
     assert slip_subtotals(ex, random.Random(0), rate=0.0) is ex
 
 
 def test_a_pattern_whose_slips_can_cancel_is_refused():
     with pytest.raises(ValueError, match="cancel"):
         SubtotalTask(pattern="xyxy")
+    with pytest.raises(ValueError, match="pattern"):
+        SubtotalTask(pattern=".xy")
     with pytest.raises(ValueError, match="num_distractors"):
         SubtotalTask(num_distractors=30)
 

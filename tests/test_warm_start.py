@@ -170,9 +170,23 @@ def test_lookup_targets_follow_names_the_solution_defines():
     ex = SubtotalTask().example(__import__("random").Random(0))
     prompt = TOK(ex["prompt"])["input_ids"]
     ids = prompt + TOK(ex["solution"], add_special_tokens=False)["input_ids"]
+    delimiter = TOK.convert_tokens_to_ids("\n\n")
     pairs = lookup_targets(ids, len(prompt), KEYS)
     named = [(q, s) for q, s in pairs if TOK.decode([ids[q]]) in ("x=", "y=")]
     assert len(named) == len(SubtotalTask().pattern)  # every read of a subtotal
+    # with the delimiter known, writing a subtotal down (x=7 after …=7) looks up the result before it
+    written = sorted(set(lookup_targets(ids, len(prompt), KEYS, delimiter)) - set(pairs))
+    assert len(written) == 2
+    for query, source in written:
+        assert TOK.decode([ids[query]]) in ("x=", "y=") and ids[query - 1] == delimiter
+        assert ids[source] == ids[query + 1] and TOK.decode([ids[source + 1]]) == "\n\n"
+    from lit_attn.tasks import FactChainTask
+
+    chain = FactChainTask(num_ops=3).example(__import__("random").Random(1))
+    chain_ids = TOK(chain["prompt"])["input_ids"] + TOK(chain["solution"], add_special_tokens=False)["input_ids"]
+    assert lookup_targets(chain_ids, len(TOK(chain["prompt"])["input_ids"]), KEYS, delimiter) == lookup_targets(
+        chain_ids, len(TOK(chain["prompt"])["input_ids"]), KEYS
+    )  # nothing changes for the chain mode
     for query, source in named:
         assert source > len(prompt)  # the value the solution wrote where it named the subtotal
         assert TOK.decode([ids[source - 1]]) == TOK.decode([ids[query]])

@@ -1,7 +1,7 @@
-"""The built-in task's ``subtotal`` mode: two subtotals named mid-answer, then a chain that reads them back.
+"""The built-in task's ``subtotal`` mode: two subtotals worked out, written down in steps of their own, then read back.
 
 :class:`SubtotalTask` draws the examples; :func:`slip_subtotals` turns a reference solution into
-that of a policy that slips at the subtotals (docs/task.md, ``subtotal`` mode).
+that of a policy that slips when it writes a subtotal down (docs/task.md, ``subtotal`` mode).
 """
 
 from __future__ import annotations
@@ -19,59 +19,68 @@ SUBTOTALS = "xy"
 """Names of the subtotal mode's two intermediate results (never the name of a fact there)."""
 OPENERS = ("so", "then", "next", "hence")
 """Words that may open a step of the subtotal mode's final chain; any of them is right."""
+FACT = "."
+"""In :attr:`SubtotalTask.pattern`, a term of the final chain that is a fact of the context."""
+_NAMED = re.compile(r"^([a-z])=(-?\d+)$")
 
 
 @dataclass(frozen=True)
 class SubtotalTask:
-    """The built-in task's reasoning mode: two subtotals, then a chain that reads them back.
+    """The built-in task's reasoning mode: two subtotals, each written down in a step of its own,
+    then a final chain that reads them back.
 
     The question defines two intermediate results from facts of the context, then a final
-    chain over facts *and* those results::
+    chain over them (and, if the pattern asks, more facts)::
 
-        x:a+b-c+d,y:f-g+h+i;x+j+y-k+y+l+x-m+y?
+        x:a+b-c+d+e,y:h-i+j+k;x+y+x+y+y?
 
-    The reference solution computes ``x`` and ``y`` step by step in the format of
-    :class:`~lit_attn.tasks.chain.FactChainTask` and names each result where it is reached (``…=x=7``); each step of
-    the final chain opens with one of :data:`OPENERS` and reads the subtotals back by name,
-    exactly as it looks a fact up (``(x=7)``)::
+    The reference solution works ``x`` out in the chain format of
+    :class:`~lit_attn.tasks.chain.FactChainTask`, writes it down in a short step of its own
+    (``x=7``), works ``y`` out (its chain opens with two lookups, so no other step is that
+    short), writes it down (``y=1``), and runs the final chain, each step opening with one of
+    :data:`OPENERS` and reading the subtotals back by name, as it looks a fact up::
 
-        a=3 | a+b:3+(b=5)=8 | a+b-c:8-(c=2)=6 | a+b-c+d:6+(d=1)=x=7 |
-        f=4 | … | f-g+h+i:9+(i=2)=y=1 |
-        so x+j:(x=7)+(j=4)=1 | then x+j+y:1+(y=1)=2 | … | answer 5
+        a=3 | a+b:3+(b=5)=8 | … | a+b-c+d+e:4+(e=3)=7 | x=7 |
+        h-i:(h=4)-(i=2)=2 | h-i+j:2+(j=5)=7 | h-i+j+k:7+(k=4)=1 | y=1 |
+        so x+y:(x=7)+(y=1)=8 | then x+y+x:8+(x=7)=5 | … | answer 8
 
-    So the steps that name ``x`` and ``y`` sit in the middle of the answer, and steps well
-    after them read them (what AttnRL's FCI measures). The warm start teaches a policy that
-    *slips* at exactly those steps (:func:`slip_subtotals`): a fresh sample carries the slip of
-    either subtotal to a wrong answer, while regenerating a slipped step from the prefix
-    before it usually repairs it (docs/task.md).
+    Most of the answer's tokens come before the two short steps ``x=…`` and ``y=…``, and the
+    final chain reads both of them again and again: they are the load-bearing steps, read by
+    whole later steps, and late in the answer (what AttnRL's FCI is meant to find). The warm
+    start teaches a policy that *slips* when it writes a subtotal down (:func:`slip_subtotals`):
+    a fresh sample must get both write-downs right, while regenerating a slipped one from the
+    prefix before it needs that one only (docs/task.md).
 
     Args:
-        subtotal_facts: facts summed into each subtotal (its steps: ``subtotal_facts``).
-        pattern: the subtotals the final chain reads, in order; a fact comes between each two
-            (the chain has ``2·len(pattern) - 1`` terms and as many steps, its answer line
-            included). Subtotals are always added, and ``x`` and ``y`` are read a different
+        x_facts: facts summed into ``x`` (its chain has as many steps).
+        y_facts: facts summed into ``y`` (its chain has one step fewer: it opens with two).
+        pattern: the final chain's terms, in order: ``x``, ``y``, or ``.`` for a fact of the
+            context. Subtotals are always added, and ``x`` and ``y`` are read a different
             number of times, so that a slip of either, or of both, always changes the answer.
         num_distractors: facts in the context that the question does not need.
         modulus: values are ``0 .. modulus-1`` and every result is taken modulo it.
         ops: the operators questions draw from (any of ``"+-"``).
     """
 
-    subtotal_facts: int = 4
-    pattern: str = "xyyxy"
+    x_facts: int = 5
+    y_facts: int = 4
+    pattern: str = "xyxyy"
     num_distractors: int = 6
     modulus: int = 10
     ops: str = "+-"
 
     def __post_init__(self) -> None:
-        if not 2 <= self.subtotal_facts <= 8:
-            raise ValueError(f"subtotal_facts must be in 2..8, got {self.subtotal_facts}")
-        if not 1 <= len(self.pattern) <= 6 or set(self.pattern) - set(SUBTOTALS):
-            raise ValueError(f"pattern must be 1-6 letters of {SUBTOTALS!r}, got {self.pattern!r}")
+        if not (2 <= self.x_facts <= 9 and 2 <= self.y_facts <= 9):
+            raise ValueError(f"x_facts and y_facts must be in 2..9, got {self.x_facts} and {self.y_facts}")
+        if not 2 <= len(self.pattern) <= 9 or set(self.pattern) - set(SUBTOTALS + FACT) or self.pattern[0] == FACT:
+            raise ValueError(
+                f"pattern must be 2-9 terms of x, y and '{FACT}' (a fact), opening with a subtotal; got {self.pattern!r}"
+            )
         counts = [self.pattern.count(c) for c in SUBTOTALS]
         if any((dx * counts[0] + dy * counts[1]) % self.modulus == 0 for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy):
             raise ValueError(
                 f"pattern {self.pattern!r}: with {counts[0]} x and {counts[1]} y, slips of ±1 can cancel modulo "
-                f"{self.modulus}; read x and y a different number of times (e.g. 'xyyxy')"
+                f"{self.modulus}; read x and y a different number of times (e.g. 'xyxyy')"
             )
         if self.num_distractors < 0 or self.facts_needed + self.num_distractors > MAX_FACTS - len(SUBTOTALS):
             raise ValueError(
@@ -82,24 +91,29 @@ class SubtotalTask:
 
     @property
     def facts_needed(self) -> int:
-        """Facts the question uses: two subtotals' worth, and the final chain's."""
-        return 2 * self.subtotal_facts + len(self.pattern) - 1
+        """Facts the question uses: the two subtotals' and the final chain's."""
+        return self.x_facts + self.y_facts + self.pattern.count(FACT)
 
     @property
     def num_steps(self) -> int:
         """Steps of a solution, the final ``answer`` line included."""
-        return 2 * self.subtotal_facts + 2 * len(self.pattern) - 1
+        return self.x_facts + 1 + (self.y_facts - 1) + 1 + len(self.pattern)
+
+    @property
+    def named_steps(self) -> tuple[int, int]:
+        """Indices (0-based) of the two steps that write ``x`` and ``y`` down."""
+        return self.x_facts, self.x_facts + self.y_facts
 
     def example(self, rng: random.Random) -> dict[str, Any]:
         """Draw one example from ``rng`` (its ``solution`` is the correct one)."""
         letters = [c for c in string.ascii_lowercase if c not in SUBTOTALS]
         names = rng.sample(letters, self.facts_needed + self.num_distractors)
         values = {name: rng.randrange(self.modulus) for name in names}
-        k = self.subtotal_facts
-        groups = [names[:k], names[k : 2 * k]]
-        final_facts = names[2 * k : self.facts_needed]
-        terms = [self.pattern[i // 2] if i % 2 == 0 else final_facts[i // 2] for i in range(2 * len(self.pattern) - 1)]
-        ops = [[rng.choice(self.ops) for _ in range(k - 1)] for _ in groups]
+        kx, ky = self.x_facts, self.y_facts
+        groups = [names[:kx], names[kx : kx + ky]]
+        extra = iter(names[kx + ky : self.facts_needed])
+        terms = [next(extra) if t == FACT else t for t in self.pattern]
+        ops = [[rng.choice(self.ops) for _ in range(len(group) - 1)] for group in groups]
         final_ops = ["+" if t in SUBTOTALS else rng.choice(self.ops) for t in terms[1:]]
         openers = [rng.choice(OPENERS) for _ in terms[1:]]
         order = list(names)
@@ -111,12 +125,12 @@ class SubtotalTask:
         ]
         final = terms[0] + "".join(op + t for op, t in zip(final_ops, terms[1:]))
         question = ",".join(definitions) + ";" + final
-        steps: list[str] = []
-        for sub, group, group_ops in zip(SUBTOTALS, groups, ops):
-            chain = chain_steps(group, group_ops, values, self.modulus)
-            chain[-1] = _name_result(chain[-1], sub)
-            steps += chain
-        steps += _final_steps(terms, final_ops, openers, {**values, **_subtotal_values(steps)}, self.modulus)
+        steps = chain_steps(groups[0], ops[0], values, self.modulus)
+        steps.append(f"x={_result(steps[-1])}")
+        y_chain = _chain(groups[1], ops[1], values, self.modulus)
+        steps += y_chain + [f"y={_result(y_chain[-1])}"]
+        steps += _chain(terms, final_ops, {**values, **named_values(steps)}, self.modulus, openers)
+        steps.append(f"answer {_result(steps[-1])}")
         return {
             "prompt": format_prompt(contexts, question),
             "answer": steps[-1].removeprefix("answer "),
@@ -128,61 +142,61 @@ class SubtotalTask:
         }
 
 
-def _name_result(step: str, name: str) -> str:
-    """``…=7`` → ``…=x=7``: the step names its result."""
-    head, value = step.rsplit("=", 1)
-    return f"{head}={name}={value}"
+def _result(step: str) -> int:
+    return int(step.rsplit("=", 1)[1])
 
 
-def _subtotal_values(steps: list[str]) -> dict[str, int]:
-    """The subtotals a list of steps names (``…=x=7`` → ``{"x": 7}``)."""
+def named_values(steps: list[str]) -> dict[str, int]:
+    """The subtotals a list of steps writes down (``x=7`` → ``{"x": 7}``)."""
     found = {}
     for step in steps:
-        match = re.search(r"=([a-z])=(-?\d+)$", step)
+        match = _NAMED.match(step)
         if match and match.group(1) in SUBTOTALS:
             found[match.group(1)] = int(match.group(2))
     return found
 
 
-def _final_steps(terms: list[str], ops: list[str], openers: list[str], values: dict[str, int], modulus: int) -> list[str]:
-    """The final chain's steps (each opened by a word of :data:`OPENERS`) and the answer line."""
+def _chain(
+    terms: list[str], ops: list[str], values: dict[str, int], modulus: int, openers: list[str] | None = None
+) -> list[str]:
+    """A chain whose first step reads two terms (``(h=4)-(i=2)=2``), each step restating the
+    expression so far; steps open with ``openers`` when given (the final chain)."""
     acc = values[terms[0]]
     written = terms[0]
     steps = []
-    for i, (op, term, opener) in enumerate(zip(ops, terms[1:], openers)):
+    for i, (op, term) in enumerate(zip(ops, terms[1:])):
         new = (acc + values[term] if op == "+" else acc - values[term]) % modulus
         left = f"({terms[0]}={acc})" if i == 0 else str(acc)
         written += op + term
-        steps.append(f"{opener} {written}:{left}{op}({term}={values[term]})={new}")
+        opener = f"{openers[i]} " if openers else ""
+        steps.append(f"{opener}{written}:{left}{op}({term}={values[term]})={new}")
         acc = new
-    steps.append(f"answer {acc}")
     return steps
 
 
-
 def slip_subtotals(record: dict[str, Any], rng: random.Random, rate: float, modulus: int = 10) -> dict[str, Any]:
-    """``record`` (subtotal mode) with each subtotal's value slipped by ±1 with probability
-    ``rate``, and every later step recomputed from the slipped value — the solution of a
-    policy that errs at the load-bearing steps and reasons consistently from its error.
-    ``answer`` stays the correct one; ``slipped`` lists the subtotals that slipped."""
+    """``record`` (subtotal mode) with each written-down subtotal (``x=7``) slipped by ±1 with
+    probability ``rate``, and the final chain recomputed from the slipped values — the solution
+    of a policy that slips when it writes a subtotal down and reasons on consistently from its
+    error. ``answer`` stays the correct one; ``slipped`` lists the subtotals that slipped."""
     steps = record["solution"].split(STEP_DELIMITER)
     slipped = []
     for i, step in enumerate(steps):
-        match = re.search(r"=([a-z])=(-?\d+)$", step)
+        match = _NAMED.match(step)
         if match and match.group(1) in SUBTOTALS and rng.random() < rate:
             wrong = (int(match.group(2)) + rng.choice((-1, 1))) % modulus
-            steps[i] = step[: match.start(2)] + str(wrong)
+            steps[i] = f"{match.group(1)}={wrong}"
             slipped.append(match.group(1))
     if not slipped:
         return record
-    subtotals = _subtotal_values(steps)
     first_final = next(i for i, s in enumerate(steps) if s.split(" ", 1)[0] in OPENERS)
     values = {m.group(1): int(m.group(2)) for m in re.finditer(r"\(([a-z])=(-?\d+)\)", record["solution"])}
-    values.update(subtotals)
+    values.update(named_values(steps))
     final = [s.split(" ", 1) for s in steps[first_final:-1]]
     openers = [opener for opener, _ in final]
     expression = final[-1][1].split(":", 1)[0]
     terms = re.findall(r"[a-z]", expression)
     ops = re.findall(r"[+-]", expression)
-    steps[first_final:] = _final_steps(terms, ops, openers, values, modulus)
+    steps[first_final:-1] = _chain(terms, ops, values, modulus, openers)
+    steps[-1] = f"answer {_result(steps[-2])}"
     return {**record, "solution": STEP_DELIMITER.join(steps), "slipped": slipped}

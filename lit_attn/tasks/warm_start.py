@@ -26,6 +26,9 @@ from lit_attn.tasks.long_context import LongContextTask
 from lit_attn.tasks.splits import make_split
 from lit_attn.tasks.subtotal import SubtotalTask, slip_subtotals
 
+SUBTOTAL_PATTERNS = ("xyxyy", "xyyxy", "yxyxy", "xy.yxy", "x.yxyy")
+"""Final chains of the subtotal batches (``.`` is a fact); the held-out set and RL use the default ``xyxyy``."""
+
 FIRST_FACTS = 8
 """Most facts per context while the curriculum starts (recall drills only)."""
 
@@ -60,11 +63,13 @@ class WarmStartMix:
         absent_from: the first batch that may hold such chains.
         subtotal: from batch ``subtotal_from`` on, the fraction of batches drawn from the
             task's subtotal mode (:class:`~lit_attn.tasks.subtotal.SubtotalTask`), with 0 to 6
-            distractors and 3 to 6 facts per subtotal.
+            distractors, 5 to 8 facts in ``x``, 3 to 6 in ``y`` and a final chain of
+            :data:`SUBTOTAL_PATTERNS`.
         subtotal_from: the first batch that may be a subtotal batch.
         slip: in subtotal batches, the chance that each subtotal of a reference solution slips
-            by ±1 (:func:`~lit_attn.tasks.subtotal.slip_subtotals`): the warm-started policy errs at the
-            load-bearing steps at about this rate, and RL has those errors to remove.
+            by ±1 where it is written down (:func:`~lit_attn.tasks.subtotal.slip_subtotals`): the
+            warm-started policy errs at the load-bearing steps at about this rate, and RL has those
+            errors to remove.
     """
 
     drill: float = 0.3
@@ -131,7 +136,10 @@ class WarmStartMix:
 
     def subtotal_example(self, rng: random.Random) -> dict[str, Any]:
         """One subtotal-mode record, its subtotals slipped at the rate ``slip``."""
-        task = SubtotalTask(subtotal_facts=rng.randint(3, 6), num_distractors=rng.randint(0, 6), modulus=self.modulus)
+        task = SubtotalTask(
+            x_facts=rng.randint(5, 8), y_facts=rng.randint(3, 6), pattern=rng.choice(SUBTOTAL_PATTERNS),
+            num_distractors=rng.randint(0, 6), modulus=self.modulus,
+        )
         return slip_subtotals(task.example(rng), rng, self.slip, self.modulus)
 
     def batch(self, seed: int, index: int, size: int) -> list[dict[str, Any]]:

@@ -1,0 +1,98 @@
+"""bench/branching.py's diagnostic rule and write-down finder, and bench/fci_anatomy.py's step map."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import save_tiny
+from lit_attn.attention import fci_scores_batch, split_steps
+from lit_attn.attention.steps import STEP_DELIMITER
+from lit_attn.models import load_policy
+from lit_attn.tasks import SubtotalTask
+from lit_attn.tokenizer import build_char_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+branching = load("branching")
+anatomy = load("fci_anatomy")
+TOK = build_char_tokenizer()
+
+
+def test_top_scored_steps_takes_scores_not_positions():
+    fci = [9.0, 9.0, 0.1, 0.5, 0.0, 0.7, 0.2]  # the prompt and the first response step never count
+    assert branching.top_scored_steps(fci, 2) == [3, 5]
+    assert branching.top_scored_steps(fci, 1) == [5]
+    assert branching.top_scored_steps([0.0, 0.0, 0.0, 0.0], 2) == []  # nothing scored: no point
+
+
+def test_subtotal_steps_are_the_write_downs():
+    task = SubtotalTask()
+    record = task.example(random.Random(3))
+    prompt = TOK(record["prompt"])["input_ids"]
+    tokens = TOK(record["solution"], add_special_tokens=False)["input_ids"]
+    spans = split_steps(prompt + tokens, TOK, STEP_DELIMITER, prompt_length=len(prompt))
+    found = branching.subtotal_steps(TOK, {"prompt_ids": prompt, "tokens": tokens, "spans": spans})
+    assert found == set(task.named_steps)
+
+
+def test_step_kinds_follow_the_task_shape():
+    for task in (SubtotalTask(), SubtotalTask(x_facts=3, y_facts=2, pattern="xy.yxy")):
+        kinds = anatomy.step_kinds(task)
+        assert len(kinds) == task.num_steps
+        assert [i for i, k in enumerate(kinds) if k.endswith("=…")] == list(task.named_steps)
+
+
+@pytest.fixture(scope="module")
+def long_tiny(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny_512"), max_positions=512)
+
+
+def test_anatomy_step_map_is_fci_of_the_library(long_tiny):
+    model, tok = load_policy(long_tiny, attn_implementation="eager")
+    model.eval()
+    record = SubtotalTask().example(random.Random(1))
+    prompt = list(tok(record["prompt"])["input_ids"])
+    ids = prompt + list(tok(record["solution"], add_special_tokens=False)["input_ids"])
+    spans = split_steps(ids, tok, STEP_DELIMITER, prompt_length=len(prompt))
+    alpha = anatomy.step_attention(model, ids, spans)
+    sizes = torch.tensor([b - a for a, b in spans], dtype=torch.double)
+    # every query step's attention sums to 1 over the key steps (mean over keys × their length)
+    rows = (alpha * sizes).sum(-1)
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-6)
+    for gap in (1, 4):
+        per_head = torch.stack([alpha[:, :, k + gap :, k].sum(-1) for k in range(len(spans))], -1)
+        ours = per_head.flatten(0, 1).max(0).values
+        ours[:2] = 0.0
+        library = fci_scores_batch(
+            model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), [spans], min_gap=gap, block_size=64
+        )[0]
+        assert torch.allclose(ours.float(), torch.as_tensor(library).float(), atol=1e-4)
+
+
+def test_anatomy_bench_writes_its_table(long_tiny, tmp_path):
+    out = tmp_path / "anatomy.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fci_anatomy.py"), "--model", str(long_tiny), "--solutions", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert "python bench/fci_anatomy.py --model" in text
+    assert text.count("\n| 1 |") == 1 and text.count("\n| 4 |") == 1
