@@ -15,7 +15,7 @@ from tests.conftest import save_tiny
 from lit_attn.attention import fci_scores_batch, split_steps
 from lit_attn.attention.steps import STEP_DELIMITER
 from lit_attn.models import load_policy
-from lit_attn.tasks import SubtotalTask
+from lit_attn.tasks import SubtotalTask, slip_subtotals
 from lit_attn.tokenizer import build_char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +96,37 @@ def test_anatomy_bench_writes_its_table(long_tiny, tmp_path):
     text = out.read_text()
     assert "python bench/fci_anatomy.py --model" in text
     assert text.count("\n| 1 |") == 1 and text.count("\n| 4 |") == 1
+
+
+habits = load("subtotal_habits")
+
+
+def test_subtotal_habits_count_slips_reads_and_arithmetic():
+    task = SubtotalTask()
+    record = task.example(random.Random(5))
+    clean = habits.habits(record["solution"], record["solution"])
+    assert clean["x written"] == clean["y written"] == 1 and clean["x slipped"] == clean["y slipped"] == 0
+    assert clean["reads"] == clean["reads agree"] == task.pattern.count("x") + task.pattern.count("y")
+    assert clean["final steps"] == clean["final steps add up"] == len(task.pattern) - 1
+    slipped = slip_subtotals(record, random.Random(0), rate=1.0)["solution"]
+    counts = habits.habits(slipped, record["solution"])
+    assert counts["x slipped"] == counts["y slipped"] == 1  # written down wrong, read back as written
+    assert counts["reads agree"] == counts["reads"] and counts["final steps add up"] == counts["final steps"]
+    steps = slipped.split("\n\n")
+    x = task.named_steps[0]
+    misread = steps[: x + 1] + [s.replace(f"(x={steps[x][2:]})", f"(x={(int(steps[x][2:]) + 1) % 10})") for s in steps[x + 1 :]]
+    counts = habits.habits("\n\n".join(misread), record["solution"])
+    assert counts["reads"] - counts["reads agree"] == task.pattern.count("x")  # reads that disagree with the write-down
+    assert counts["final steps add up"] < counts["final steps"]  # the misread value breaks the arithmetic shown
+
+
+def test_subtotal_habits_bench_writes_its_table(long_tiny, tmp_path):
+    out = tmp_path / "habits.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "subtotal_habits.py"), "--model", str(long_tiny), "--prompts", "2",
+         "--samples", "1", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = out.read_text()
+    assert "python bench/subtotal_habits.py --model" in text and "| sampled responses | 2 |" in text
