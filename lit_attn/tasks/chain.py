@@ -114,15 +114,21 @@ class FactChainTask:
 
 
 
-def chain_steps(names: list[str], ops: list[str], values: dict[str, int], modulus: int) -> list[str]:
-    """:class:`FactChainTask`'s steps for the chain ``names`` joined by ``ops`` (no answer line)."""
+def chain_steps(
+    names: list[str], ops: list[str], values: dict[str, int], modulus: int, *, first_looked_up: bool = False
+) -> list[str]:
+    """:class:`FactChainTask`'s steps for the chain ``names`` joined by ``ops`` (no answer line).
+
+    With ``first_looked_up`` there is no bare first step (``a=3``): the first step looks both
+    of its terms up (``a+b:(a=3)+(b=5)=8``), as the subtotal mode's later chains do."""
     acc = values[names[0]]
-    steps = [f"{names[0]}={acc}"]
+    steps = [] if first_looked_up else [f"{names[0]}={acc}"]
     written = names[0]
-    for op, name in zip(ops, names[1:]):
+    for i, (op, name) in enumerate(zip(ops, names[1:])):
         new = (acc + values[name] if op == "+" else acc - values[name]) % modulus
         written += op + name
-        steps.append(f"{written}:{acc}{op}({name}={values[name]})={new}")
+        left = f"({names[0]}={acc})" if first_looked_up and i == 0 else str(acc)
+        steps.append(f"{written}:{left}{op}({name}={values[name]})={new}")
         acc = new
     return steps
 

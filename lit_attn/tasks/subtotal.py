@@ -127,9 +127,9 @@ class SubtotalTask:
         question = ",".join(definitions) + ";" + final
         steps = chain_steps(groups[0], ops[0], values, self.modulus)
         steps.append(f"x={_result(steps[-1])}")
-        y_chain = _chain(groups[1], ops[1], values, self.modulus)
+        y_chain = chain_steps(groups[1], ops[1], values, self.modulus, first_looked_up=True)
         steps += y_chain + [f"y={_result(y_chain[-1])}"]
-        steps += _chain(terms, final_ops, {**values, **named_values(steps)}, self.modulus, openers)
+        steps += _final_chain(terms, final_ops, openers, {**values, **named_values(steps)}, self.modulus)
         steps.append(f"answer {_result(steps[-1])}")
         return {
             "prompt": format_prompt(contexts, question),
@@ -156,22 +156,10 @@ def named_values(steps: list[str]) -> dict[str, int]:
     return found
 
 
-def _chain(
-    terms: list[str], ops: list[str], values: dict[str, int], modulus: int, openers: list[str] | None = None
-) -> list[str]:
-    """A chain whose first step reads two terms (``(h=4)-(i=2)=2``), each step restating the
-    expression so far; steps open with ``openers`` when given (the final chain)."""
-    acc = values[terms[0]]
-    written = terms[0]
-    steps = []
-    for i, (op, term) in enumerate(zip(ops, terms[1:])):
-        new = (acc + values[term] if op == "+" else acc - values[term]) % modulus
-        left = f"({terms[0]}={acc})" if i == 0 else str(acc)
-        written += op + term
-        opener = f"{openers[i]} " if openers else ""
-        steps.append(f"{opener}{written}:{left}{op}({term}={values[term]})={new}")
-        acc = new
-    return steps
+def _final_chain(terms: list[str], ops: list[str], openers: list[str], values: dict[str, int], modulus: int) -> list[str]:
+    """The final chain's steps, each opened by its word of :data:`OPENERS` (no answer line)."""
+    steps = chain_steps(terms, ops, values, modulus, first_looked_up=True)
+    return [f"{opener} {step}" for opener, step in zip(openers, steps)]
 
 
 def slip_subtotals(record: dict[str, Any], rng: random.Random, rate: float, modulus: int = 10) -> dict[str, Any]:
@@ -197,6 +185,6 @@ def slip_subtotals(record: dict[str, Any], rng: random.Random, rate: float, modu
     expression = final[-1][1].split(":", 1)[0]
     terms = re.findall(r"[a-z]", expression)
     ops = re.findall(r"[+-]", expression)
-    steps[first_final:-1] = _chain(terms, ops, values, modulus, openers)
+    steps[first_final:-1] = _final_chain(terms, ops, openers, values, modulus)
     steps[-1] = f"answer {_result(steps[-2])}"
     return {**record, "solution": STEP_DELIMITER.join(steps), "slipped": slipped}
