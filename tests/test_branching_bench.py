@@ -96,6 +96,32 @@ def test_anatomy_bench_writes_its_table(long_tiny, tmp_path):
     text = out.read_text()
     assert "python bench/fci_anatomy.py --model" in text
     assert text.count("\n| 1 |") == 1 and text.count("\n| 4 |") == 1
+    assert "## What the rules' points would give a policy that had learned the mode" in text
+    for label in anatomy.RULES.values():
+        assert text.count(f"\n| {label} | ") == 1
+
+
+def test_ideal_policy_yield_matches_the_worked_out_table():
+    """docs/task.md's table: both write-downs at 31% / 55% of a response, s = 0.5 → 1.46×; oracle 2.19×."""
+    length, x, y = 1000, 310, 550
+    both = [anatomy.ideal_continuation(o, x, y, length, 0.5) for o in (x, y)]
+    assert anatomy.ideal_ratio(both, 0.5) == pytest.approx(1.46, abs=0.01)
+    assert anatomy.ideal_ratio([anatomy.ideal_oracle(x, y, length, 0.5)], 0.5) == pytest.approx(2.19, abs=0.01)
+    # a branch from the very start is a fresh sample; past y's value it never succeeds
+    assert anatomy.ideal_ratio([anatomy.ideal_continuation(0, x, y, length, 0.5)], 0.5) == pytest.approx(1.0)
+    assert anatomy.ideal_continuation(y + 1, x, y, length, 0.5)[0] == 0.0
+    # between the values: only y must come out right, and only x-right wrong responses can (1/3 of them at s = 0.5)
+    assert anatomy.ideal_continuation(x + 1, x, y, length, 0.5)[0] == pytest.approx(0.5 / 3)
+
+
+def test_anatomy_rejects_a_slip_rate_outside_0_1(long_tiny, tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fci_anatomy.py"), "--model", str(long_tiny), "--slip", "1",
+         "--out", str(tmp_path / "a.md")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode != 0 and "--slip must be in (0, 1)" in run.stderr
+    assert not (tmp_path / "a.md").exists()
 
 
 habits = load("subtotal_habits")
