@@ -14,9 +14,10 @@ solution) and reports, at Δ = 1 and Δ = 4:
 - what each branch rule's points would yield for an *ideal slip policy* (one that slips at each
   write-down with probability s and makes no other mistake), the points chosen by this model's
   own attention or entropy on the reference solutions: this separates what the selection rule can
-  reach on the mode from how well a model has learned it.
+  reach on the mode from how well a model has learned it (for each answer shape of ``--shapes``;
+  the first shape also gives the FCI table).
 
-    python bench/fci_anatomy.py --model runs/subtotal_model     # ~1 min; writes docs/bench_fci_anatomy.md
+    python bench/fci_anatomy.py --model runs/subtotal_model     # ~15 s; writes docs/bench_fci_anatomy.md
 """
 
 from __future__ import annotations
