@@ -33,12 +33,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from lit_attn.attention import split_steps  # noqa: E402
 from lit_attn.attention.steps import STEP_DELIMITER  # noqa: E402
 from lit_attn.exploration.selection import atb_branch_steps, early_branch_steps, entropy_branch_offsets  # noqa: E402
 from lit_attn.models import load_policy  # noqa: E402
 from lit_attn.tasks import SubtotalTask, make_split  # noqa: E402
+from branching import top_scored_steps  # noqa: E402  (bench/branching.py's diagnostic rule)
 
 KINDS = ("x chain", "x=…", "y chain", "y=…", "final chain")
 RULES = {
@@ -162,8 +164,7 @@ def measure(model, tok, task: SubtotalTask, solutions: int, seed: str, slip: flo
             chosen = atb_branch_steps(fci, spans, ratio=0.2, num_points=2)
             chosen_steps[f"fci_d{gap}"] = chosen
             if gap == 4:
-                scored = sorted((float(v), k) for k, v in enumerate(fci) if k >= 2 and float(v) > 0)
-                chosen_steps["fci_d4_top"] = sorted(k for _, k in scored[::-1][:2])
+                chosen_steps["fci_d4_top"] = top_scored_steps(fci, 2)
             on_write_down[gap] += [k in written for k in chosen]
             for k in range(2, n):
                 if kinds[k - 1] in ("x chain", "y chain") and fci[k] > 0:
